@@ -1,0 +1,1013 @@
+#!/usr/bin/env python3
+"""A fake ``llama-server`` for swapproxy's tests.
+
+This script imitates the parts of llama.cpp's ``llama-server`` that a model-swap
+proxy cares about: how it starts (slow loaders, failed loads, the "listening"
+log line), how it answers OpenAI-style requests (plain and streamed), and how it
+dies (SIGTERM, ignored SIGTERM, crashes mid-stream, stray grandchildren).  It
+never loads a model: every completion is made of the tokens ``"tok0 "``,
+``"tok1 "``, ... so tests can predict the exact output.
+
+It is meant to be run as a real child process::
+
+    python tests/fake_llama_server.py --port 0 --model-name llama-a \\
+        --startup-delay 0.5 --tokens 8 --token-rate 50
+
+Start-up sequence
+-----------------
+1. ``fake-llama: starting (pid N)`` on stdout.
+2. ``--fork-grandchild``: spawn ``python -c "import time; time.sleep(3600)"``
+   (same process group) and print ``grandchild pid <PID>`` on stdout.
+3. ``--big-line N``: print one line of N ``x`` characters on stdout.
+4. ``--exit-during-startup CODE``: print llama-like load errors on stderr and
+   exit with CODE (never binds the socket).
+5. ``--bind-delay S``: sleep S seconds (nothing is listening yet).
+6. Bind the socket, then print on stderr::
+
+       main: server is listening on http://HOST:PORT - starting the main loop
+
+   where PORT is the real port (useful with ``--port 0``) and an IPv6 HOST is
+   written in brackets.  ``fake-llama: loading model '<name>'`` follows on stdout.
+7. For ``--startup-delay`` seconds, ``/health`` and the inference routes answer
+   503 "Loading model"; then ``fake-llama: model loaded`` is printed on stdout
+   and ``/health`` answers 200 ``{"status": "ok"}``.
+
+SIGTERM prints ``fake-llama: shutting down`` on stdout and exits 0 (unless
+``--ignore-sigterm``).  SIGINT always shuts down the same way.
+
+Routes
+------
+llama-server-like: ``GET /health`` (and ``/v1/health``), ``/props``, ``/slots``, ``/v1/models``,
+``/models``; ``POST /v1/chat/completions``, ``/chat/completions``,
+``/v1/completions``, ``/completions``, ``/completion``, ``/v1/embeddings``,
+``/embeddings``, ``/v1/rerank``, ``/rerank``, ``/v1/audio/transcriptions``,
+``/audio/transcriptions``.
+
+Streamed answers are ``text/event-stream``, one ``data: <json>\n\n`` event per
+write.  Chat and text completions end with a finish chunk (carrying
+``timings``), a usage chunk with ``choices: []`` when
+``stream_options.include_usage`` is true, then ``data: [DONE]``; the native
+``/completion`` stream ends with an event whose ``"stop"`` is true (no [DONE]).
+
+Test hooks (not in llama-server):
+
+* ``* /debug/echo`` (also ``/debug/echo/<anything>``) and ``POST /v1/debug/echo``
+  answer ``{"method", "path" (raw, percent-encoded, with the query string),
+  "query" (raw), "headers" ({lower-case name: value}), "header_list" ([name,
+  value] pairs as received), "body_b64", "pid"}``.
+* A streamed completion whose JSON has ``"x_gate": true`` sends its first event,
+  then waits for one ``POST /debug/release`` credit before each later event
+  (``?n=K`` gives K credits; credits accumulate and are shared by all gated
+  streams).
+* ``GET /debug/stats``: ``requests`` (inference requests that passed auth,
+  including 503s while loading), ``active_streams``, ``cancelled_streams``,
+  ``completed_streams``, ``last_headers`` and a few more counters.
+* ``GET /debug/pid``: ``{"pid": ...}``.
+
+With ``--api-key`` every route needs ``Authorization: Bearer KEY`` except
+``/health``, ``/v1/health`` and the control hooks ``/debug/stats``,
+``/debug/pid`` and ``/debug/release`` (the echo hooks *are* protected, so a
+test can watch a proxy add the key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from aiohttp import BodyPartReader, web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+JSONDict = dict[str, Any]
+
+LOG_PREFIX = "fake-llama:"
+N_CTX = 4096
+# Large enough for the proxy's big-body tests; /debug/echo reads whole bodies.
+CLIENT_MAX_SIZE = 512 * 1024 * 1024
+
+# Routes that are reachable with --api-key set but no Authorization header.
+AUTH_EXEMPT_PATHS = frozenset({"/health", "/v1/health", "/debug/stats", "/debug/pid", "/debug/release"})
+
+
+def log(message: str) -> None:
+    """An ordinary log line on stdout, flushed at once."""
+    print(f"{LOG_PREFIX} {message}", flush=True)
+
+
+def log_err(message: str) -> None:
+    """A log line on stderr, flushed at once."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- #
+# Configuration
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str
+    port: int
+    model_name: str
+    startup_delay: float
+    bind_delay: float
+    exit_during_startup: int | None
+    crash_after_tokens: int | None
+    ignore_sigterm: bool
+    fork_grandchild: bool
+    tokens: int
+    token_rate: float
+    api_key: str | None
+    embedding_dim: int
+    hang: bool
+    big_line: int | None
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    p = argparse.ArgumentParser(description="Fake llama-server for swapproxy tests.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True, help="0 picks a free port")
+    p.add_argument("--model-name", default="fake-model")
+    p.add_argument("--startup-delay", type=float, default=0.0,
+                   help="seconds after binding during which /health answers 503")
+    p.add_argument("--bind-delay", type=float, default=0.0,
+                   help="seconds to sleep before binding the socket")
+    p.add_argument("--exit-during-startup", type=int, default=None, metavar="CODE",
+                   help="print load errors and exit with CODE before binding")
+    p.add_argument("--crash-after-tokens", type=int, default=None, metavar="N",
+                   help="os._exit(1) after N token chunks of a streamed completion")
+    p.add_argument("--ignore-sigterm", action="store_true")
+    p.add_argument("--fork-grandchild", action="store_true")
+    p.add_argument("--tokens", type=int, default=5, help="content tokens per completion")
+    p.add_argument("--token-rate", type=float, default=0.0,
+                   help="tokens per second; 0 means as fast as possible")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--embedding-dim", type=int, default=8)
+    p.add_argument("--hang", action="store_true",
+                   help="inference routes never answer")
+    p.add_argument("--big-line", type=int, default=None, metavar="N",
+                   help="print one stdout line of N 'x' characters at startup")
+    a = p.parse_args(argv)
+    if a.port < 0 or a.port > 65535:
+        p.error("--port must be in 0..65535")
+    if a.tokens < 0:
+        p.error("--tokens must be >= 0")
+    if a.embedding_dim < 1:
+        p.error("--embedding-dim must be >= 1")
+    return Config(
+        host=a.host,
+        port=a.port,
+        model_name=a.model_name,
+        startup_delay=max(0.0, a.startup_delay),
+        bind_delay=max(0.0, a.bind_delay),
+        exit_during_startup=a.exit_during_startup,
+        crash_after_tokens=a.crash_after_tokens,
+        ignore_sigterm=a.ignore_sigterm,
+        fork_grandchild=a.fork_grandchild,
+        tokens=a.tokens,
+        token_rate=max(0.0, a.token_rate),
+        api_key=a.api_key,
+        embedding_dim=a.embedding_dim,
+        hang=a.hang,
+        big_line=a.big_line,
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Small helpers
+# --------------------------------------------------------------------------- #
+
+
+class BadRequest(Exception):
+    """Raised by handlers; turned into a 400 invalid_request_error."""
+
+
+def error_response(code: int, message: str, err_type: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message, "type": err_type}}, status=code)
+
+
+def headers_dict(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers as ``{lower-case name: value}``; repeated headers are joined with ", "."""
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        key = name.lower()
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out
+
+
+def count_words(text: str) -> int:
+    """A stand-in tokenizer: whitespace-separated words, at least 1."""
+    return max(1, len(text.split()))
+
+
+def token_text(i: int) -> str:
+    return f"tok{i} "
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def fake_embedding(text: str, dim: int) -> list[float]:
+    """A deterministic unit vector derived from a hash of ``text``."""
+    seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+    rng = random.Random(seed)
+    vec = [rng.gauss(0.0, 1.0) for _ in range(dim)]
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [v / norm for v in vec]
+
+
+def message_text(messages: Any) -> str:
+    """All the text in an OpenAI ``messages`` list (string or parts content)."""
+    pieces: list[str] = []
+    if isinstance(messages, list):
+        for msg in messages:
+            if not isinstance(msg, dict):
+                continue
+            content = msg.get("content")
+            if isinstance(content, str):
+                pieces.append(content)
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        pieces.append(part["text"])
+    return " ".join(pieces)
+
+
+def prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list):
+        return " ".join(str(p) for p in prompt)
+    return "" if prompt is None else str(prompt)
+
+
+@dataclass
+class Plan:
+    """What one completion will produce."""
+
+    n_tokens: int
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+
+    @property
+    def text(self) -> str:
+        return "".join(token_text(i) for i in range(self.n_tokens))
+
+    def usage(self) -> JSONDict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.n_tokens,
+            "total_tokens": self.prompt_tokens + self.n_tokens,
+        }
+
+
+def timings(prompt_n: int, predicted_n: int, predicted_ms: float) -> JSONDict:
+    """A llama-server-style ``timings`` object (prompt time is made up)."""
+    prompt_ms = 0.5 * prompt_n
+    predicted_ms = max(predicted_ms, 0.001)
+    return {
+        "prompt_n": prompt_n,
+        "prompt_ms": prompt_ms,
+        "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
+        "prompt_per_second": 1000.0 * prompt_n / prompt_ms if prompt_ms else 0.0,
+        "predicted_n": predicted_n,
+        "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": predicted_ms / predicted_n if predicted_n else 0.0,
+        "predicted_per_second": 1000.0 * predicted_n / predicted_ms if predicted_n else 0.0,
+    }
+
+
+def sse(payload: JSONDict | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+# --------------------------------------------------------------------------- #
+# Test-hook state
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class Stats:
+    requests: int = 0  # inference requests that passed auth (any outcome)
+    rejected_loading: int = 0  # of those, answered 503 while loading
+    unauthorized: int = 0  # 401s on any route
+    active_streams: int = 0
+    cancelled_streams: int = 0
+    completed_streams: int = 0
+    last_headers: dict[str, str] = field(default_factory=dict)
+    last_path: str | None = None
+
+
+class Gate:
+    """Credits for gated streams: each ``release`` lets exactly one event go.
+
+    Credits accumulate, so a release that arrives before a stream blocks is
+    not lost.  All gated streams of the process share the credits.
+    """
+
+    def __init__(self) -> None:
+        self._credits = 0
+        self.waiting = 0
+        self._cond = asyncio.Condition()
+
+    @property
+    def credits(self) -> int:
+        return self._credits
+
+    async def release(self, n: int = 1) -> None:
+        async with self._cond:
+            self._credits += n
+            self._cond.notify_all()
+
+    async def wait(self) -> None:
+        async with self._cond:
+            self.waiting += 1
+            try:
+                await self._cond.wait_for(lambda: self._credits > 0)
+                self._credits -= 1
+            finally:
+                self.waiting -= 1
+
+
+# --------------------------------------------------------------------------- #
+# The server
+# --------------------------------------------------------------------------- #
+
+
+class FakeLlamaServer:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.stats = Stats()
+        self.gate = Gate()
+        self.ready_at = math.inf  # monotonic time at which loading ends
+        self.started = int(time.time())
+
+    # -- app -------------------------------------------------------------- #
+
+    def make_app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[self.log_middleware, self.error_middleware, self.auth_middleware],
+            client_max_size=CLIENT_MAX_SIZE,
+        )
+        r = app.router
+        r.add_get("/health", self.health)
+        r.add_get("/v1/health", self.health)
+        r.add_get("/props", self.props)
+        r.add_get("/slots", self.slots)
+        r.add_get("/v1/models", self.models)
+        r.add_get("/models", self.models)
+
+        inference: dict[str, Handler] = {
+            "/v1/chat/completions": self.chat_completions,
+            "/chat/completions": self.chat_completions,
+            "/v1/completions": self.text_completions,
+            "/completions": self.text_completions,
+            "/completion": self.native_completion,
+            "/v1/embeddings": self.embeddings,
+            "/embeddings": self.embeddings,
+            "/v1/rerank": self.rerank,
+            "/rerank": self.rerank,
+            "/v1/audio/transcriptions": self.transcriptions,
+            "/audio/transcriptions": self.transcriptions,
+        }
+        for path, handler in inference.items():
+            r.add_post(path, self.inference_route(handler))
+
+        r.add_route("*", "/debug/echo", self.echo)
+        r.add_route("*", "/debug/echo/{tail:.*}", self.echo)
+        r.add_post("/v1/debug/echo", self.echo)
+        r.add_post("/debug/release", self.release)
+        r.add_get("/debug/stats", self.debug_stats)
+        r.add_get("/debug/pid", self.debug_pid)
+        return app
+
+    @property
+    def loading(self) -> bool:
+        return time.monotonic() < self.ready_at
+
+    # -- middlewares ------------------------------------------------------ #
+
+    @web.middleware
+    async def error_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every error leaves as a llama-server-style JSON body."""
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return error_response(400, str(exc), "invalid_request_error")
+        except web.HTTPNotFound:
+            return error_response(404, "File Not Found", "not_found_error")
+        except web.HTTPMethodNotAllowed as exc:
+            return error_response(405, f"Method {exc.method} not allowed", "invalid_request_error")
+        except web.HTTPRequestEntityTooLarge as exc:
+            return error_response(413, exc.text or "Request body too large", "invalid_request_error")
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return error_response(exc.status, exc.reason, "server_error")
+            raise
+
+    @web.middleware
+    async def log_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        resp = await handler(request)
+        if request.path not in ("/health", "/v1/health"):
+            log(f"request: {request.method} {request.raw_path} {resp.status}")
+        return resp
+
+    @web.middleware
+    async def auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        key = self.cfg.api_key
+        if key is not None and request.path not in AUTH_EXEMPT_PATHS:
+            if request.headers.get("Authorization", "") != f"Bearer {key}":
+                self.stats.unauthorized += 1
+                return error_response(401, "Invalid API Key", "authentication_error")
+        return await handler(request)
+
+    def inference_route(self, handler: Handler) -> Handler:
+        """Wrap an inference handler: bookkeeping, the loading 503 and --hang."""
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            self.stats.requests += 1
+            self.stats.last_headers = headers_dict(request.headers)
+            self.stats.last_path = request.raw_path
+            if self.loading:
+                self.stats.rejected_loading += 1
+                return error_response(503, "Loading model", "unavailable_error")
+            if self.cfg.hang:
+                await request.read()
+                await asyncio.Event().wait()  # forever (until the client leaves)
+            return await handler(request)
+
+        return wrapped
+
+    # -- request parsing -------------------------------------------------- #
+
+    @staticmethod
+    async def json_body(request: web.Request) -> JSONDict:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"Invalid JSON in request body: {exc}") from None
+        if not isinstance(body, dict):
+            raise BadRequest("Request body must be a JSON object")
+        return body
+
+    def plan(self, body: JSONDict, prompt: str) -> Plan:
+        """How many tokens to produce: --tokens, capped by max_tokens/n_predict."""
+        n = self.cfg.tokens
+        finish = "stop"
+        for key in ("max_tokens", "max_completion_tokens", "n_predict"):
+            cap = body.get(key)
+            if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0 and cap < n:
+                n, finish = cap, "length"
+        return Plan(n_tokens=n, finish_reason=finish, prompt_tokens=count_words(prompt))
+
+    @staticmethod
+    def include_usage(body: JSONDict) -> bool:
+        opts = body.get("stream_options")
+        return isinstance(opts, dict) and opts.get("include_usage") is True
+
+    # -- streaming -------------------------------------------------------- #
+
+    async def pace(self, start: float, i: int) -> None:
+        """Sleep until token ``i`` (0-based) is due under --token-rate."""
+        if self.cfg.token_rate > 0:
+            due = start + (i + 1) / self.cfg.token_rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    async def stream_events(
+        self,
+        request: web.Request,
+        events: Iterator[tuple[bool, bytes]],
+        gated: bool,
+    ) -> web.StreamResponse:
+        """Send SSE events one write each.
+
+        ``events`` yields ``(is_token, data)``: token events are paced by
+        --token-rate and counted for --crash-after-tokens.  With ``gated``
+        every event after the first waits for one ``/debug/release`` credit.
+        """
+        resp = web.StreamResponse(
+            status=200,
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        )
+        self.stats.active_streams += 1
+        try:
+            await resp.prepare(request)
+            crash_after = self.cfg.crash_after_tokens
+            if crash_after is not None and crash_after <= 0:
+                self.crash(0)
+            start = time.monotonic()
+            sent_tokens = 0
+            for index, (is_token, data) in enumerate(events):
+                if gated and index > 0:
+                    await self.gate.wait()
+                if is_token:
+                    await self.pace(start, sent_tokens)
+                await resp.write(data)
+                if is_token:
+                    sent_tokens += 1
+                    if crash_after is not None and sent_tokens >= crash_after:
+                        self.crash(sent_tokens)
+            await resp.write_eof()
+        except asyncio.CancelledError:
+            # The client went away and aiohttp cancelled the handler.
+            self.stats.cancelled_streams += 1
+            raise
+        except ConnectionResetError:
+            # The client went away and a write noticed first.
+            self.stats.cancelled_streams += 1
+        else:
+            self.stats.completed_streams += 1
+        finally:
+            self.stats.active_streams -= 1
+        return resp
+
+    @staticmethod
+    def crash(sent: int) -> NoReturn:
+        log_err(f"fake-llama: crashing after {sent} token chunks (--crash-after-tokens)")
+        os._exit(1)
+
+    async def paced_sleep(self, n_tokens: int) -> None:
+        """Non-streamed answers take as long as their streamed version would."""
+        if self.cfg.token_rate > 0 and n_tokens > 0:
+            await asyncio.sleep(n_tokens / self.cfg.token_rate)
+
+    # -- informational routes -------------------------------------------- #
+
+    async def health(self, request: web.Request) -> web.Response:
+        if self.loading:
+            return error_response(503, "Loading model", "unavailable_error")
+        return web.json_response({"status": "ok"})
+
+    def generation_settings(self) -> JSONDict:
+        return {
+            "n_predict": -1,
+            "temperature": 0.8,
+            "top_k": 40,
+            "top_p": 0.95,
+            "min_p": 0.05,
+            "seed": 4294967295,
+            "stream": False,
+        }
+
+    def slot(self) -> JSONDict:
+        return {
+            "id": 0,
+            "id_task": -1,
+            "n_ctx": N_CTX,
+            "speculative": False,
+            "is_processing": self.stats.active_streams > 0,
+            "params": self.generation_settings(),
+        }
+
+    async def props(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "default_generation_settings": {**self.slot(), "is_processing": False},
+            "total_slots": 1,
+            "model_path": f"/models/{self.cfg.model_name}.gguf",
+            "model_alias": self.cfg.model_name,
+            "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}",
+            "build_info": "fake-llama-server",
+        })
+
+    async def slots(self, request: web.Request) -> web.Response:
+        return web.json_response([self.slot()])
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "object": "list",
+            "data": [{
+                "id": self.cfg.model_name,
+                "object": "model",
+                "created": self.started,
+                "owned_by": "llamacpp",
+                "meta": {"n_ctx_train": N_CTX, "n_embd": self.cfg.embedding_dim},
+            }],
+        })
+
+    # -- chat completions ------------------------------------------------- #
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await self.json_body(request)
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            raise BadRequest("'messages' is required and must be a list")
+        plan = self.plan(body, message_text(messages))
+        tool_name = self.first_tool_name(body)
+        cid, created = new_id("chatcmpl"), int(time.time())
+
+        def chunk(delta: JSONDict, finish: str | None, **extra: Any) -> JSONDict:
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self.cfg.model_name,
+                "system_fingerprint": "fake",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
+
+        if body.get("stream") is True:
+            started = time.monotonic()
+
+            def events() -> Iterator[tuple[bool, bytes]]:
+                finish = plan.finish_reason
+                if tool_name is not None:
+                    call = self.tool_call(tool_name, index=0)
+                    yield False, sse(chunk({"role": "assistant", "content": None, "tool_calls": [call]}, None))
+                    finish = "tool_calls"
+                else:
+                    for i in range(plan.n_tokens):
+                        delta: JSONDict = {"content": token_text(i)}
+                        if i == 0:
+                            delta = {"role": "assistant", **delta}
+                        yield True, sse(chunk(delta, None))
+                elapsed = 1000 * (time.monotonic() - started)
+                yield False, sse(chunk({}, finish, timings=timings(plan.prompt_tokens, plan.n_tokens, elapsed)))
+                if self.include_usage(body):
+                    usage_chunk = chunk({}, None, usage=plan.usage())
+                    usage_chunk["choices"] = []
+                    yield False, sse(usage_chunk)
+                yield False, sse("[DONE]")
+
+            return await self.stream_events(request, events(), gated=body.get("x_gate") is True)
+
+        started = time.monotonic()
+        await self.paced_sleep(plan.n_tokens)
+        message: JSONDict
+        if tool_name is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": [self.tool_call(tool_name)]}
+            finish = "tool_calls"
+        else:
+            message = {"role": "assistant", "content": plan.text}
+            finish = plan.finish_reason
+        return web.json_response({
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": self.cfg.model_name,
+            "system_fingerprint": "fake",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": plan.usage(),
+            "timings": timings(plan.prompt_tokens, plan.n_tokens, 1000 * (time.monotonic() - started)),
+        })
+
+    @staticmethod
+    def first_tool_name(body: JSONDict) -> str | None:
+        tools = body.get("tools")
+        if not isinstance(tools, list) or not tools:
+            return None
+        first = tools[0]
+        fn = first.get("function") if isinstance(first, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        return name if isinstance(name, str) else "tool"
+
+    @staticmethod
+    def tool_call(name: str, index: int | None = None) -> JSONDict:
+        call: JSONDict = {
+            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": name, "arguments": "{}"},
+        }
+        if index is not None:
+            call["index"] = index
+        return call
+
+    # -- text completions ------------------------------------------------- #
+
+    async def text_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await self.json_body(request)
+        if "prompt" not in body:
+            raise BadRequest("'prompt' is required")
+        plan = self.plan(body, prompt_text(body["prompt"]))
+        cid, created = new_id("cmpl"), int(time.time())
+
+        def completion(text: str, finish: str | None, **extra: Any) -> JSONDict:
+            return {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": self.cfg.model_name,
+                "system_fingerprint": "fake",
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+                **extra,
+            }
+
+        if body.get("stream") is True:
+            started = time.monotonic()
+
+            def events() -> Iterator[tuple[bool, bytes]]:
+                for i in range(plan.n_tokens):
+                    yield True, sse(completion(token_text(i), None))
+                elapsed = 1000 * (time.monotonic() - started)
+                yield False, sse(completion("", plan.finish_reason,
+                                            timings=timings(plan.prompt_tokens, plan.n_tokens, elapsed)))
+                if self.include_usage(body):
+                    usage_chunk = completion("", None, usage=plan.usage())
+                    usage_chunk["choices"] = []
+                    yield False, sse(usage_chunk)
+                yield False, sse("[DONE]")
+
+            return await self.stream_events(request, events(), gated=body.get("x_gate") is True)
+
+        started = time.monotonic()
+        await self.paced_sleep(plan.n_tokens)
+        elapsed = 1000 * (time.monotonic() - started)
+        return web.json_response(completion(
+            plan.text, plan.finish_reason,
+            usage=plan.usage(), timings=timings(plan.prompt_tokens, plan.n_tokens, elapsed),
+        ))
+
+    # -- native /completion ----------------------------------------------- #
+
+    async def native_completion(self, request: web.Request) -> web.StreamResponse:
+        body = await self.json_body(request)
+        prompt = prompt_text(body.get("prompt", ""))
+        plan = self.plan(body, prompt)
+        stop_type = "limit" if plan.finish_reason == "length" else "eos"
+
+        def final(content: str, elapsed_ms: float) -> JSONDict:
+            return {
+                "index": 0,
+                "content": content,
+                "tokens": [],
+                "id_slot": 0,
+                "stop": True,
+                "model": self.cfg.model_name,
+                "tokens_predicted": plan.n_tokens,
+                "tokens_evaluated": plan.prompt_tokens,
+                "generation_settings": self.generation_settings(),
+                "prompt": prompt,
+                "has_new_line": False,
+                "truncated": False,
+                "stop_type": stop_type,
+                "stopping_word": "",
+                "tokens_cached": 0,
+                "timings": timings(plan.prompt_tokens, plan.n_tokens, elapsed_ms),
+            }
+
+        if body.get("stream") is True:
+            started = time.monotonic()
+
+            def events() -> Iterator[tuple[bool, bytes]]:
+                for i in range(plan.n_tokens):
+                    yield True, sse({"index": 0, "content": token_text(i), "tokens": [i],
+                                     "stop": False, "id_slot": -1, "tokens_predicted": i + 1,
+                                     "tokens_evaluated": plan.prompt_tokens})
+                yield False, sse(final("", 1000 * (time.monotonic() - started)))
+
+            return await self.stream_events(request, events(), gated=body.get("x_gate") is True)
+
+        started = time.monotonic()
+        await self.paced_sleep(plan.n_tokens)
+        return web.json_response(final(plan.text, 1000 * (time.monotonic() - started)))
+
+    # -- embeddings and rerank ------------------------------------------- #
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = await self.json_body(request)
+        raw = body.get("input", body.get("content"))
+        if isinstance(raw, str):
+            inputs = [raw]
+        elif isinstance(raw, list) and raw and all(isinstance(x, int) for x in raw):
+            inputs = [" ".join(map(str, raw))]  # one pre-tokenized input
+        elif isinstance(raw, list):
+            inputs = [x if isinstance(x, str) else json.dumps(x) for x in raw]
+        else:
+            raise BadRequest("'input' must be a string or a list")
+        dim = self.cfg.embedding_dim
+        prompt_tokens = sum(count_words(text) for text in inputs)
+        return web.json_response({
+            "object": "list",
+            "model": self.cfg.model_name,
+            "data": [
+                {"object": "embedding", "index": i, "embedding": fake_embedding(text, dim)}
+                for i, text in enumerate(inputs)
+            ],
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        })
+
+    async def rerank(self, request: web.Request) -> web.Response:
+        body = await self.json_body(request)
+        query, documents = body.get("query"), body.get("documents")
+        if not isinstance(query, str) or not isinstance(documents, list):
+            raise BadRequest("'query' (string) and 'documents' (list) are required")
+        query_words = set(query.lower().split())
+        results = []
+        for i, doc in enumerate(documents):
+            text = doc if isinstance(doc, str) else json.dumps(doc)
+            words = set(text.lower().split())
+            score = len(query_words & words) / len(query_words) if query_words else 0.0
+            results.append({"index": i, "relevance_score": score})
+        results.sort(key=lambda r: (-r["relevance_score"], r["index"]))
+        top_n = body.get("top_n")
+        if isinstance(top_n, int) and top_n >= 0:
+            results = results[:top_n]
+        tokens = count_words(query) + sum(count_words(str(d)) for d in documents)
+        return web.json_response({
+            "model": self.cfg.model_name,
+            "object": "list",
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            "results": results,
+        })
+
+    # -- audio ------------------------------------------------------------ #
+
+    async def transcriptions(self, request: web.Request) -> web.Response:
+        if not request.content_type.startswith("multipart/"):
+            raise BadRequest("expected a multipart/form-data body")
+        reader = await request.multipart()
+        fields: dict[str, str] = {}
+        file_bytes = 0
+        digest = hashlib.sha256()
+        filename: str | None = None
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                continue  # a nested multipart: not something a form upload sends
+            if part.name == "file":
+                filename = part.filename
+                while chunk := await part.read_chunk():
+                    file_bytes += len(chunk)
+                    digest.update(chunk)
+            elif part.name is not None:
+                fields[part.name] = await part.text()
+        return web.json_response({
+            "text": f"fake transcription of {file_bytes} bytes",
+            "model": fields.get("model"),
+            "file_bytes": file_bytes,
+            "file_sha256": digest.hexdigest(),
+            "filename": filename,
+            "fields": fields,
+        })
+
+    # -- test hooks ------------------------------------------------------- #
+
+    async def echo(self, request: web.Request) -> web.Response:
+        """Everything the request carried, exactly as received."""
+        body = await request.read()
+        return web.json_response({
+            "method": request.method,
+            "path": request.raw_path,
+            "query": request.rel_url.raw_query_string,  # as sent, still percent-encoded
+            "headers": headers_dict(request.headers),
+            "header_list": [[k, v] for k, v in request.headers.items()],
+            "body_b64": base64.b64encode(body).decode("ascii"),
+            "pid": os.getpid(),
+        })
+
+    async def release(self, request: web.Request) -> web.Response:
+        """Give gated streams ``n`` (default 1) more events."""
+        try:
+            n = int(request.query.get("n", "1"))
+        except ValueError:
+            raise BadRequest("'n' must be an integer") from None
+        await self.gate.release(max(0, n))
+        return web.json_response({"released": n, "credits": self.gate.credits, "waiting": self.gate.waiting})
+
+    async def debug_stats(self, request: web.Request) -> web.Response:
+        s = self.stats
+        return web.json_response({
+            "requests": s.requests,
+            "rejected_loading": s.rejected_loading,
+            "unauthorized": s.unauthorized,
+            "active_streams": s.active_streams,
+            "cancelled_streams": s.cancelled_streams,
+            "completed_streams": s.completed_streams,
+            "gate_waiting": self.gate.waiting,
+            "gate_credits": self.gate.credits,
+            "loading": self.loading,
+            # CLOCK_MONOTONIC is system-wide on Linux: a parent can compare it with its own.
+            "ready_at_monotonic": self.ready_at,
+            "last_headers": s.last_headers,
+            "last_path": s.last_path,
+        })
+
+    async def debug_pid(self, request: web.Request) -> web.Response:
+        return web.json_response({"pid": os.getpid()})
+
+
+# --------------------------------------------------------------------------- #
+# Process life cycle
+# --------------------------------------------------------------------------- #
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """One listening-ready socket (a single address, so port 0 means one port)."""
+    family, type_, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, type_, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(addr)
+    sock.setblocking(False)
+    return sock
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def exit_during_startup(cfg: Config, code: int) -> NoReturn:
+    path = f"/models/{cfg.model_name}.gguf"
+    log_err(f"llama_model_load: error loading model: failed to open {path}")
+    log_err("llama_model_load_from_file_impl: failed to load model")
+    log_err(f"error: failed to load model '{path}'")
+    log_err("main: exiting due to model loading failure")
+    sys.exit(code)
+
+
+def sigterm_during_startup(signum: int, frame: object) -> None:
+    log("shutting down")
+    sys.exit(0)
+
+
+async def serve(cfg: Config, sock: socket.socket) -> int:
+    server = FakeLlamaServer(cfg)
+    runner = web.AppRunner(
+        server.make_app(),
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=0.2,  # in-flight requests get this long on SIGTERM
+    )
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    if not cfg.ignore_sigterm:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    port = sock.getsockname()[1]
+    server.ready_at = time.monotonic() + cfg.startup_delay
+    log_err(f"main: server is listening on http://{url_host(cfg.host)}:{port} - starting the main loop")
+    log(f"loading model '{cfg.model_name}'")
+    loop.call_later(cfg.startup_delay, log, "model loaded")
+
+    await stop.wait()
+    log("shutting down")
+    try:
+        await asyncio.wait_for(runner.cleanup(), timeout=2.0)
+    except (asyncio.TimeoutError, Exception):  # never let cleanup stall the exit
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    cfg = parse_args(argv)
+    log(f"starting (pid {os.getpid()})")
+
+    # Spawn the grandchild before touching signal dispositions: SIG_IGN would
+    # be inherited across exec and make the grandchild ignore SIGTERM too.
+    if cfg.fork_grandchild:
+        grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        print(f"grandchild pid {grandchild.pid}", flush=True)
+
+    if cfg.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, sigterm_during_startup)
+
+    if cfg.big_line is not None:
+        print("x" * cfg.big_line, flush=True)
+    if cfg.exit_during_startup is not None:
+        exit_during_startup(cfg, cfg.exit_during_startup)
+    if cfg.bind_delay > 0:
+        log(f"waiting {cfg.bind_delay:g}s before binding")
+        time.sleep(cfg.bind_delay)
+
+    try:
+        sock = bind_socket(cfg.host, cfg.port)
+    except OSError as exc:
+        log_err(f"error: couldn't bind HTTP server socket, hostname: {cfg.host}, port: {cfg.port}: {exc}")
+        return 1
+    try:
+        return asyncio.run(serve(cfg, sock))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

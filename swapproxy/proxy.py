@@ -1,0 +1,162 @@
+"""The streaming forwarder: one request to one upstream, bytes in both directions.
+
+One shared :class:`aiohttp.ClientSession` serves every upstream. Nothing is
+buffered or re-parsed here: the request body goes out as given, response
+bytes are written to the client the moment they arrive (``iter_any``), SSE
+included. Hop-by-hop headers are dropped both ways.
+
+aiohttp defaults that would break a proxy, and what this module does instead:
+``auto_decompress=False`` (a gzip body stays gzip, matching its header),
+``total=None`` timeouts (a long generation is not cut at 5 minutes), an
+unlimited connector (1,000 open streams do not queue behind 100 sockets), and
+no auto-added ``User-Agent``/``Accept-Encoding`` the client did not send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterable
+from contextlib import nullcontext
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .config import ModelConfig
+from .errors import UpstreamTimeout, UpstreamUnreachable, envelope
+
+__all__ = ["make_client_session", "open_upstream", "relay", "forward", "HOP_BY_HOP"]
+
+logger = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+     "transfer-encoding", "upgrade"}
+)
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+
+Body = bytes | AsyncIterable[bytes] | None
+
+
+def make_client_session() -> aiohttp.ClientSession:
+    """The one client session all upstream traffic and health probes share."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None),
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
+def _connection_tokens(headers: Any) -> set[str]:
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        tokens.update(t.strip().lower() for t in value.split(","))
+    return tokens
+
+
+def request_headers(request: web.Request) -> CIMultiDict[str]:
+    """Client headers minus hop-by-hop ones (and any the Connection header names)."""
+    drop = _REQUEST_DROP | _connection_tokens(request.headers)
+    return CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
+
+
+async def open_upstream(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    spec: ModelConfig,
+    *,
+    path_qs: str | None = None,
+    body: Body = None,
+    headers: CIMultiDict[str] | None = None,
+) -> aiohttp.ClientResponse:
+    """Send the request upstream and return once the response headers are in."""
+    url = URL(spec.proxy + (path_qs if path_qs is not None else request.raw_path), encoded=True)
+    connect = spec.connect_timeout or None
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, connect=connect)
+    header_timeout = spec.response_header_timeout or None
+    try:
+        async with asyncio.timeout(header_timeout) if header_timeout else nullcontext():
+            return await session.request(
+                request.method,
+                url,
+                headers=headers if headers is not None else request_headers(request),
+                data=body,
+                allow_redirects=False,
+                timeout=timeout,
+            )
+    except asyncio.TimeoutError:
+        raise UpstreamTimeout(
+            f"model '{spec.id}': upstream {spec.proxy} sent no response within {header_timeout:g}s"
+            if header_timeout
+            else f"model '{spec.id}': could not connect to upstream {spec.proxy} within {connect}s"
+        ) from None
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamUnreachable(f"model '{spec.id}': upstream {spec.proxy} is unreachable: {exc.os_error}") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamUnreachable(
+            f"model '{spec.id}': upstream {spec.proxy} failed before responding: {exc.__class__.__name__}: {exc}"
+        ) from None
+
+
+def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    drop = _RESPONSE_DROP | _connection_tokens(upstream.headers)
+    headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
+    if upstream.content_type == "text/event-stream":
+        headers["X-Accel-Buffering"] = "no"  # tell nginx & co. not to buffer the stream
+    return headers
+
+
+async def relay(upstream: aiohttp.ClientResponse, resp: web.StreamResponse, *, sse: bool) -> bool:
+    """Copy the upstream body to ``resp`` chunk by chunk. False if the upstream broke off."""
+    try:
+        async for chunk in upstream.content.iter_any():
+            await resp.write(chunk)
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        logger.warning("upstream %s broke off mid-response: %s", upstream.url, exc)
+        if sse:
+            event = envelope(f"upstream connection lost mid-stream: {exc.__class__.__name__}", "upstream_error",
+                             "upstream_disconnected")
+            try:
+                await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            except ConnectionError:
+                pass
+        return False
+    return True
+
+
+async def forward(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    spec: ModelConfig,
+    *,
+    path_qs: str | None = None,
+    body: Body = None,
+) -> web.StreamResponse:
+    """Proxy ``request`` to ``spec``'s upstream and stream the answer back."""
+    upstream = await open_upstream(request, session, spec, path_qs=path_qs, body=body)
+    complete = False
+    try:
+        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=response_headers(upstream))
+        if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
+            resp.content_length = upstream.content_length
+        await resp.prepare(request)
+        complete = await relay(upstream, resp, sse=upstream.content_type == "text/event-stream")
+        if complete:
+            await resp.write_eof()
+        else:
+            # Leave the body unterminated so the client sees a broken response, not a short one.
+            if request.transport is not None:
+                request.transport.close()
+        return resp
+    finally:
+        if complete:
+            upstream.release()
+        else:
+            upstream.close()  # drop the connection: the upstream sees the client go

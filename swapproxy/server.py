@@ -1,0 +1,72 @@
+"""Run the application until SIGINT/SIGTERM, then stop every upstream and exit 0.
+
+Signal handlers only record the signal; the loop does the work of shutting
+down (tearing down the app's resources stops each upstream within its
+``unloadTimeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from .app import make_app
+from .config import Config
+
+__all__ = ["parse_listen", "serve", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+def parse_listen(value: str) -> tuple[str | None, int]:
+    """``HOST:PORT`` → (host, port); ``:PORT`` → (None = all interfaces, port); ``[v6]:PORT`` too."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        raise ValueError(f"listen address {value!r} must be HOST:PORT or :PORT")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"listen address {value!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"listen address {value!r}: port out of range")
+    host = host.strip("[]")
+    return (host or None), port
+
+
+async def serve(config: Config, host: str | None, port: int, stop: asyncio.Event) -> None:
+    """Serve ``config`` on host:port until ``stop`` is set."""
+    app = make_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        where = f"{host or '*'}:{port}"
+        logger.info("swapproxy listening on http://%s with %d model(s)", where, len(config.models))
+        if host not in ("127.0.0.1", "localhost", "::1") and not config.api_keys:
+            logger.warning("listening on %s without any apiKeys: anyone who can reach this port can use it", where)
+        await stop.wait()
+        logger.info("shutting down: stopping every upstream")
+    finally:
+        await runner.cleanup()
+
+
+def run(config: Config, host: str | None, port: int) -> int:
+    """Blocking entry point used by the CLI; returns the process exit code."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, host, port, stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        logger.error("cannot listen on %s:%s: %s", host or "*", port, exc.strerror or exc)
+        return 1
+    return 0

@@ -1,0 +1,250 @@
+"""Swapper: the swap policy over the set of managed upstream processes.
+
+A request *acquires* its model before it is proxied and *releases* it after
+the last byte. In between, the model counts the request as in flight.
+
+Rules (llama-swap's, see DESIGN.md):
+
+* Every model belongs to a group (models in no configured group share the
+  implicit ``(default)`` group: swap and exclusive, so one runs at a time).
+  Starting a member of group G stops the other running members of G when
+  G.swap, and the running members of every other non-persistent group when
+  G.exclusive.
+* A model that is starting is joined, never started twice.
+* A swap never cuts a request in flight: a model chosen for eviction is
+  closed to new requests at once, and stopped only when its in-flight count
+  reaches zero.
+* Swaps are decided one at a time under a FIFO lock, so waiting requests are
+  served in arrival order; a request whose client leaves while waiting gives
+  up its place (its task is cancelled out of the lock's queue).
+* ``concurrencyLimit`` counts queued plus in-flight requests per model; above
+  it the request is refused with 429 at once.
+* TTL counts from the end of the last request and is disarmed while any
+  request is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from .config import Config
+from .errors import ModelNotFound, ShuttingDown, TooManyRequests
+from .process import ManagedProcess
+from .states import ProcessState
+
+__all__ = ["Swapper", "ModelSlot"]
+
+logger = logging.getLogger(__name__)
+
+_ACTIVE = (ProcessState.STARTING, ProcessState.READY)
+
+
+@dataclass(eq=False)
+class ModelSlot:
+    """Book-keeping the swap policy keeps for one model."""
+
+    process: ManagedProcess
+    inflight: int = 0
+    waiting: int = 0
+    evicting: bool = False
+    last_used: float = 0.0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    ttl_handle: asyncio.TimerHandle | None = None
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    @property
+    def active(self) -> bool:
+        """Running, starting, or reserved by a request that is about to start it."""
+        return self.process.state in _ACTIVE or self.inflight > 0
+
+
+class Swapper:
+    """Decides which upstreams run, and hands requests a ready one."""
+
+    def __init__(self, config: Config, processes: Mapping[str, ManagedProcess]) -> None:
+        self.config = config
+        self.slots: dict[str, ModelSlot] = {mid: ModelSlot(proc) for mid, proc in processes.items()}
+        self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
+        self._closing = False
+        self.swap_listeners: list[Callable[[str, list[str]], None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- queries ----------------------------------------------------------------
+    def slot(self, model_id: str) -> ModelSlot:
+        try:
+            return self.slots[model_id]
+        except KeyError:
+            raise ModelNotFound(model_id) from None
+
+    def running(self) -> list[str]:
+        """Models whose process is starting or ready, in config order."""
+        return [mid for mid, slot in self.slots.items() if slot.process.state in _ACTIVE]
+
+    def queue_depth(self) -> int:
+        return sum(slot.waiting for slot in self.slots.values())
+
+    def evictions_for(self, model_id: str) -> list[str]:
+        """The active models that must stop before ``model_id`` may run."""
+        group = self.config.group_of(model_id)
+        out: list[str] = []
+        for other, slot in self.slots.items():
+            if other == model_id or not slot.active:
+                continue
+            other_group = self.config.group_of(other)
+            if other_group.name == group.name:
+                if group.swap:
+                    out.append(other)
+            elif group.exclusive and not other_group.persistent:
+                out.append(other)
+        return out
+
+    # -- acquire / release ----------------------------------------------------------
+    @asynccontextmanager
+    async def lease(self, model_id: str) -> AsyncIterator[ManagedProcess]:
+        """``async with swapper.lease(m) as proc``: m is ready and counted in flight."""
+        proc = await self.acquire(model_id)
+        try:
+            yield proc
+        finally:
+            self.release(model_id)
+
+    async def acquire(self, model_id: str) -> ManagedProcess:
+        """Make ``model_id`` ready and count one request in flight on it."""
+        if self._closing:
+            raise ShuttingDown("swapproxy is shutting down")
+        slot = self.slot(model_id)
+        limit = slot.process.spec.concurrency_limit
+        if slot.inflight + slot.waiting >= limit:
+            raise TooManyRequests(
+                f"model '{model_id}' has reached its concurrency limit of {limit} requests", retry_after=1
+            )
+        proc = slot.process
+        if not slot.evicting and proc.state in _ACTIVE:
+            # Fast path: running (or starting after its evictions were done): join it.
+            self._enter(slot)
+        else:
+            slot.waiting += 1
+            try:
+                async with self._lock:
+                    if self._closing:
+                        raise ShuttingDown("swapproxy is shutting down")
+                    await self._evict(self.evictions_for(model_id), reason=f"swap to {model_id}")
+                    self._enter(slot)  # reserve before the lock goes, so nobody evicts it meanwhile
+            finally:
+                slot.waiting -= 1
+        try:
+            await proc.start()
+        except BaseException:
+            self.release(model_id)
+            raise
+        return proc
+
+    def release(self, model_id: str) -> None:
+        """The request is finished (or gave up): one fewer in flight."""
+        slot = self.slots[model_id]
+        slot.inflight -= 1
+        if slot.inflight == 0:
+            loop = asyncio.get_running_loop()
+            slot.last_used = loop.time()
+            slot.idle.set()
+            self._arm_ttl(model_id, slot)
+
+    def _enter(self, slot: ModelSlot) -> None:
+        slot.inflight += 1
+        slot.idle.clear()
+        if slot.ttl_handle is not None:
+            slot.ttl_handle.cancel()
+            slot.ttl_handle = None
+
+    # -- eviction ---------------------------------------------------------------------
+    async def _evict(self, models: Iterable[str], reason: str) -> None:
+        """Close ``models`` to new requests, wait for their in-flight ones, stop them."""
+        victims = [self.slots[m] for m in models]
+        if not victims:
+            return
+        for slot in victims:
+            slot.evicting = True
+        try:
+            for slot in victims:
+                await slot.idle.wait()
+            logger.info("%s: stopping %s", reason, ", ".join(s.process.name for s in victims))
+            await asyncio.gather(*(slot.process.stop(reason) for slot in victims))
+        finally:
+            for slot in victims:
+                slot.evicting = False
+        for listener in self.swap_listeners:
+            listener(reason, [s.process.name for s in victims])
+
+    async def unload(self, model_id: str, reason: str = "unload") -> bool:
+        """Stop one model once its in-flight requests finish. False if it was not running."""
+        slot = self.slot(model_id)
+        if not slot.active and slot.process.state is not ProcessState.FAILED:
+            return False
+        async with self._lock:
+            if slot.process.state is ProcessState.FAILED:
+                await slot.process.stop(reason)
+                return True
+            await self._evict([model_id], reason)
+        return True
+
+    async def unload_all(self, reason: str = "unload") -> list[str]:
+        stopped = []
+        for model_id in list(self.slots):
+            if await self.unload(model_id, reason):
+                stopped.append(model_id)
+        return stopped
+
+    # -- TTL --------------------------------------------------------------------------
+    def _arm_ttl(self, model_id: str, slot: ModelSlot) -> None:
+        ttl = slot.process.spec.ttl
+        if ttl <= 0 or self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        if slot.ttl_handle is not None:
+            slot.ttl_handle.cancel()
+        slot.ttl_handle = loop.call_later(ttl, self._ttl_expired, model_id)
+
+    def _ttl_expired(self, model_id: str) -> None:
+        slot = self.slots[model_id]
+        slot.ttl_handle = None
+        if slot.inflight or slot.process.state is not ProcessState.READY:
+            return
+        task = asyncio.ensure_future(self._ttl_unload(model_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _ttl_unload(self, model_id: str) -> None:
+        slot = self.slots[model_id]
+        async with self._lock:
+            # Re-check under the lock: a request may have arrived since the timer fired.
+            if slot.inflight or slot.process.state is not ProcessState.READY or slot.ttl_handle is not None:
+                return
+            logger.info("%s: idle for %gs, unloading (ttl)", model_id, slot.process.spec.ttl)
+            await self._evict([model_id], reason="ttl expired")
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def preload(self, models: Iterable[str]) -> None:
+        """Start models at startup as if a request had asked (group rules apply)."""
+        for model_id in models:
+            try:
+                await self.acquire(model_id)
+            except Exception as exc:  # a failed preload is logged; swapproxy keeps serving
+                logger.error("preload of %s failed: %s", model_id, exc)
+            else:
+                self.release(model_id)
+
+    async def shutdown(self) -> None:
+        """Stop every upstream now (in-flight requests are not waited for)."""
+        self._closing = True
+        for slot in self.slots.values():
+            if slot.ttl_handle is not None:
+                slot.ttl_handle.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*(slot.process.shutdown() for slot in self.slots.values()), return_exceptions=True)

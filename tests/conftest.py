@@ -1,0 +1,145 @@
+"""Shared test helpers: configs around the fake llama-server, a live swapproxy, waits.
+
+Everything here uses real processes and real sockets. Waits are bounded
+condition checks (an event, or a condition polled every few ms up to a
+deadline), never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+import yaml
+from aiohttp import web
+
+from swapproxy.app import SWAPPER, make_app
+from swapproxy.config import Config, parse_config
+
+FAKE = Path(__file__).resolve().parent / "fake_llama_server.py"
+PY = sys.executable
+#: How often wait_until re-checks its condition (a poll with a deadline, not a fixed wait).
+POLL_INTERVAL = 0.005
+
+
+def fake_cmd(*flags: str) -> str:
+    """A model ``cmd`` that runs the fake llama-server on ${PORT}."""
+    return " ".join([PY, str(FAKE), "--port", "${PORT}", *flags])
+
+
+def free_port_block(n: int) -> int:
+    """A start port with ``n`` consecutive ports free right now."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65000:
+            continue
+        ok = True
+        for port in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port block")
+
+
+def make_config(models: Mapping[str, Mapping[str, Any]], **top: Any) -> Config:
+    """A Config from plain dicts, through the real YAML parser."""
+    doc: dict[str, Any] = {"startPort": free_port_block(len(models) + 1), "healthCheckTimeout": 15}
+    doc.update(top)
+    doc["models"] = {k: dict(v) for k, v in models.items()}
+    return parse_config(yaml.safe_dump(doc, sort_keys=False), file="test-config.yaml")
+
+
+async def wait_until(
+    cond: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, what: str = "condition"
+) -> None:
+    """Poll ``cond`` (plain or async) every few ms until true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = cond()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def wait_gone(pid: int, timeout: float = 5.0) -> None:
+    await wait_until(lambda: pid_gone(pid), timeout, f"pid {pid} to exit")
+
+
+class Proxy:
+    """A running swapproxy on a real socket, with a client session."""
+
+    def __init__(self, app: web.Application, url: str, session: aiohttp.ClientSession) -> None:
+        self.app = app
+        self.url = url
+        self.http = session
+
+    @property
+    def swapper(self):  # type: ignore[no-untyped-def]
+        return self.app[SWAPPER]
+
+    def pid(self, model: str) -> int | None:
+        return self.swapper.slot(model).process.pid
+
+    async def post(self, path: str, payload: Any, **kw: Any) -> aiohttp.ClientResponse:
+        return await self.http.post(self.url + path, json=payload, **kw)
+
+    async def chat(self, model: str, **extra: Any) -> tuple[int, Any]:
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+        async with self.http.post(self.url + "/v1/chat/completions", json=body) as resp:
+            data = await resp.json(content_type=None)
+            return resp.status, data
+
+
+async def start_proxy(config: Config) -> tuple[web.AppRunner, Proxy]:
+    app = make_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    port = free_port_block(1)
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+    return runner, Proxy(app, f"http://127.0.0.1:{port}", session)
+
+
+@pytest.fixture
+async def proxy_factory() -> AsyncIterator[Callable[[Config], Any]]:
+    """``proxy = await proxy_factory(config)``; everything is torn down after the test."""
+    started: list[tuple[web.AppRunner, Proxy]] = []
+
+    async def factory(config: Config) -> Proxy:
+        runner, proxy = await start_proxy(config)
+        started.append((runner, proxy))
+        return proxy
+
+    yield factory
+    for runner, proxy in reversed(started):
+        await proxy.http.close()
+        await runner.cleanup()

@@ -23,7 +23,7 @@ from aiohttp import web
 from .app import CONFIG, MAX_BODY, SESSION, STARTED, SWAPPER
 from .config import Config, ModelConfig
 from .errors import BadRequest, NotFound, PayloadTooLarge, SwapProxyError, envelope
-from .proxy import forward, open_upstream, relay, request_headers, response_headers
+from .proxy import forward, open_upstream, relay, request_headers
 from .routing import (
     find_multipart_field,
     model_from_json,
@@ -136,26 +136,9 @@ async def _multipart(request: web.Request) -> web.StreamResponse:
         headers = request_headers(request)
         headers["Content-Length"] = str(spool.size)
         async with request.app[SWAPPER].lease(model_id):
-            upstream = await open_upstream(request, request.app[SESSION], spec, body=spool.chunks(), headers=headers)
-            return await _relay_response(request, upstream)
+            return await forward(request, request.app[SESSION], spec, body=spool.chunks(), headers=headers)
     finally:
         spool.close()
-
-
-async def _relay_response(request: web.Request, upstream: Any) -> web.StreamResponse:
-    complete = False
-    try:
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=response_headers(upstream))
-        await resp.prepare(request)
-        complete = await relay(upstream, resp, sse=upstream.content_type == "text/event-stream")
-        if complete:
-            await resp.write_eof()
-        return resp
-    finally:
-        if complete:
-            upstream.release()
-        else:
-            upstream.close()
 
 
 async def native_get(request: web.Request) -> web.StreamResponse:

@@ -138,9 +138,10 @@ async def forward(
     *,
     path_qs: str | None = None,
     body: Body = None,
+    headers: CIMultiDict[str] | None = None,
 ) -> web.StreamResponse:
     """Proxy ``request`` to ``spec``'s upstream and stream the answer back."""
-    upstream = await open_upstream(request, session, spec, path_qs=path_qs, body=body)
+    upstream = await open_upstream(request, session, spec, path_qs=path_qs, body=body, headers=headers)
     complete = False
     try:
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=response_headers(upstream))

@@ -1,0 +1,194 @@
+"""End to end against the real llama-server and a real model (marker: llama).
+
+Needs ``python3 scripts/install_llama.py`` to have filled ~/.cache/swapproxy/
+(``bash scripts/test.sh`` does it). Without it these tests fail with a message
+saying so; they are never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import openai
+import pytest
+
+from conftest import Proxy, make_config, pid_gone
+
+pytestmark = pytest.mark.llama
+
+CACHE = Path(os.environ.get("SWAPPROXY_CACHE", Path.home() / ".cache" / "swapproxy"))
+LLAMA_SERVER = CACHE / "bin" / "llama-server"
+MODEL = CACHE / "models" / "gemma-3-270m-q4_k_m.gguf"
+#: gemma-3-270m's embedding width.
+N_EMBD = 640
+
+
+@pytest.fixture(scope="module")
+def llama() -> tuple[Path, Path]:
+    missing = [str(p) for p in (LLAMA_SERVER, MODEL) if not p.exists()]
+    if missing:
+        pytest.fail(f"real llama-server or model missing ({', '.join(missing)}); run: python3 scripts/install_llama.py")
+    return LLAMA_SERVER, MODEL
+
+
+def e2e_config(llama: tuple[Path, Path], **extra_models: dict[str, object]):
+    server, model = llama
+    base = f"{server} --host 127.0.0.1 --port ${{PORT}} -m {model} -t 2"
+    models: dict[str, dict[str, object]] = {
+        "chat-a": {"cmd": f"{base} -c 1024", "aliases": ["gpt-4o-mini"]},
+        "chat-b": {"cmd": f"{base} -c 768 --temp 1.0"},
+        "embed": {"cmd": f"{base} -c 512 --embeddings --pooling mean"},
+        **extra_models,
+    }
+    groups = {
+        "chat": {"swap": True, "exclusive": True, "members": [m for m in models if m != "embed"]},
+        "embeddings": {"swap": True, "exclusive": False, "persistent": True, "members": ["embed"]},
+    }
+    return make_config(models, groups=groups, healthCheckTimeout=60)
+
+
+def sdk(proxy: Proxy, key: str = "sk-none") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+USER = [{"role": "user", "content": "Say hello in three words."}]
+
+
+async def test_openai_sdk_chat_stream_completions_embeddings(proxy_factory, llama) -> None:
+    proxy = await proxy_factory(e2e_config(llama))
+    client = sdk(proxy)
+    try:
+        chat = await client.chat.completions.create(model="gpt-4o-mini", messages=USER, max_tokens=16)
+        assert chat.choices[0].message.content
+        assert chat.choices[0].finish_reason in ("stop", "length")
+
+        stream = await client.chat.completions.create(model="chat-a", messages=USER, max_tokens=16, stream=True)
+        parts, finish = [], None
+        async for chunk in stream:
+            for choice in chunk.choices:
+                parts.append(choice.delta.content or "")
+                finish = choice.finish_reason or finish
+        assert "".join(parts).strip()
+        assert finish in ("stop", "length")
+
+        completion = await client.completions.create(model="chat-a", prompt="The capital of France is", max_tokens=8)
+        assert completion.choices[0].text
+
+        emb = await client.embeddings.create(model="embed", input=["hello world", "a second text"])
+        assert [len(d.embedding) for d in emb.data] == [N_EMBD, N_EMBD]
+        # persistent embeddings group: the chat model kept running beside it
+        assert proxy.swapper.running() == ["chat-a", "embed"]
+    finally:
+        await client.close()
+
+
+async def test_swap_between_chat_models_and_back(proxy_factory, llama) -> None:
+    proxy = await proxy_factory(e2e_config(llama))
+    client = sdk(proxy)
+    try:
+        pids = []
+        for model in ("chat-a", "chat-b", "chat-a"):
+            chat = await client.chat.completions.create(model=model, messages=USER, max_tokens=4)
+            assert chat.choices[0].message.content is not None
+            assert proxy.swapper.running() == [model]
+            pids.append(proxy.pid(model))
+        assert len(set(pids)) == 3
+        assert pid_gone(pids[0]) and pid_gone(pids[1])
+    finally:
+        await client.close()
+
+
+async def test_native_completion_and_upstream_slots(proxy_factory, llama) -> None:
+    proxy = await proxy_factory(e2e_config(llama))
+    body = {"model": "chat-b", "prompt": "Once upon a time", "n_predict": 8}
+    async with proxy.http.post(proxy.url + "/completion", json=body) as resp:
+        assert resp.status == 200
+        data = await resp.json()
+        assert data["content"] and data["tokens_predicted"] > 0
+    async with proxy.http.get(proxy.url + "/upstream/chat-b/slots") as resp:
+        assert resp.status == 200
+        slots = await resp.json()
+        assert isinstance(slots, list) and slots and "id" in slots[0]
+    async with proxy.http.get(proxy.url + "/props?model=chat-b") as resp:
+        assert resp.status == 200
+        assert "gemma" in json.dumps(await resp.json()).lower()
+
+
+async def test_open_webui_call_pattern(proxy_factory, llama) -> None:
+    """GET /v1/models, then a streamed chat with include_usage: the usage chunk arrives."""
+    proxy = await proxy_factory(e2e_config(llama))
+    async with proxy.http.get(proxy.url + "/v1/models") as resp:
+        ids = [m["id"] for m in (await resp.json())["data"]]
+    assert ids == ["chat-a", "chat-b", "embed"]
+    body = {
+        "model": ids[0],
+        "messages": USER,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": 8,
+    }
+    events = []
+    async with proxy.http.post(proxy.url + "/v1/chat/completions", json=body) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        async for line in resp.content:
+            if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
+                events.append(json.loads(line[6:]))
+            if line.startswith(b"data: [DONE]"):
+                break
+    usage = [e["usage"] for e in events if e.get("usage")]
+    assert usage and usage[-1]["completion_tokens"] > 0 and usage[-1]["prompt_tokens"] > 0
+
+
+async def test_tools_and_json_schema_pass_through(proxy_factory, llama) -> None:
+    proxy = await proxy_factory(e2e_config(llama))
+    client = sdk(proxy)
+    try:
+        tools = [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "description": "Weather for a city",
+                    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+                },
+            }
+        ]
+        messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+        answer = await client.chat.completions.create(model="chat-a", messages=messages, tools=tools, max_tokens=48)
+        assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+        schema = {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+            "required": ["name", "age"],
+        }
+        structured = await client.chat.completions.create(
+            model="chat-a",
+            messages=[{"role": "user", "content": "Invent a person."}],
+            response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}},
+            max_tokens=64,
+        )
+        content = structured.choices[0].message.content or ""
+        if structured.choices[0].finish_reason == "stop":  # grammar-constrained: it must parse
+            person = json.loads(content)
+            assert set(person) >= {"name", "age"}
+        else:
+            assert content.lstrip().startswith("{")
+    finally:
+        await client.close()
+
+
+async def test_upstream_api_key_reaches_llama_server(proxy_factory, llama) -> None:
+    server, model = llama
+    keyed = {"cmd": f"{server} --host 127.0.0.1 --port ${{PORT}} -m {model} -c 512 -t 2 --api-key upstream-secret"}
+    proxy = await proxy_factory(e2e_config(llama, keyed=keyed))
+    body = {"model": "keyed", "messages": USER, "max_tokens": 2}
+    async with proxy.http.post(proxy.url + "/v1/chat/completions", json=body) as resp:
+        assert resp.status == 401  # llama-server's own answer, passed through
+    headers = {"Authorization": "Bearer upstream-secret"}
+    async with proxy.http.post(proxy.url + "/v1/chat/completions", json=body, headers=headers) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["choices"][0]["message"]["content"] is not None

@@ -159,6 +159,7 @@ class ModelConfig:
     response_header_timeout: float = 0.0  # 0 = none
     port: int | None = None  # the ${PORT} assigned to this model
     group: str = DEFAULT_GROUP
+    upstream_api_key: str | None = None  # swapproxy: sent upstream as Bearer / x-api-key
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,6 +181,9 @@ class Config:
     groups: tuple[GroupConfig, ...] = ()
     default_model: str | None = None
     max_request_body_mb: float = 256.0
+    breaker_failures: int = 3  # start failures within breaker_window that open the breaker; 0 = off
+    breaker_window: float = 60.0
+    state_dir: str | None = None  # where pid records live; None = no records
     models: Mapping[str, ModelConfig]
     notices: tuple[str, ...] = ()
     _alias_index: Mapping[str, str] = field(init=False, repr=False, compare=False)
@@ -303,6 +307,14 @@ class _RawModel(_Raw, title="model"):
     capabilities: dict[str, Any] | None = None
     sendLoadingState: bool | None = None
     timeouts: _RawTimeouts = _RawTimeouts()
+    apiKey: str = Field(default="", description="swapproxy: key sent to this upstream (Bearer and x-api-key)")
+
+
+class _RawBreaker(_Raw, title="circuitBreaker"):
+    """After ``failures`` start failures within ``window`` seconds, answer 503 at once."""
+
+    failures: int = Field(default=3, ge=0, description="0 disables the breaker")
+    window: float = Field(default=60.0, gt=0, description="seconds")
 
 
 class _RawConfig(_Raw, title="swapproxy config (llama-swap config.yaml format)"):
@@ -322,6 +334,9 @@ class _RawConfig(_Raw, title="swapproxy config (llama-swap config.yaml format)")
     models: dict[str, _RawModel]
     defaultModel: str | None = Field(default=None, description="swapproxy: model if none named")
     maxRequestBodyMB: float = Field(default=256.0, gt=0, description="swapproxy: body limit")
+    circuitBreaker: _RawBreaker = _RawBreaker()
+    stateDir: str | None = Field(default=None, description="swapproxy: pid records; default "
+                                 "$XDG_STATE_HOME/swapproxy; empty string = none")
     logRequests: bool | None = Field(default=None, description="accepted, unused")
     metricsMaxInMemory: int | None = Field(default=None, description="accepted, unused")
     captureBuffer: float | None = Field(default=None, description="accepted, unused")
@@ -746,7 +761,17 @@ class _Loader:
             include_aliases_in_list=raw.includeAliasesInList, preload=tuple(preload),
             groups=tuple(groups), default_model=default_model,
             max_request_body_mb=raw.maxRequestBodyMB, models=models,
+            breaker_failures=raw.circuitBreaker.failures, breaker_window=raw.circuitBreaker.window,
+            state_dir=self.state_dir(raw.stateDir),
             notices=tuple(str(n) for n in notices))
+
+    def state_dir(self, value: str | None) -> str | None:
+        """stateDir as given; unset means $XDG_STATE_HOME/swapproxy (or ~/.local/state/swapproxy)."""
+        if value is not None:
+            return os.path.expanduser(value) or None
+        base = self.environ.get("XDG_STATE_HOME") or os.path.join(
+            self.environ.get("HOME") or os.path.expanduser("~"), ".local", "state")
+        return os.path.join(base, "swapproxy")
 
     def groups(self, raw: _RawConfig, ids: list[str]) -> tuple[list[GroupConfig],
                                                                 list[tuple[_KeyPath, str]]]:
@@ -841,7 +866,8 @@ class _Loader:
                                 else m.sendLoadingState),
             connect_timeout=m.timeouts.connect,
             response_header_timeout=m.timeouts.responseHeader,
-            port=scope.port, group=group)
+            port=scope.port, group=group,
+            upstream_api_key=scope.text(m.apiKey, (*base, "apiKey")) or None)
         return model, next_port
 
     def argv(self, text: str, path: _KeyPath, required: bool = True) -> tuple[str, ...]:

@@ -21,18 +21,26 @@ Rules (llama-swap's, see DESIGN.md):
   it the request is refused with 429 at once.
 * TTL counts from the end of the last request and is disarmed while any
   request is in flight.
+* Circuit breaker: after ``circuitBreaker.failures`` start failures within
+  ``circuitBreaker.window`` seconds, requests get 503 at once (with the last
+  error and log lines) until the window has passed or an operator loads the
+  model explicitly (:meth:`Swapper.load`). Below that count, the next request
+  simply tries again.
+* Members of a ``persistent`` group that crash (or fail to restart) are
+  restarted on their own, with a back-off of 1, 2, 4 ... 30 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from .config import Config
-from .errors import ModelNotFound, ShuttingDown, TooManyRequests
+from .errors import ModelNotFound, ModelStartFailed, ShuttingDown, TooManyRequests
 from .process import ManagedProcess
 from .states import ProcessState
 
@@ -54,6 +62,10 @@ class ModelSlot:
     last_used: float = 0.0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     ttl_handle: asyncio.TimerHandle | None = None
+    failures: collections.deque[float] = field(default_factory=collections.deque)  # start failures (loop time)
+    breaker_until: float = 0.0  # loop time until which requests are refused at once
+    restarts: int = 0  # consecutive automatic restarts of a persistent model
+    restart_task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -74,6 +86,8 @@ class Swapper:
         self._closing = False
         self.swap_listeners: list[Callable[[str, list[str]], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        for model_id, slot in self.slots.items():
+            slot.process.add_listener(self._on_state_change)
 
     # -- queries ----------------------------------------------------------------
     def slot(self, model_id: str) -> ModelSlot:
@@ -125,6 +139,7 @@ class Swapper:
                 f"model '{model_id}' has reached its concurrency limit of {limit} requests", retry_after=1
             )
         proc = slot.process
+        self._check_breaker(model_id, slot)
         if not slot.evicting and proc.state in _ACTIVE:
             # Fast path: running (or starting after its evictions were done): join it.
             self._enter(slot)
@@ -144,6 +159,14 @@ class Swapper:
             self.release(model_id)
             raise
         return proc
+
+    async def load(self, model_id: str) -> None:
+        """An operator's explicit load: clears an open circuit breaker, then starts the model."""
+        slot = self.slot(model_id)
+        slot.failures.clear()
+        slot.breaker_until = 0.0
+        await self.acquire(model_id)
+        self.release(model_id)
 
     def release(self, model_id: str) -> None:
         """The request is finished (or gave up): one fewer in flight."""
@@ -199,6 +222,65 @@ class Swapper:
             if await self.unload(model_id, reason):
                 stopped.append(model_id)
         return stopped
+
+    # -- failures: circuit breaker and persistent restarts ----------------------------------
+    def _check_breaker(self, model_id: str, slot: ModelSlot) -> None:
+        if slot.process.state is not ProcessState.FAILED:
+            return
+        remaining = slot.breaker_until - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return
+        last = slot.process.last_error
+        reason = last.reason if last is not None else "start failed"
+        raise ModelStartFailed(
+            f"{model_id} failed to start {len(slot.failures)} times within {self.config.breaker_window:g}s; "
+            f"not retrying for {remaining:.0f}s (load it explicitly to retry now). Last error: {reason}",
+            log_tail=last.log_tail if last is not None else (),
+        )
+
+    def _on_state_change(self, proc: ManagedProcess, old: ProcessState, new: ProcessState) -> None:
+        slot = self.slots[proc.name]
+        if new is ProcessState.READY:
+            slot.failures.clear()
+            return
+        if new is not ProcessState.FAILED:
+            return
+        now = asyncio.get_running_loop().time()
+        if old is ProcessState.READY and proc.ready_at is not None and now - proc.ready_at > 60:
+            slot.restarts = 0  # it had been up a while: not a crash loop
+        if old is ProcessState.STARTING:
+            window = self.config.breaker_window
+            slot.failures.append(now)
+            while slot.failures and slot.failures[0] < now - window:
+                slot.failures.popleft()
+            limit = self.config.breaker_failures
+            if limit and len(slot.failures) >= limit:
+                slot.breaker_until = now + window
+                logger.error("%s: %d start failures within %gs; circuit breaker open for %gs",
+                             proc.name, len(slot.failures), window, window)
+        if self.config.group_of(proc.name).persistent and not self._closing:
+            self._schedule_restart(proc.name, slot, now)
+
+    def _schedule_restart(self, model_id: str, slot: ModelSlot, now: float) -> None:
+        if slot.restart_task is not None and not slot.restart_task.done():
+            return
+        delay = max(min(2.0**slot.restarts, 30.0), slot.breaker_until - now)
+        slot.restarts += 1
+        logger.warning("%s: persistent model failed; restarting in %.0fs", model_id, delay)
+        slot.restart_task = asyncio.ensure_future(self._restart_later(model_id, slot, delay))
+        self._tasks.add(slot.restart_task)
+        slot.restart_task.add_done_callback(self._tasks.discard)
+
+    async def _restart_later(self, model_id: str, slot: ModelSlot, delay: float) -> None:
+        await asyncio.sleep(delay)
+        slot.restart_task = None
+        if self._closing or slot.process.state is not ProcessState.FAILED:
+            return
+        try:
+            await self.acquire(model_id)
+        except ModelStartFailed:
+            return  # the FAILED transition scheduled the next attempt
+        self.release(model_id)
 
     # -- TTL --------------------------------------------------------------------------
     def _arm_ttl(self, model_id: str, slot: ModelSlot) -> None:

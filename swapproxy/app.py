@@ -3,7 +3,14 @@
 Resources are ``cleanup_ctx`` context managers torn down in reverse order:
 the shared client session, then the guardian and the managed processes, then
 the swapper (whose teardown stops every upstream). Inference handlers are in
-:mod:`swapproxy.handlers`; this module wires them up.
+:mod:`swapproxy.handlers`, management ones in :mod:`swapproxy.management`;
+this module wires them up.
+
+Observability is wired here too: every process state change and every
+upstream output line is published on the app's :class:`~swapproxy.events.EventBus`
+and counted in its :class:`~swapproxy.metrics.Metrics`; swapproxy's own log
+records go to the ``proxy`` log buffer. Middlewares, outermost first: metrics
+(sees the final status), errors (the OpenAI envelope), auth.
 """
 
 from __future__ import annotations
@@ -29,24 +36,42 @@ from .errors import (
     error_response,
 )
 from .guardian import Guardian
-from .logs import LogBuffer
+from .statefile import RunRecord, reap_leftovers
+from .events import EventBus
+from .logs import BufferHandler, LogBuffer
+from .metrics import Metrics
 from .process import ManagedProcess
 from .proxy import make_client_session
+from .states import ProcessState
 from .swap import Swapper
 
-__all__ = ["make_app", "CONFIG", "SWAPPER", "SESSION", "PROXY_LOG", "STARTED", "MAX_BODY"]
+__all__ = [
+    "make_app", "route_label", "CONFIG", "SWAPPER", "SESSION", "PROXY_LOG", "UPSTREAM_LOG", "ALL_LOG", "EVENTS",
+    "METRICS", "CLOSING", "BACKGROUND", "STARTED", "MAX_BODY", "MODEL_KEY", "START_KEY",
+]
 
 logger = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", Config)
 SWAPPER = web.AppKey("swapper", Swapper)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
-PROXY_LOG = web.AppKey("proxy_log", LogBuffer)
+PROXY_LOG = web.AppKey("proxy_log", LogBuffer)  # swapproxy's own log records
+UPSTREAM_LOG = web.AppKey("upstream_log", LogBuffer)  # every model's output, "[model] line"
+ALL_LOG = web.AppKey("all_log", LogBuffer)  # both of the above, in arrival order
+EVENTS = web.AppKey("events", EventBus)
+METRICS = web.AppKey("metrics", Metrics)
+CLOSING = web.AppKey("closing", asyncio.Event)  # set at shutdown: long-lived streams end
+BACKGROUND = web.AppKey("background", set)  # set[asyncio.Task[None]]: loads started by the API
 STARTED = web.AppKey("started", float)
 MAX_BODY = web.AppKey("max_body", int)
 
+#: request keys: the model a handler resolved (the metrics' model label), when the request arrived
+MODEL_KEY = "swapproxy.model"
+START_KEY = "swapproxy.started"
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _OPEN_PATHS = frozenset({"/health", "/health/liveness"})
+_BROWSER_PATHS = ("/ui", "/swagger")  # a 401 here asks the browser for credentials (Basic)
 
 
 def _presented_key(request: web.Request) -> str | None:
@@ -106,28 +131,92 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     keys = request.app[CONFIG].api_keys
     if keys and request.path not in _OPEN_PATHS and not _key_ok(_presented_key(request), keys):
+        if request.path == "/" or request.path.startswith(_BROWSER_PATHS):
+            # Pages a person opens: let the browser ask (any user name, the key as password);
+            # it then sends the same credentials with the page's own fetch/EventSource calls.
+            resp = error_response(Unauthorized("invalid or missing API key"))
+            resp.headers["WWW-Authenticate"] = 'Basic realm="swapproxy", charset="UTF-8"'
+            return resp
         raise Unauthorized("invalid or missing API key")
     return await handler(request)
 
 
+def route_label(request: web.Request) -> str:
+    """The matched route's canonical path (a fixed set), never the raw URL."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else ""
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every request by model, route and final status (499: the client went away)."""
+    started = time.perf_counter()
+    request[START_KEY] = started
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        status = 499
+        raise
+    finally:
+        request.app[METRICS].observe_request(
+            request.get(MODEL_KEY), route_label(request), status, time.perf_counter() - started
+        )
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
+    from .management import model_snapshot  # late import: management uses the AppKeys defined here
+
     config = app[CONFIG]
+    events = app[EVENTS]
+    metrics = app[METRICS]
+    upstream_log, all_log = app[UPSTREAM_LOG], app[ALL_LOG]
     session = make_client_session()
     app[SESSION] = session
+    if config.state_dir:
+        # Upstreams an earlier run left behind would hold our ports: stop them first.
+        await asyncio.to_thread(reap_leftovers, config.state_dir)
     guardian = Guardian()
     await guardian.start()
+    record = RunRecord(config.state_dir) if config.state_dir else None
+    trackers = [guardian] if record is None else [guardian, record]
     echo_upstream = config.log_to_stdout in ("upstream", "both")
 
     def on_line(model: str, line: str) -> None:
+        tagged = f"[{model}] {line}"
+        upstream_log.append(tagged)
+        all_log.append(tagged)
+        events.publish({"type": "log", "source": model, "line": line})
         if echo_upstream:
-            sys.stdout.write(f"[{model}] {line}\n")
+            sys.stdout.write(tagged + "\n")
+
+    def on_state(proc: ManagedProcess, old: ProcessState, new: ProcessState) -> None:
+        metrics.on_state_change(proc, old, new)
+        if events.subscriber_count:
+            events.publish({"type": "state", "old": old.value, **model_snapshot(app, proc.name)})
 
     processes = {
-        mid: ManagedProcess(spec, guardian=guardian, session=session, on_line=on_line)
+        mid: ManagedProcess(spec, trackers=trackers, session=session, on_line=on_line)
         for mid, spec in config.models.items()
     }
+    for proc in processes.values():
+        proc.add_listener(on_state)
     swapper = Swapper(config, processes)
+    swapper.swap_listeners.append(
+        lambda reason, stopped: events.publish({"type": "swap", "reason": reason, "stopped": stopped})
+    )
     app[SWAPPER] = swapper
+    metrics.bind(swapper)
+    proxy_handler = BufferHandler(
+        app[PROXY_LOG], all_log, on_line=lambda line: events.publish({"type": "log", "source": "proxy", "line": line})
+    )
+    package_logger = logging.getLogger("swapproxy")
+    package_logger.addHandler(proxy_handler)
     preload: asyncio.Task[None] | None = None
     if config.preload:
         preload = asyncio.ensure_future(swapper.preload(config.preload))
@@ -136,22 +225,43 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     finally:
         if preload is not None:
             preload.cancel()
+        for task in list(app[BACKGROUND]):
+            task.cancel()
         await swapper.shutdown()
+        package_logger.removeHandler(proxy_handler)
         await guardian.close()
+        if record is not None:
+            record.close()
         await session.close()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    # Runs before aiohttp waits for open connections: log and event streams end now
+    # instead of holding the shutdown for its whole timeout.
+    app[CLOSING].set()
 
 
 def make_app(config: Config) -> web.Application:
     """Build the application for ``config`` (resources start with the app)."""
-    from . import handlers  # late import: handlers use the AppKeys defined here
+    from . import handlers, management  # late import: they use the AppKeys defined here
 
     max_size = int(config.max_request_body_mb * 1024 * 1024)
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=max_size)
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware, auth_middleware], client_max_size=max_size
+    )
     app[CONFIG] = config
     app[STARTED] = time.time()
     app[MAX_BODY] = max_size
     app[PROXY_LOG] = LogBuffer("proxy")
+    app[UPSTREAM_LOG] = LogBuffer("upstream")
+    app[ALL_LOG] = LogBuffer("all", maxlen=2000)
+    app[EVENTS] = EventBus()
+    app[METRICS] = Metrics(config)
+    app[CLOSING] = asyncio.Event()
+    app[BACKGROUND] = set()
     app.cleanup_ctx.append(_resources)
+    app.on_shutdown.append(_on_shutdown)
+    management.add_routes(app)  # specific routes first: handlers ends with the catch-alls
     handlers.add_routes(app)
     return app
 

@@ -20,23 +20,33 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from .config import ModelConfig
 from .errors import HealthCheckTimeout, ModelStartFailed, ShuttingDown
-from .guardian import Guardian
 from .health import is_ready_hint, probe_intervals
 from .logs import LogBuffer
 from .states import ProcessState, check_transition
 
-__all__ = ["ManagedProcess", "StateListener", "LOG_TAIL_LINES"]
+__all__ = ["ManagedProcess", "ProcessTracker", "StateListener", "LOG_TAIL_LINES"]
 
 logger = logging.getLogger(__name__)
 
 StateListener = Callable[["ManagedProcess", ProcessState, ProcessState], None]
+
+
+class ProcessTracker(Protocol):
+    """Told of every upstream process group we spawn and reap (guardian, pid records)."""
+
+    def watch(self, pid: int) -> None: ...
+
+    def unwatch(self, pid: int) -> None: ...
+
+
 LineListener = Callable[[str, str], None]
 
 #: How many of the upstream's last output lines a start-failure error carries.
@@ -75,14 +85,14 @@ class ManagedProcess:
         spec: ModelConfig,
         *,
         log: LogBuffer | None = None,
-        guardian: Guardian | None = None,
+        trackers: Sequence[ProcessTracker] = (),
         session: aiohttp.ClientSession | None = None,
         on_state_change: StateListener | None = None,
         on_line: LineListener | None = None,
     ) -> None:
         self.spec = spec
         self.log = log if log is not None else LogBuffer(spec.id)
-        self._guardian = guardian
+        self._trackers = tuple(trackers)
         self._session = session
         self._own_session: aiohttp.ClientSession | None = None
         self._listeners: list[StateListener] = [on_state_change] if on_state_change else []
@@ -206,8 +216,8 @@ class ManagedProcess:
             raise ModelStartFailed(f"{self.name}: cannot run {argv[0]!r}: {exc.strerror or exc}") from None
         self._proc = proc
         self.spawned_at = asyncio.get_running_loop().time()
-        if self._guardian is not None:
-            self._guardian.watch(proc.pid)
+        for tracker in self._trackers:
+            tracker.watch(proc.pid)
         assert proc.stdout is not None and proc.stderr is not None
         self._readers = [
             asyncio.ensure_future(self._read_lines(proc.stdout)),
@@ -245,8 +255,8 @@ class ManagedProcess:
         self._exited.set()
         self._wake.set()
         _killpg(proc.pid, signal.SIGKILL)  # the leader is gone: take its stragglers too
-        if self._guardian is not None:
-            self._guardian.unwatch(proc.pid)
+        for tracker in self._trackers:
+            tracker.unwatch(proc.pid)
         if self.state is ProcessState.READY:
             await self._drain_readers()
             self.last_error = ModelStartFailed(

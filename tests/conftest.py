@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -27,6 +29,7 @@ from swapproxy.config import Config, parse_config
 
 FAKE = Path(__file__).resolve().parent / "fake_llama_server.py"
 PY = sys.executable
+STATE_DIR = Path(tempfile.gettempdir()) / f"swapproxy-tests-{os.getpid()}"
 #: How often wait_until re-checks its condition (a poll with a deadline, not a fixed wait).
 POLL_INTERVAL = 0.005
 
@@ -59,7 +62,11 @@ def free_port_block(n: int) -> int:
 
 def make_config(models: Mapping[str, Mapping[str, Any]], **top: Any) -> Config:
     """A Config from plain dicts, through the real YAML parser."""
-    doc: dict[str, Any] = {"startPort": free_port_block(len(models) + 1), "healthCheckTimeout": 15}
+    doc: dict[str, Any] = {
+        "startPort": free_port_block(len(models) + 1),
+        "healthCheckTimeout": 15,
+        "stateDir": str(STATE_DIR),  # pid records of this test session, not the user's
+    }
     doc.update(top)
     doc["models"] = {k: dict(v) for k, v in models.items()}
     return parse_config(yaml.safe_dump(doc, sort_keys=False), file="test-config.yaml")

@@ -151,3 +151,56 @@ async def test_sigint_stops_sigterm_ignoring_upstreams_within_unload_timeout(tmp
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_upstreams_left_by_a_dead_run_are_stopped_before_serving(proxy_factory, tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from swapproxy.statefile import RunRecord
+
+    state = tmp_path / "state"
+    config = make_config({"m": fake("m")}, stateDir=str(state))
+    port = config.models["m"].port
+    # An upstream from an earlier run, still holding m's port; its swapproxy is gone.
+    orphan = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "fake_llama_server.py"), "--port", str(port)],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        dead_owner = subprocess.Popen(["true"])
+        dead_owner.wait()
+        record = RunRecord(state)
+        record.watch(orphan.pid)
+        data = json.loads(record.path.read_text())
+        data["owner"]["pid"] = dead_owner.pid
+        (state / f"run-{dead_owner.pid}-1.json").write_text(json.dumps(data))
+        record.path.unlink()
+        async with aiohttp.ClientSession() as http:
+            async def orphan_listening() -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/health") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_until(orphan_listening, 15, "the orphan to listen")
+        proxy = await proxy_factory(config)
+        assert orphan.poll() is not None or await asyncio.to_thread(orphan.wait, 5) is not None
+        status, data = await proxy.chat("m")  # its port is free again: m starts normally
+        assert status == 200
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
+
+
+async def test_live_runs_records_are_left_alone(proxy_factory, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = await proxy_factory(make_config({"a": fake("a")}, stateDir=str(state)))
+    assert (await first.chat("a"))[0] == 200
+    pid = first.pid("a")
+    second = await proxy_factory(make_config({"b": fake("b")}, stateDir=str(state)))
+    assert (await second.chat("b"))[0] == 200
+    assert pid is not None and psutil.pid_exists(pid) and first.pid("a") == pid
+    assert len(list(state.glob("run-*.json"))) == 2  # one record per running app

@@ -17,14 +17,13 @@ import pytest
 
 from conftest import fake_cmd, make_config, pid_gone, wait_gone
 from swapproxy.errors import HealthCheckTimeout, ModelStartFailed
-from swapproxy.guardian import Guardian
 from swapproxy.process import ManagedProcess
 from swapproxy.states import IllegalTransition, ProcessState
 
 
-def managed(*flags: str, guardian: Guardian | None = None, **model: object) -> ManagedProcess:
+def managed(*flags: str, **model: object) -> ManagedProcess:
     config = make_config({"m": {"cmd": fake_cmd(*flags), **model}})
-    return ManagedProcess(config.models["m"], guardian=guardian)
+    return ManagedProcess(config.models["m"])
 
 
 async def test_start_ready_then_stop() -> None:
@@ -197,7 +196,7 @@ from swapproxy.process import ManagedProcess
 async def main():
     guardian = Guardian(); await guardian.start()
     config = make_config({{"m": {{"cmd": fake_cmd("--fork-grandchild")}}}})
-    proc = ManagedProcess(config.models["m"], guardian=guardian)
+    proc = ManagedProcess(config.models["m"], trackers=[guardian])
     await proc.start()
     grand = [l for l in proc.log.tail() if l.startswith("grandchild pid ")][0].split()[-1]
     print(json.dumps({{"child": proc.pid, "grandchild": int(grand), "guardian": guardian.pid}}), flush=True)

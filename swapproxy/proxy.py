@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -41,6 +41,7 @@ _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
 Body = bytes | AsyncIterable[bytes] | None
+OnChunk = Callable[[bytes], None]
 
 
 def make_client_session() -> aiohttp.ClientSession:
@@ -78,6 +79,12 @@ async def open_upstream(
 ) -> aiohttp.ClientResponse:
     """Send the request upstream and return once the response headers are in."""
     url = URL(spec.proxy + (path_qs if path_qs is not None else request.raw_path), encoded=True)
+    if headers is None:
+        headers = request_headers(request)
+    if spec.upstream_api_key:
+        # The model's own key replaces whatever the client sent: clients need not know it.
+        headers["Authorization"] = f"Bearer {spec.upstream_api_key}"
+        headers["x-api-key"] = spec.upstream_api_key
     connect = spec.connect_timeout or None
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, connect=connect)
     header_timeout = spec.response_header_timeout or None
@@ -86,7 +93,7 @@ async def open_upstream(
             return await session.request(
                 request.method,
                 url,
-                headers=headers if headers is not None else request_headers(request),
+                headers=headers,
                 data=body,
                 allow_redirects=False,
                 timeout=timeout,
@@ -113,11 +120,21 @@ def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
     return headers
 
 
-async def relay(upstream: aiohttp.ClientResponse, resp: web.StreamResponse, *, sse: bool) -> bool:
-    """Copy the upstream body to ``resp`` chunk by chunk. False if the upstream broke off."""
+async def relay(
+    upstream: aiohttp.ClientResponse, resp: web.StreamResponse, *, sse: bool, on_chunk: OnChunk | None = None
+) -> bool:
+    """Copy the upstream body to ``resp`` chunk by chunk. False if the upstream broke off.
+
+    ``on_chunk`` (e.g. the metrics' token tap) sees each chunk after it was written.
+    """
     try:
-        async for chunk in upstream.content.iter_any():
-            await resp.write(chunk)
+        if on_chunk is None:  # two loops, so the common case pays nothing for the hook
+            async for chunk in upstream.content.iter_any():
+                await resp.write(chunk)
+        else:
+            async for chunk in upstream.content.iter_any():
+                await resp.write(chunk)
+                on_chunk(chunk)
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
         logger.warning("upstream %s broke off mid-response: %s", upstream.url, exc)
         if sse:
@@ -139,6 +156,7 @@ async def forward(
     path_qs: str | None = None,
     body: Body = None,
     headers: CIMultiDict[str] | None = None,
+    on_chunk: OnChunk | None = None,
 ) -> web.StreamResponse:
     """Proxy ``request`` to ``spec``'s upstream and stream the answer back."""
     upstream = await open_upstream(request, session, spec, path_qs=path_qs, body=body, headers=headers)
@@ -148,7 +166,7 @@ async def forward(
         if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
             resp.content_length = upstream.content_length
         await resp.prepare(request)
-        complete = await relay(upstream, resp, sse=upstream.content_type == "text/event-stream")
+        complete = await relay(upstream, resp, sse=upstream.content_type == "text/event-stream", on_chunk=on_chunk)
         if complete:
             await resp.write_eof()
         else:

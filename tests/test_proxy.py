@@ -232,3 +232,13 @@ async def test_loading_state_stream(proxy_factory) -> None:
     content = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
     assert content == "tok0 tok1 tok2 tok3 tok4 "
     assert text.rstrip().endswith("data: [DONE]")
+
+
+async def test_per_model_upstream_key_is_injected(proxy_factory) -> None:
+    proxy = await proxy_factory(make_config(one("k", "--api-key", "model-secret", apiKey="model-secret")))
+    status, data = await proxy.chat("k")  # the client holds no key at all
+    assert status == 200
+    status, seen = await echo(proxy, json.dumps({"model": "k"}).encode(), {"Authorization": "Bearer client-key"})
+    assert status == 200
+    assert seen["headers"]["authorization"] == "Bearer model-secret"
+    assert seen["headers"]["x-api-key"] == "model-secret"

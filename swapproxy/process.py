@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -89,6 +89,7 @@ class ManagedProcess:
         session: aiohttp.ClientSession | None = None,
         on_state_change: StateListener | None = None,
         on_line: LineListener | None = None,
+        secrets: Collection[str] = (),
     ) -> None:
         self.spec = spec
         self.log = log if log is not None else LogBuffer(spec.id)
@@ -97,6 +98,7 @@ class ManagedProcess:
         self._own_session: aiohttp.ClientSession | None = None
         self._listeners: list[StateListener] = [on_state_change] if on_state_change else []
         self._on_line = on_line
+        self._secrets = frozenset(secrets)
         self.state = ProcessState.STOPPED
         self.last_error: ModelStartFailed | None = None
         self.exit_code: int | None = None
@@ -198,7 +200,9 @@ class ManagedProcess:
         self._exited = asyncio.Event()
         self._wake = asyncio.Event()
         self.exit_code = None
-        env = dict(os.environ)
+        # The parent's environment plus the model's env, minus variables that carry
+        # swapproxy's own API keys (e.g. the source of a ${env.KEY} in apiKeys).
+        env = {k: v for k, v in os.environ.items() if v not in self._secrets}
         env.update(self.spec.env)
         argv = list(self.spec.cmd)
         logger.info("%s: spawning %s", self.name, " ".join(argv))

@@ -225,3 +225,21 @@ async def test_sigkilled_parent_leaves_no_orphan() -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+async def test_upstream_env_is_parents_plus_models_without_our_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWAPPROXY_TEST_KEY", "sk-do-not-leak")
+    monkeypatch.setenv("SWAPPROXY_TEST_OTHER", "visible")
+    config = make_config(
+        {"m": {"cmd": fake_cmd(), "env": ["MODEL_VAR=42"]}}, apiKeys=["${env.SWAPPROXY_TEST_KEY}"]
+    )
+    assert config.api_keys == ("sk-do-not-leak",)
+    proc = ManagedProcess(config.models["m"], secrets=config.api_keys)
+    await proc.start()
+    assert proc.pid is not None
+    env = psutil.Process(proc.pid).environ()
+    assert env["MODEL_VAR"] == "42"
+    assert env["SWAPPROXY_TEST_OTHER"] == "visible"
+    assert "SWAPPROXY_TEST_KEY" not in env
+    assert "sk-do-not-leak" not in env.values()
+    await proc.shutdown()

@@ -10,11 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 from aiohttp import web
 
-from .app import make_app
+from .app import SWAPPER, make_app
 from .config import Config
+from .process import ManagedProcess
+from .states import ProcessState
+from .swap import Swapper
+from .systemd import Notifier
 
 __all__ = ["parse_listen", "serve", "run"]
 
@@ -36,8 +41,19 @@ def parse_listen(value: str) -> tuple[str | None, int]:
     return (host or None), port
 
 
+def status_line(swapper: Swapper) -> str:
+    """The one-line summary systemd shows in ``systemctl status``."""
+    running = [m for m, slot in swapper.slots.items() if slot.process.state is ProcessState.READY]
+    text = f"{len(running)} model(s) running" + (f": {', '.join(running)}" if running else "")
+    if swapper.last_swap is not None:
+        at, model = swapper.last_swap
+        text += f"; last swap {time.strftime('%H:%M:%S', time.localtime(at))} to {model}"
+    return text
+
+
 async def serve(config: Config, host: str | None, port: int, stop: asyncio.Event) -> None:
     """Serve ``config`` on host:port until ``stop`` is set."""
+    notifier = Notifier()
     app = make_app(config)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -48,10 +64,28 @@ async def serve(config: Config, host: str | None, port: int, stop: asyncio.Event
         logger.info("swapproxy listening on http://%s with %d model(s)", where, len(config.models))
         if host not in ("127.0.0.1", "localhost", "::1") and not config.api_keys:
             logger.warning("listening on %s without any apiKeys: anyone who can reach this port can use it", where)
+        swapper = app[SWAPPER]
+        notifier.start_watchdog()
+        if config.preload:  # READY=1 means preloads are done, unless we are told to stop first
+            preloaded = asyncio.ensure_future(swapper.preloaded.wait())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({preloaded, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            preloaded.cancel()
+            stopping.cancel()
+
+        def on_state(proc: ManagedProcess, old: ProcessState, new: ProcessState) -> None:
+            if new in (ProcessState.READY, ProcessState.STOPPED, ProcessState.FAILED):
+                notifier.status(status_line(swapper))
+
+        for slot in swapper.slots.values():
+            slot.process.add_listener(on_state)
+        notifier.ready(status_line(swapper))
         await stop.wait()
         logger.info("shutting down: stopping every upstream")
+        notifier.stopping()
     finally:
         await runner.cleanup()
+        await notifier.close()
 
 
 def run(config: Config, host: str | None, port: int) -> int:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -84,6 +85,8 @@ class Swapper:
         self.slots: dict[str, ModelSlot] = {mid: ModelSlot(proc) for mid, proc in processes.items()}
         self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
         self._closing = False
+        self.preloaded = asyncio.Event()  # set once hooks.on_startup.preload has run
+        self.last_swap: tuple[float, str] | None = None  # (wall time, model started by it)
         self.swap_listeners: list[Callable[[str, list[str]], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         for model_id, slot in self.slots.items():
@@ -201,6 +204,8 @@ class Swapper:
         finally:
             for slot in victims:
                 slot.evicting = False
+        if reason.startswith("swap to "):
+            self.last_swap = (time.time(), reason[len("swap to "):])
         for listener in self.swap_listeners:
             listener(reason, [s.process.name for s in victims])
 
@@ -313,13 +318,16 @@ class Swapper:
     # -- lifecycle ---------------------------------------------------------------------
     async def preload(self, models: Iterable[str]) -> None:
         """Start models at startup as if a request had asked (group rules apply)."""
-        for model_id in models:
-            try:
-                await self.acquire(model_id)
-            except Exception as exc:  # a failed preload is logged; swapproxy keeps serving
-                logger.error("preload of %s failed: %s", model_id, exc)
-            else:
-                self.release(model_id)
+        try:
+            for model_id in models:
+                try:
+                    await self.acquire(model_id)
+                except Exception as exc:  # a failed preload is logged; swapproxy keeps serving
+                    logger.error("preload of %s failed: %s", model_id, exc)
+                else:
+                    self.release(model_id)
+        finally:
+            self.preloaded.set()
 
     async def shutdown(self) -> None:
         """Stop every upstream now (in-flight requests are not waited for)."""

@@ -354,20 +354,27 @@ def json_schema() -> dict[str, Any]:
 # --------------------------------------------------------------------------- entry points
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read and resolve a config file; raises ConfigError listing every problem."""
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
+                previous: Config | None = None) -> Config:
+    """Read and resolve a config file; raises ConfigError listing every problem.
+
+    With ``previous`` (a reload), each model that uses ${PORT} keeps the port it
+    had, so an unchanged model's command stays unchanged."""
     file = os.fspath(path)
     try:
         text = Path(file).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem(file, 0, "(file)", f"cannot read the config: {exc}")]) from exc
-    return parse_config(text, file=file, environ=environ)
+    return parse_config(text, file=file, environ=environ, previous=previous)
 
 
-def parse_config(text: str, file: str = "<config>",
-                 environ: Mapping[str, str] | None = None) -> Config:
+def parse_config(text: str, file: str = "<config>", environ: Mapping[str, str] | None = None,
+                 previous: Config | None = None) -> Config:
     """Resolve config text; ``file`` only labels problems. ``environ`` defaults to os.environ."""
-    return _Loader(file, os.environ if environ is None else environ).load(text)
+    loader = _Loader(file, os.environ if environ is None else environ)
+    if previous is not None:
+        loader.port_hints = {mid: m.port for mid, m in previous.models.items() if m.port is not None}
+    return loader.load(text)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -514,6 +521,7 @@ class _Loader:
     def __init__(self, file: str, environ: Mapping[str, str]) -> None:
         self.file = file
         self.environ = environ
+        self.port_hints: dict[str, int] = {}  # model id -> ${PORT} it had before a reload
         self.lines: dict[_KeyPath, int] = {}
         self.problems: list[Problem] = []
         self.notices: list[Problem] = []
@@ -816,7 +824,12 @@ class _Loader:
         scope.macros = self.expand_macros(defs, scope.bad_refs)
 
         cmd_text = scope.user(_strip_comments(m.cmd))
-        if "${PORT}" in cmd_text:
+        if "${PORT}" in cmd_text and mid in self.port_hints:
+            scope.port = self.port_hints[mid]
+        elif "${PORT}" in cmd_text:
+            kept = set(self.port_hints.values())
+            while next_port in kept:  # another model keeps that one across the reload
+                next_port += 1
             scope.port, next_port = next_port, next_port + 1
             if scope.port > 65535:
                 self.problem((*base, "cmd"), f"${{PORT}} would be {scope.port}, above 65535")

@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from .config import Config
+from .config import Config, ModelConfig
 from .errors import ModelNotFound, ModelStartFailed, ShuttingDown, TooManyRequests
 from .process import ManagedProcess
 from .states import ProcessState
@@ -50,6 +50,11 @@ __all__ = ["Swapper", "ModelSlot"]
 logger = logging.getLogger(__name__)
 
 _ACTIVE = (ProcessState.STARTING, ProcessState.READY)
+
+
+def _definition(spec: ModelConfig) -> tuple[object, ...]:
+    """What makes a running process stale when it changes."""
+    return (spec.cmd, tuple(sorted(spec.env.items())), spec.proxy, spec.check_endpoint)
 
 
 @dataclass(eq=False)
@@ -67,6 +72,7 @@ class ModelSlot:
     breaker_until: float = 0.0  # loop time until which requests are refused at once
     restarts: int = 0  # consecutive automatic restarts of a persistent model
     restart_task: asyncio.Task[None] | None = None
+    pending: ManagedProcess | None = None  # a changed definition, swapped in when next needed
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -80,16 +86,25 @@ class ModelSlot:
 class Swapper:
     """Decides which upstreams run, and hands requests a ready one."""
 
-    def __init__(self, config: Config, processes: Mapping[str, ManagedProcess]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        processes: Mapping[str, ManagedProcess],
+        factory: Callable[[ModelConfig], ManagedProcess] | None = None,
+    ) -> None:
         self.config = config
         self.slots: dict[str, ModelSlot] = {mid: ModelSlot(proc) for mid, proc in processes.items()}
+        self._retired: dict[str, ModelSlot] = {}  # removed by a reload, draining
+        self._factory = factory or (lambda spec: ManagedProcess(spec))
+        #: Called with each process the swapper creates after start-up (reloads).
+        self.process_listeners: list[Callable[[ManagedProcess], None]] = []
         self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
         self._closing = False
         self.preloaded = asyncio.Event()  # set once hooks.on_startup.preload has run
         self.last_swap: tuple[float, str] | None = None  # (wall time, model started by it)
         self.swap_listeners: list[Callable[[str, list[str]], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        for model_id, slot in self.slots.items():
+        for slot in self.slots.values():
             slot.process.add_listener(self._on_state_change)
 
     # -- queries ----------------------------------------------------------------
@@ -141,9 +156,8 @@ class Swapper:
             raise TooManyRequests(
                 f"model '{model_id}' has reached its concurrency limit of {limit} requests", retry_after=1
             )
-        proc = slot.process
         self._check_breaker(model_id, slot)
-        if not slot.evicting and proc.state in _ACTIVE:
+        if not slot.evicting and slot.pending is None and slot.process.state in _ACTIVE:
             # Fast path: running (or starting after its evictions were done): join it.
             self._enter(slot)
         else:
@@ -152,10 +166,17 @@ class Swapper:
                 async with self._lock:
                     if self._closing:
                         raise ShuttingDown("swapproxy is shutting down")
+                    if self.slots.get(model_id) is not slot:
+                        raise ModelNotFound(model_id)  # removed by a reload while we waited
+                    if slot.pending is not None:
+                        # Its definition changed in a reload: drain and stop the old process.
+                        await self._evict([model_id], reason=f"config of {model_id} changed")
+                        self._swap_in_pending(slot)
                     await self._evict(self.evictions_for(model_id), reason=f"swap to {model_id}")
                     self._enter(slot)  # reserve before the lock goes, so nobody evicts it meanwhile
             finally:
                 slot.waiting -= 1
+        proc = slot.process
         try:
             await proc.start()
         except BaseException:
@@ -173,7 +194,7 @@ class Swapper:
 
     def release(self, model_id: str) -> None:
         """The request is finished (or gave up): one fewer in flight."""
-        slot = self.slots[model_id]
+        slot = self.slots.get(model_id) or self._retired[model_id]
         slot.inflight -= 1
         if slot.inflight == 0:
             loop = asyncio.get_running_loop()
@@ -191,7 +212,7 @@ class Swapper:
     # -- eviction ---------------------------------------------------------------------
     async def _evict(self, models: Iterable[str], reason: str) -> None:
         """Close ``models`` to new requests, wait for their in-flight ones, stop them."""
-        victims = [self.slots[m] for m in models]
+        victims = [self.slots.get(m) or self._retired[m] for m in models]
         if not victims:
             return
         for slot in victims:
@@ -244,7 +265,9 @@ class Swapper:
         )
 
     def _on_state_change(self, proc: ManagedProcess, old: ProcessState, new: ProcessState) -> None:
-        slot = self.slots[proc.name]
+        slot = self.slots.get(proc.name)
+        if slot is None or slot.process is not proc:
+            return  # a retired or replaced process: no breaker, no restarts
         if new is ProcessState.READY:
             slot.failures.clear()
             return
@@ -298,7 +321,9 @@ class Swapper:
         slot.ttl_handle = loop.call_later(ttl, self._ttl_expired, model_id)
 
     def _ttl_expired(self, model_id: str) -> None:
-        slot = self.slots[model_id]
+        slot = self.slots.get(model_id)
+        if slot is None:
+            return
         slot.ttl_handle = None
         if slot.inflight or slot.process.state is not ProcessState.READY:
             return
@@ -307,13 +332,81 @@ class Swapper:
         task.add_done_callback(self._tasks.discard)
 
     async def _ttl_unload(self, model_id: str) -> None:
-        slot = self.slots[model_id]
+        slot = self.slots.get(model_id)
+        if slot is None:
+            return
         async with self._lock:
             # Re-check under the lock: a request may have arrived since the timer fired.
             if slot.inflight or slot.process.state is not ProcessState.READY or slot.ttl_handle is not None:
                 return
             logger.info("%s: idle for %gs, unloading (ttl)", model_id, slot.process.spec.ttl)
             await self._evict([model_id], reason="ttl expired")
+
+    # -- reload -------------------------------------------------------------------------
+    def _new_process(self, spec: ModelConfig) -> ManagedProcess:
+        proc = self._factory(spec)
+        proc.add_listener(self._on_state_change)
+        for listener in self.process_listeners:
+            listener(proc)
+        return proc
+
+    def _swap_in_pending(self, slot: ModelSlot) -> None:
+        assert slot.pending is not None
+        old, slot.process, slot.pending = slot.process, slot.pending, None
+        slot.failures.clear()
+        slot.breaker_until = 0.0
+        task = asyncio.ensure_future(old.shutdown())  # already stopped: this only marks it SHUTDOWN
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def apply_config(self, new: Config) -> dict[str, list[str]]:
+        """Move to ``new`` without restarting what did not change.
+
+        A model whose command (after macros), env, proxy and checkEndpoint are
+        unchanged keeps its process (same PID) and takes the new settings (ttl,
+        aliases, filters, ...) at once. A changed model that is running is
+        replaced when next requested, after its in-flight requests finish; one
+        that is not running is replaced now. A removed model is stopped once its
+        in-flight requests finish. Returns what happened, by model id.
+        """
+        report: dict[str, list[str]] = {"kept": [], "changed": [], "added": [], "removed": []}
+        async with self._lock:  # no swap decision sees half a reload
+            self.config = new
+            old_slots, self.slots = self.slots, {}
+            for model_id, spec in new.models.items():
+                slot = old_slots.pop(model_id, None)
+                if slot is None:
+                    slot = ModelSlot(self._new_process(spec))
+                    report["added"].append(model_id)
+                elif _definition(slot.process.spec) == _definition(spec):
+                    slot.process.spec = spec
+                    if slot.pending is not None:  # changed, then changed back
+                        slot.pending = None
+                    report["kept"].append(model_id)
+                else:
+                    report["changed"].append(model_id)
+                    slot.pending = self._new_process(spec)
+                    if not slot.active:  # nothing to drain: replace it now
+                        if slot.process.state is ProcessState.FAILED:
+                            await slot.process.stop("config changed")
+                        self._swap_in_pending(slot)
+                self.slots[model_id] = slot
+            for model_id, slot in old_slots.items():
+                report["removed"].append(model_id)
+                self._retired[model_id] = slot
+                task = asyncio.ensure_future(self._retire(model_id, slot))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        logger.info("config applied: %s", ", ".join(f"{k} {v}" for k, v in report.items() if v) or "no models")
+        return report
+
+    async def _retire(self, model_id: str, slot: ModelSlot) -> None:
+        if slot.ttl_handle is not None:
+            slot.ttl_handle.cancel()
+        await slot.idle.wait()  # in-flight requests finish first
+        await slot.process.shutdown()
+        if self._retired.get(model_id) is slot:
+            del self._retired[model_id]
 
     # -- lifecycle ---------------------------------------------------------------------
     async def preload(self, models: Iterable[str]) -> None:
@@ -337,4 +430,5 @@ class Swapper:
                 slot.ttl_handle.cancel()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*(slot.process.shutdown() for slot in self.slots.values()), return_exceptions=True)
+        slots = [*self.slots.values(), *self._retired.values()]
+        await asyncio.gather(*(slot.process.shutdown() for slot in slots), return_exceptions=True)

@@ -210,6 +210,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     swapper.swap_listeners.append(
         lambda reason, stopped: events.publish({"type": "swap", "reason": reason, "stopped": stopped})
     )
+    swapper.process_listeners.append(lambda proc: proc.add_listener(on_state))  # models added by a reload
     app[SWAPPER] = swapper
     metrics.bind(swapper)
     proxy_handler = BufferHandler(

@@ -1,9 +1,17 @@
-"""Route handlers: inference (JSON, multipart, native GET), model list, upstream control.
+"""Route handlers: inference (JSON, multipart, native GET), the model list, /upstream passthrough.
 
 Each inference handler finds the model a request names (:mod:`routing`),
 leases it from the :class:`~swapproxy.swap.Swapper` (which makes it ready) and
 hands the request to :func:`~swapproxy.proxy.forward`. The lease is held
 until the last response byte is written, so a swap never cuts a request.
+The config is read from the swapper (``swapper.config``), never captured, so
+a reload applies to the next request.
+
+Around that, :func:`_lease` publishes in-flight counts on the event bus and
+labels the request with its model for the metrics, and :func:`_forward` keeps
+a :class:`~swapproxy.metrics.TokenTap` on the relayed bytes (time to first
+byte, tokens from the response's tail). Management routes are in
+:mod:`swapproxy.management`.
 """
 
 from __future__ import annotations
@@ -15,14 +23,17 @@ import mmap
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import IO, Any
 from urllib.parse import unquote
 
 from aiohttp import web
 
-from .app import CONFIG, MAX_BODY, SESSION, STARTED, SWAPPER
+from .app import EVENTS, MAX_BODY, METRICS, MODEL_KEY, SESSION, START_KEY, STARTED, SWAPPER, route_label
 from .config import Config, ModelConfig
-from .errors import BadRequest, NotFound, PayloadTooLarge, SwapProxyError, envelope
+from .errors import BadRequest, ModelNotFound, NotFound, PayloadTooLarge, SwapProxyError, envelope
+from .metrics import TokenTap
+from .openapi import api
 from .proxy import forward, open_upstream, relay, request_headers
 from .routing import (
     find_multipart_field,
@@ -35,7 +46,7 @@ from .routing import (
 from .states import ProcessState
 from .swap import Swapper
 
-__all__ = ["add_routes", "NATIVE_POST", "NATIVE_GET"]
+__all__ = ["add_routes", "upstream_passthrough", "publish_inflight", "OPENAI_POST", "NATIVE_POST", "NATIVE_GET"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,18 +57,66 @@ NATIVE_POST = frozenset(
 )
 #: llama-server's own GET routes, routed by ``?model=``.
 NATIVE_GET = frozenset({"/props", "/slots", "/lora-adapters"})
+#: OpenAI routes registered by name (any other POST /v1/... reaches the catch-all), so that
+#: they are in /openapi.json and label their own metrics.
+OPENAI_POST = (
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/rerank", "/v1/messages",
+    "/v1/audio/speech", "/v1/audio/transcriptions", "/v1/images/generations", "/v1/images/edits",
+)
 _SPOOL_IN_MEMORY = 1 << 20
 
 
+# -- leases and forwarding, observed -------------------------------------------------------------
+def publish_inflight(app: web.Application, model_id: str) -> None:
+    """Publish ``model_id``'s in-flight and waiting counts on the event bus."""
+    events = app[EVENTS]
+    if events.subscriber_count:
+        swapper = app[SWAPPER]
+        slot = swapper.slots[model_id]
+        ttl = slot.ttl_handle.when() - asyncio.get_running_loop().time() if slot.ttl_handle is not None else None
+        events.publish({"type": "inflight", "model": model_id, "inflight": slot.inflight, "waiting": slot.waiting,
+                        "queue_depth": swapper.queue_depth(), "ttl_remaining_s": ttl})
+
+
+@asynccontextmanager
+async def _lease(request: web.Request, model_id: str) -> AsyncIterator[None]:
+    """``swapper.lease`` that labels the request with its model and publishes in-flight counts."""
+    request[MODEL_KEY] = model_id
+    try:
+        async with request.app[SWAPPER].lease(model_id):
+            publish_inflight(request.app, model_id)
+            yield
+    finally:
+        publish_inflight(request.app, model_id)
+
+
+def _observe(request: web.Request, spec: ModelConfig, tap: TokenTap, sse: bool) -> None:
+    started = request.get(START_KEY, tap.first_at or 0.0)
+    request.app[METRICS].observe_response(spec.id, route_label(request), tap, started, sse)
+
+
+async def _forward(request: web.Request, spec: ModelConfig, **kwargs: Any) -> web.StreamResponse:
+    """:func:`forward` with a token tap; metrics are taken after the last byte went out."""
+    tap = TokenTap()
+    resp = await forward(request, request.app[SESSION], spec, on_chunk=tap, **kwargs)
+    _observe(request, spec, tap, resp.content_type == "text/event-stream")
+    return resp
+
+
 # -- inference -----------------------------------------------------------------------------
+@api(tag="inference", methods=["post"], body={"model": "my-model", "messages": [{"role": "user", "content": "hi"}]})
 async def inference(request: web.Request) -> web.StreamResponse:
-    """POST under /v1/ or a native llama-server route: route by the body's ``model``."""
+    """Inference: proxied to the model the JSON body (or multipart form) names, started if needed.
+
+    Any POST under /v1/ and llama-server's native POST routes; the response streams back as
+    the upstream sends it (SSE included).
+    """
     path = request.path
     if request.method != "POST" or not (path.startswith("/v1/") or path in NATIVE_POST):
         raise NotFound(f"no route for {request.method} {path}")
     if request.content_type.startswith("multipart/"):
         return await _multipart(request)
-    config = request.app[CONFIG]
+    config = request.app[SWAPPER].config
     raw = await request.read()
     obj = parse_json_body(raw)
     model_id = resolve_model(config, model_from_json(obj) or request.query.get("model"))
@@ -71,8 +130,8 @@ async def inference(request: web.Request) -> web.StreamResponse:
         and swapper.slot(model_id).process.state is not ProcessState.READY
     ):
         return await _stream_with_loading_state(request, spec, body, obj.get("model") or model_id)
-    async with swapper.lease(model_id):
-        return await forward(request, request.app[SESSION], spec, body=body)
+    async with _lease(request, model_id):
+        return await _forward(request, spec, body=body)
 
 
 class _Spool:
@@ -120,7 +179,7 @@ async def _multipart(request: web.Request) -> web.StreamResponse:
     The upload is spooled (memory up to 1 MiB, then a temp file) so the model
     field can be found wherever it sits, and streamed on from there.
     """
-    config = request.app[CONFIG]
+    config = request.app[SWAPPER].config
     boundary = multipart_boundary(request.headers.get("Content-Type", ""))
     if boundary is None:
         raise BadRequest("multipart request without a boundary")
@@ -135,15 +194,16 @@ async def _multipart(request: web.Request) -> web.StreamResponse:
         spec = config.models[model_id]
         headers = request_headers(request)
         headers["Content-Length"] = str(spool.size)
-        async with request.app[SWAPPER].lease(model_id):
-            return await forward(request, request.app[SESSION], spec, body=spool.chunks(), headers=headers)
+        async with _lease(request, model_id):
+            return await _forward(request, spec, body=spool.chunks(), headers=headers)
     finally:
         spool.close()
 
 
+@api(tag="inference", query=[("model", "the model to ask (default: defaultModel, or the one running model)")])
 async def native_get(request: web.Request) -> web.StreamResponse:
-    """GET /props, /slots, ...: route by ``?model=``, else the default or the one running model."""
-    config = request.app[CONFIG]
+    """llama-server's native GET routes, routed by ?model= (else the default or the one running model)."""
+    config = request.app[SWAPPER].config
     swapper = request.app[SWAPPER]
     requested = request.query.get("model")
     if requested is None and config.default_model is None:
@@ -151,8 +211,8 @@ async def native_get(request: web.Request) -> web.StreamResponse:
         if len(running) == 1:
             requested = running[0]
     model_id = resolve_model(config, requested)
-    async with swapper.lease(model_id):
-        return await forward(request, request.app[SESSION], config.models[model_id])
+    async with _lease(request, model_id):
+        return await _forward(request, config.models[model_id])
 
 
 # -- loading state (sendLoadingState) --------------------------------------------------------
@@ -182,6 +242,7 @@ async def _stream_with_loading_state(
     evicting = swapper.evictions_for(spec.id)
     plan = (f"stopping {', '.join(evicting)}; " if evicting else "") + f"starting {spec.id}\n"
     await resp.write(_sse_chunk(shown_model, plan))
+    request[MODEL_KEY] = spec.id
     acquire = asyncio.ensure_future(swapper.acquire(spec.id))
     try:
         while True:
@@ -212,7 +273,9 @@ async def _stream_with_loading_state(
                 await resp.write(b"data: " + json.dumps(envelope(detail, "upstream_error", str(upstream.status))).encode() + b"\n\n")
                 complete = True
             else:
-                complete = await relay(upstream, resp, sse=True)
+                tap = TokenTap()
+                complete = await relay(upstream, resp, sse=True, on_chunk=tap)
+                _observe(request, spec, tap, True)
         finally:
             (upstream.release if complete else upstream.close)()
         await resp.write_eof()
@@ -248,9 +311,14 @@ def _model_entry(config: Config, swapper: Swapper, spec: ModelConfig, shown_id: 
     return entry
 
 
+@api(tag="models")
 async def list_models(request: web.Request) -> web.Response:
-    """GET /v1/models and /models: every listed model with its state."""
-    config = request.app[CONFIG]
+    """Every listed model, OpenAI's shape plus llama.cpp router mode's status object.
+
+    status.value is loaded, loading or unloaded; after a failed start also failed: true
+    and exit_code.
+    """
+    config = request.app[SWAPPER].config
     swapper = request.app[SWAPPER]
     created = int(request.app[STARTED])
     data = []
@@ -263,21 +331,7 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
-# -- management basics ---------------------------------------------------------------------
-async def health(request: web.Request) -> web.Response:
-    swapper = request.app[SWAPPER]
-    models = {
-        mid: {"status": "running", "pid": slot.process.pid}
-        for mid, slot in swapper.slots.items()
-        if slot.process.state is ProcessState.READY
-    }
-    return web.json_response({"status": "ok", "models": models})
-
-
-async def running(request: web.Request) -> web.Response:
-    return web.json_response({"running": request.app[SWAPPER].running()})
-
-
+# -- /upstream/{model}/{path} ----------------------------------------------------------------
 def _model_for_path(config: Config, tail: str) -> tuple[str, str]:
     """Split ``/upstream/<model>/<rest>``'s tail into (model id, rest), longest name first."""
     decoded = unquote(tail)
@@ -292,57 +346,35 @@ def _model_for_path(config: Config, tail: str) -> tuple[str, str]:
             depth = name.count("/") + 1
             raw_rest = "/".join(tail.split("/")[depth:])
             return model_id, raw_rest
-    raise NotFound(f"model '{decoded.split('/')[0]}' not found in config")
+    raise ModelNotFound(decoded.split("/")[0])
 
 
+@api(tag="inference")
 async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
-    """/upstream/{model}/{path}: any method, raw to that model's server (started if needed)."""
-    config = request.app[CONFIG]
+    """Raw passthrough to one model's server (started if needed): /upstream/{model}/{path}.
+
+    Any method; the prefix is stripped and the path's encoding kept. Also reaches native GETs
+    (/upstream/{model}/slots) and llama-server's own web page.
+    """
+    config = request.app[SWAPPER].config
     raw = request.raw_path.split("?", 1)
     tail = raw[0][len("/upstream/") :]
     model_id, rest = _model_for_path(config, tail)
     if any(seg in ("..", ".") for seg in unquote(rest).split("/")):
         raise BadRequest("path segments '.' and '..' are not allowed in /upstream/ paths")
-    swapper = request.app[SWAPPER]
-    if request.method == "DELETE" and rest == "":
-        stopped = await swapper.unload(model_id, "unloaded via API")
-        if stopped:
-            return web.json_response({"status": "ok", "message": f"{model_id} stopped"})
-        return web.json_response({"status": "error", "message": f"{model_id} is not running"})
-    if request.method == "GET" and rest == "load":
-        async with swapper.lease(model_id):
-            pass
-        return web.json_response({"status": "ok", "message": f"{model_id} is ready"})
     path_qs = "/" + rest + (("?" + raw[1]) if len(raw) > 1 else "")
     body = request.content if request.can_read_body else None
-    async with swapper.lease(model_id):
-        return await forward(request, request.app[SESSION], config.models[model_id], path_qs=path_qs, body=body)
-
-
-async def unload_all(request: web.Request) -> web.Response:
-    stopped = await request.app[SWAPPER].unload_all("unloaded via API")
-    return web.json_response({"status": "ok", "message": f"stopped {len(stopped)} model(s)", "stopped": stopped})
-
-
-async def unload_one(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
-    model_id = resolve_model(config, request.match_info["model"])
-    stopped = await request.app[SWAPPER].unload(model_id, "unloaded via API")
-    if stopped:
-        return web.json_response({"status": "ok", "message": f"{model_id} stopped"})
-    return web.json_response({"status": "error", "message": f"{model_id} is not running"})
+    async with _lease(request, model_id):
+        return await _forward(request, config.models[model_id], path_qs=path_qs, body=body)
 
 
 def add_routes(app: web.Application) -> None:
-    """Register every route; specific ones before the catch-alls."""
+    """Register the inference routes; named ones first, the catch-alls last."""
     r = app.router
-    r.add_get("/health", health)
-    r.add_get("/running", running)
     r.add_get("/v1/models", list_models)
     r.add_get("/models", list_models)
-    r.add_get("/unload", unload_all)
-    r.add_post("/api/models/unload", unload_all)
-    r.add_post("/api/models/unload/{model:.+}", unload_one)
+    for path in (*OPENAI_POST, *sorted(NATIVE_POST)):
+        r.add_post(path, inference)
     for path in sorted(NATIVE_GET):
         r.add_get(path, native_get)
     r.add_route("*", "/upstream/{tail:.+}", upstream_passthrough)

@@ -5,16 +5,22 @@ the last ``maxlen`` lines). Readers either take a snapshot (``tail``) — used i
 start-failure errors and ``GET /logs`` — or subscribe to new lines as they
 arrive. A slow subscriber never slows a producer: its queue is bounded and a
 full queue drops the line for that subscriber only.
+
+swapproxy's own log records reach the ``proxy`` buffer through
+:class:`BufferHandler`, a :mod:`logging` handler the app installs on the
+``swapproxy`` logger while it runs (records below the configured level never
+get that far).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["LogBuffer"]
+__all__ = ["LogBuffer", "BufferHandler"]
 
 
 class LogBuffer:
@@ -54,3 +60,26 @@ class LogBuffer:
 
     def __len__(self) -> int:
         return len(self._lines)
+
+
+class BufferHandler(logging.Handler):
+    """A logging handler that appends each formatted line to buffers and calls ``on_line``."""
+
+    def __init__(self, *buffers: LogBuffer, on_line: Callable[[str], None] | None = None) -> None:
+        super().__init__()
+        self.buffers = buffers
+        self.on_line = on_line
+        self.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
+                                            datefmt="%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # a bad %-format must not break the caller
+            self.handleError(record)
+            return
+        for line in text.splitlines() or [""]:  # a traceback becomes several lines
+            for buffer in self.buffers:
+                buffer.append(line)
+            if self.on_line is not None:
+                self.on_line(line)

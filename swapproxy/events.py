@@ -1,0 +1,79 @@
+"""EventBus: live events for UIs — model state changes, log lines, in-flight counts.
+
+Producers call :meth:`EventBus.publish` with a plain JSON-able dict; the bus
+stamps it with a sequence number and hands it to every subscriber's bounded
+queue. Like :class:`~swapproxy.logs.LogBuffer`, a slow subscriber never slows
+a producer: when its queue is full the event is dropped for that subscriber
+only, and the next event it does get carries ``"dropped": N`` so a UI knows to
+resynchronise (re-read ``/running?details=1``).
+
+Event shapes (``type`` says which)::
+
+    {"type": "state", "model": id, "state": "starting", "old": "stopped", "pid": 123,
+     "reason": "...", "log_tail": [...]}        # reason/log_tail only on "failed"
+    {"type": "log", "source": "proxy" | model id, "line": "..."}
+    {"type": "inflight", "model": id, "inflight": 2, "waiting": 0, "queue_depth": 0}
+
+``GET /api/events`` (SSE) and ``GET /models/sse`` (llama.cpp router shape) are
+both fed from here; see :mod:`swapproxy.management`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = ["EventBus", "Event"]
+
+logger = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+
+
+class _Subscriber:
+    __slots__ = ("queue", "dropped")
+
+    def __init__(self, maxsize: int) -> None:
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=maxsize)
+        self.dropped = 0
+
+
+class EventBus:
+    """Fan-out of events to any number of bounded subscriber queues."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[_Subscriber] = set()
+        self._seq = itertools.count(1)
+
+    def publish(self, event: Event) -> None:
+        """Stamp ``event`` with ``seq`` and queue it for every subscriber (never blocks)."""
+        if not self._subscribers:
+            return  # nobody listens: no work at all on the producer's path
+        event["seq"] = next(self._seq)
+        for sub in self._subscribers:
+            if sub.queue.full():
+                sub.dropped += 1
+                continue
+            if sub.dropped:
+                sub.queue.put_nowait({**event, "dropped": sub.dropped})
+                sub.dropped = 0
+            else:
+                sub.queue.put_nowait(event)
+
+    @contextmanager
+    def subscribe(self, maxsize: int = 2000) -> Iterator[asyncio.Queue[Event]]:
+        """A queue receiving every event published while the context is open."""
+        sub = _Subscriber(maxsize)
+        self._subscribers.add(sub)
+        try:
+            yield sub.queue
+        finally:
+            self._subscribers.discard(sub)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)

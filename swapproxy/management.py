@@ -1,0 +1,471 @@
+"""Management routes: health, running models, load/unload, logs, live events, metrics, info, UI.
+
+Three families of clients meet here:
+
+* llama-swap users: ``/health``, ``/running``, ``DELETE /upstream/{model}``,
+  ``GET /upstream/{model}/load``, ``/unload``, ``/api/models/unload[/{model}]``,
+  ``/logs``, ``/logs/stream[/...]`` — the shapes of llama-swap's API reference;
+* llama.cpp router-mode clients (Open WebUI's llama.cpp connection):
+  ``POST /models/load``, ``POST /models/unload``, ``GET /models/sse`` (the
+  model list itself, with its ``status`` objects, is in :mod:`swapproxy.handlers`);
+* people and monitoring: ``/ui``, ``/api/events``, ``/metrics``, ``/info``,
+  ``/swagger`` and ``/openapi.json`` (generated from these very routes).
+
+Long-lived streams (logs, events) end when the app shuts down (``CLOSING``),
+so they never hold up a shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from . import __version__
+from .app import (
+    ALL_LOG,
+    BACKGROUND,
+    CLOSING,
+    EVENTS,
+    METRICS,
+    PROXY_LOG,
+    STARTED,
+    SWAPPER,
+    UPSTREAM_LOG,
+)
+from .errors import BadRequest, ModelStartFailed, SwapProxyError
+from .handlers import publish_inflight, upstream_passthrough
+from .logs import LogBuffer
+from .metrics import CONTENT_TYPE, process_tree_rss
+from .openapi import api, build_openapi
+from .routing import parse_json_body, resolve_model
+from .states import ProcessState
+
+__all__ = ["add_routes", "model_snapshot"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_ACTIVE = (ProcessState.STARTING, ProcessState.READY)
+#: llama.cpp router-mode ``status.value`` for each of our states (others send no event).
+_ROUTER_STATUS = {
+    ProcessState.STARTING.value: "loading",
+    ProcessState.READY.value: "loaded",
+    ProcessState.STOPPED.value: "unloaded",
+    ProcessState.FAILED.value: "unloaded",
+}
+_HEARTBEAT_S = 15.0
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css",
+             "swagger.html": "text/html"}
+
+
+# -- model state -------------------------------------------------------------------------------
+def model_snapshot(app: web.Application, model_id: str) -> dict[str, Any]:
+    """Everything a person or a UI wants to know about one model, right now."""
+    swapper = app[SWAPPER]
+    slot = swapper.slot(model_id)
+    proc = slot.process
+    spec = proc.spec
+    loop = asyncio.get_running_loop()
+    ready = proc.state is ProcessState.READY
+    ttl_left = None
+    if slot.ttl_handle is not None:
+        ttl_left = round(max(slot.ttl_handle.when() - loop.time(), 0.0), 3)
+    breaker_left = slot.breaker_until - loop.time()
+    snap: dict[str, Any] = {
+        "model": model_id,
+        "name": spec.name or None,
+        "description": spec.description or None,
+        "aliases": list(spec.aliases),
+        "state": proc.state.value,
+        "pid": proc.pid,
+        "port": urlsplit(spec.proxy).port,
+        "proxy": spec.proxy,
+        "ready_since": proc.started_wall if ready else None,
+        "uptime_s": round(time.time() - proc.started_wall, 3) if ready and proc.started_wall else None,
+        "rss_bytes": process_tree_rss(proc.pid),
+        "inflight": slot.inflight,
+        "waiting": slot.waiting,
+        "ttl_s": spec.ttl or None,
+        "ttl_remaining_s": ttl_left,
+        "exit_code": proc.exit_code,
+    }
+    if proc.state is ProcessState.FAILED and proc.last_error is not None:
+        snap["error"] = proc.last_error.reason
+        snap["log_tail"] = list(proc.last_error.log_tail)
+        if breaker_left > 0:  # requests are refused at once until then (an explicit load retries)
+            snap["breaker_open_s"] = round(breaker_left, 1)
+    return snap
+
+
+@api(tag="health")
+async def health(request: web.Request) -> web.Response:
+    """Health of swapproxy and of each running model (never needs an API key)."""
+    swapper = request.app[SWAPPER]
+    models = {
+        mid: {"status": "running", "pid": slot.process.pid}
+        for mid, slot in swapper.slots.items()
+        if slot.process.state is ProcessState.READY
+    }
+    return web.json_response({"status": "ok", "models": models})
+
+
+@api(tag="health")
+async def liveness(request: web.Request) -> web.Response:
+    """Liveness probe for orchestrators: answers while the event loop runs."""
+    return web.json_response({"status": "alive"})
+
+
+@api(tag="models", query=[("details", "1: add state, pid, port, uptime, RSS, in-flight, TTL left per model")])
+async def running(request: web.Request) -> web.Response:
+    """The models that are running or starting."""
+    ids = request.app[SWAPPER].running()
+    body: dict[str, Any] = {"running": ids}
+    if request.query.get("details", "0") not in ("", "0", "false", "no"):
+        body["details"] = {mid: model_snapshot(request.app, mid) for mid in ids}
+    return web.json_response(body)
+
+
+# -- load / unload -----------------------------------------------------------------------------
+def _exact_model(request: web.Request) -> str | None:
+    """The model the whole ``{model}`` match names, or None (then it is a passthrough path)."""
+    return request.app[SWAPPER].config.resolve(request.match_info["model"])
+
+
+@api(tag="models")
+async def upstream_unload(request: web.Request) -> web.StreamResponse:
+    """Stop a model (after its in-flight requests finish).
+
+    Not running: 200 with {"status": "error"} (llama-swap's shape). A path below a model
+    (DELETE /upstream/{model}/x) is passed through to that model's server instead.
+    """
+    model_id = _exact_model(request)
+    if model_id is None:
+        return await upstream_passthrough(request)
+    if await request.app[SWAPPER].unload(model_id, "unloaded via API"):
+        return web.json_response({"status": "ok", "message": f"{model_id} stopped"})
+    return web.json_response({"status": "error", "message": f"{model_id} is not running"})
+
+
+@api(tag="models")
+async def upstream_load(request: web.Request) -> web.StreamResponse:
+    """Start a model and answer once it is ready (503 with its last output if it fails)."""
+    model_id = _exact_model(request)
+    if model_id is None:
+        return await upstream_passthrough(request)
+    try:
+        await request.app[SWAPPER].load(model_id)  # an explicit load also clears an open circuit breaker
+    finally:
+        publish_inflight(request.app, model_id)
+    return web.json_response({"status": "ok", "message": f"{model_id} is ready"})
+
+
+@api(tag="models")
+async def unload_all(request: web.Request) -> web.Response:
+    """Stop every model (llama-swap's GET /unload and POST /api/models/unload)."""
+    stopped = await request.app[SWAPPER].unload_all("unloaded via API")
+    return web.json_response({"status": "ok", "message": f"stopped {len(stopped)} model(s)", "stopped": stopped})
+
+
+@api(tag="models")
+async def unload_one(request: web.Request) -> web.Response:
+    """Stop one model (llama-swap's POST /api/models/unload/{model})."""
+    model_id = resolve_model(request.app[SWAPPER].config, request.match_info["model"])
+    if await request.app[SWAPPER].unload(model_id, "unloaded via API"):
+        return web.json_response({"status": "ok", "message": f"{model_id} stopped"})
+    return web.json_response({"status": "error", "message": f"{model_id} is not running"})
+
+
+async def _router_model(request: web.Request) -> str:
+    obj = parse_json_body(await request.read())
+    name = obj.get("model")
+    if not isinstance(name, str) or not name:
+        raise BadRequest('the body must name a model: {"model": "<id>"}', param="model")
+    return resolve_model(request.app[SWAPPER].config, name)
+
+
+def _load_in_background(app: web.Application, model_id: str) -> None:
+    task: asyncio.Task[None] = asyncio.ensure_future(app[SWAPPER].load(model_id))
+    tasks = app[BACKGROUND]
+    tasks.add(task)
+
+    def done(t: asyncio.Task[None]) -> None:
+        tasks.discard(t)
+        publish_inflight(app, model_id)  # the load's own lease is over
+        if not t.cancelled() and t.exception() is not None:
+            err = t.exception()
+            if isinstance(err, ModelStartFailed):
+                logger.warning("load of %s failed: %s", model_id, err.reason)  # its output is in its log
+            else:
+                logger.warning("load of %s failed: %s", model_id,
+                               err.message if isinstance(err, SwapProxyError) else err)
+
+    task.add_done_callback(done)
+
+
+@api(tag="llama.cpp router", body={"model": "my-model"})
+async def models_load(request: web.Request) -> web.Response:
+    """llama.cpp router mode: start loading a model; answers at once, progress on /models/sse."""
+    model_id = await _router_model(request)
+    swapper = request.app[SWAPPER]
+    if swapper.slot(model_id).process.state not in _ACTIVE:
+        _load_in_background(request.app, model_id)
+    return web.json_response({"success": True})
+
+
+@api(tag="llama.cpp router", body={"model": "my-model"})
+async def models_unload(request: web.Request) -> web.Response:
+    """llama.cpp router mode: stop a model; answers once it is stopped (400 when not running)."""
+    model_id = await _router_model(request)
+    if not await request.app[SWAPPER].unload(model_id, "unloaded via API"):
+        raise BadRequest("model is not running", param="model")
+    return web.json_response({"success": True})
+
+
+# -- streams -----------------------------------------------------------------------------------
+async def _until_closed(queue: asyncio.Queue[T], closing: asyncio.Event, heartbeat: float | None
+                        ) -> AsyncIterator[T | None]:
+    """Items from ``queue`` as they come; None after ``heartbeat`` s of silence; ends at shutdown."""
+    closed = asyncio.ensure_future(closing.wait())
+    getter: asyncio.Future[T] | None = None
+    try:
+        while not closing.is_set():
+            if not queue.empty():
+                yield queue.get_nowait()
+                continue
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter, closed}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+                continue
+            getter.cancel()
+            if closed in done:
+                return
+            yield None
+    finally:
+        closed.cancel()
+        if getter is not None:
+            getter.cancel()
+
+
+async def _open_stream(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    resp = web.StreamResponse(headers=headers)
+    await resp.prepare(request)
+    return resp
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _log_source(request: web.Request, source: str) -> LogBuffer:
+    app = request.app
+    if source == "proxy":
+        return app[PROXY_LOG]
+    if source == "upstream":
+        return app[UPSTREAM_LOG]
+    model_id = app[SWAPPER].config.resolve(source)
+    if model_id is None:
+        raise BadRequest(f"unknown log source '{source}': use proxy, upstream or a model id", param="source")
+    return app[SWAPPER].slot(model_id).process.log
+
+
+@api(tag="logs", content_type="text/plain")
+async def logs(request: web.Request) -> web.Response:
+    """Recent log lines, swapproxy's and every model's (models' lines start with [model])."""
+    text = "".join(line + "\n" for line in request.app[ALL_LOG].tail())
+    return web.Response(text=text, content_type="text/plain")
+
+
+@api(tag="logs", query=[("no-history", "present: live lines only, no buffered history first")],
+     content_type="text/plain")
+async def logs_stream(request: web.Request) -> web.StreamResponse:
+    """Live log lines as plain text: history first unless ?no-history.
+
+    /logs/stream: everything; /logs/stream/proxy: swapproxy's own; /logs/stream/upstream:
+    every model's output; /logs/stream/{model}: one model's output (unknown id: 400).
+    """
+    source = request.match_info.get("source")
+    buffer = request.app[ALL_LOG] if source is None else _log_source(request, source)
+    with buffer.subscribe() as queue:
+        history = [] if "no-history" in request.query else buffer.tail()
+        resp = await _open_stream(request, {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache",
+                                            "X-Accel-Buffering": "no"})
+        if history:
+            await resp.write("".join(line + "\n" for line in history).encode())
+        async with aclosing(_until_closed(queue, request.app[CLOSING], None)) as lines:
+            async for line in lines:
+                if line is not None:
+                    await resp.write(line.encode() + b"\n")
+    return resp
+
+
+@api(tag="events", query=[("logs", "lines of history per log source in the first snapshot (default 200)")],
+     content_type="text/event-stream")
+async def api_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events for UIs: a snapshot first, then state changes, log lines, in-flight counts.
+
+    Every event is one `data:` JSON object whose "type" is snapshot, state, log, inflight or swap.
+    """
+    app = request.app
+    try:
+        n_lines = max(0, min(int(request.query.get("logs", "200")), 1000))
+    except ValueError:
+        raise BadRequest("logs must be a number of lines", param="logs") from None
+    swapper = app[SWAPPER]
+    with app[EVENTS].subscribe() as queue:
+        # Snapshot and subscription in one synchronous step: no event is missed or doubled.
+        log_tails = {"proxy": app[PROXY_LOG].tail(n_lines)}
+        log_tails.update({mid: slot.process.log.tail(n_lines) for mid, slot in swapper.slots.items()})
+        snapshot = {
+            "type": "snapshot",
+            "version": __version__,
+            "started": app[STARTED],
+            "queue_depth": swapper.queue_depth(),
+            "models": [model_snapshot(app, mid) for mid in swapper.slots],
+            "logs": log_tails,
+        }
+        resp = await _open_stream(request, _SSE_HEADERS)
+        await resp.write(_sse(snapshot))
+        async with aclosing(_until_closed(queue, app[CLOSING], _HEARTBEAT_S)) as events:
+            async for event in events:
+                await resp.write(b": ping\n\n" if event is None else _sse(event))
+    return resp
+
+
+def _router_event(event: dict[str, Any]) -> dict[str, Any]:
+    """One of our state events in llama.cpp router mode's model_status shape."""
+    data: dict[str, Any] = {"status": _ROUTER_STATUS[event["state"]]}
+    if event["state"] == ProcessState.FAILED.value:
+        data["failed"] = True
+        if event.get("exit_code") is not None:
+            data["exit_code"] = event["exit_code"]
+    return {"model": event["model"], "event": "model_status", "data": data}
+
+
+@api(tag="llama.cpp router", content_type="text/event-stream")
+async def models_sse(request: web.Request) -> web.StreamResponse:
+    """llama.cpp router mode: model_status events (loading, loaded, unloaded) as they happen."""
+    app = request.app
+    with app[EVENTS].subscribe() as queue:
+        resp = await _open_stream(request, _SSE_HEADERS)
+        async with aclosing(_until_closed(queue, app[CLOSING], _HEARTBEAT_S)) as events:
+            async for event in events:
+                if event is None:
+                    await resp.write(b": ping\n\n")
+                elif event.get("type") == "state" and event["state"] in _ROUTER_STATUS:
+                    await resp.write(_sse(_router_event(event)))
+    return resp
+
+
+# -- metrics, info, docs, UI -------------------------------------------------------------------
+@api(tag="monitoring", content_type="text/plain")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics (text exposition format)."""
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+@api(tag="monitoring")
+async def info(request: web.Request) -> web.Response:
+    """Version, config file, the address this request came in on, uptime."""
+    app = request.app
+    sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    listen = None
+    if isinstance(sock, tuple) and len(sock) >= 2:
+        host = f"[{sock[0]}]" if ":" in str(sock[0]) else str(sock[0])
+        listen = f"{host}:{sock[1]}"
+    return web.json_response({
+        "name": "swapproxy",
+        "version": __version__,
+        "config_file": app[SWAPPER].config.file,
+        "listen": listen,
+        "pid": os.getpid(),
+        "started": app[STARTED],
+        "uptime_s": round(time.time() - app[STARTED], 3),
+        "models": len(app[SWAPPER].config.models),
+    })
+
+
+@api(tag="monitoring")
+async def version(request: web.Request) -> web.Response:
+    """swapproxy's version."""
+    return web.json_response({"name": "swapproxy", "version": __version__})
+
+
+@api(tag="docs")
+async def openapi_json(request: web.Request) -> web.Response:
+    """This API's OpenAPI 3.1 document, generated from the registered routes."""
+    return web.json_response(build_openapi(request.app))
+
+
+def _ui_file(name: str) -> web.Response:
+    try:
+        body = resources.files("swapproxy").joinpath("ui", name).read_bytes()
+    except (FileNotFoundError, KeyError):
+        raise web.HTTPNotFound() from None
+    return web.Response(body=body, content_type=_UI_FILES[name], headers={"Cache-Control": "no-cache"})
+
+
+@api(tag="docs", content_type="text/html")
+async def swagger(request: web.Request) -> web.Response:
+    """Interactive API page (works offline): every operation of /openapi.json, with a Try button."""
+    return _ui_file("swagger.html")
+
+
+@api(tag="ui", content_type="text/html")
+async def root(request: web.Request) -> web.Response:
+    """Redirects to the UI."""
+    raise web.HTTPFound("ui")  # relative: works behind a path-prefixing reverse proxy too
+
+
+@api(tag="ui", content_type="text/html")
+async def ui(request: web.Request) -> web.Response:
+    """The web UI: models, their state, load/unload, live logs."""
+    return _ui_file("index.html")
+
+
+@api(tag="ui", content_type="text/plain")
+async def ui_asset(request: web.Request) -> web.Response:
+    """The UI's script and style sheet."""
+    name = request.match_info["name"]
+    if name not in _UI_FILES:
+        raise web.HTTPNotFound()
+    return _ui_file(name)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the management routes (before the inference catch-alls)."""
+    r = app.router
+    r.add_get("/", root)
+    r.add_get("/ui", ui)
+    r.add_get("/ui/{name}", ui_asset)
+    r.add_get("/health", health)
+    r.add_get("/health/liveness", liveness)
+    r.add_get("/running", running)
+    r.add_get("/unload", unload_all)
+    r.add_post("/api/models/unload", unload_all)
+    r.add_post("/api/models/unload/{model:.+}", unload_one)
+    r.add_get("/upstream/{model:.+}/load", upstream_load)
+    r.add_delete("/upstream/{model:.+}", upstream_unload)
+    r.add_post("/models/load", models_load)
+    r.add_post("/models/unload", models_unload)
+    r.add_get("/models/sse", models_sse)
+    r.add_get("/logs", logs)
+    r.add_get("/logs/stream", logs_stream)
+    r.add_get("/logs/stream/{source:.+}", logs_stream)
+    r.add_get("/api/events", api_events)
+    r.add_get("/metrics", metrics)
+    r.add_get("/info", info)
+    r.add_get("/api/version", version)
+    r.add_get("/openapi.json", openapi_json)
+    r.add_get("/swagger", swagger)

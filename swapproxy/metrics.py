@@ -1,0 +1,286 @@
+"""Prometheus metrics: one registry per app, counters fed by handlers, gauges read at scrape time.
+
+Each application owns a :class:`Metrics` with its own
+``prometheus_client.CollectorRegistry`` (never the global default), so tests
+can run many apps in one process. What changes with every request or state
+change is counted as it happens; what is a *level* (state, in-flight, queue,
+RSS) is read from the :class:`~swapproxy.swap.Swapper` when ``/metrics`` is
+scraped, so it can never drift from the truth.
+
+Label sets are bounded: ``model`` only ever holds a configured model id (or
+``""`` when a request named none); ``route`` is the matched route's canonical
+path from the router (a fixed set), never the raw URL.
+
+Token counts come from the ``usage`` / ``timings`` objects upstreams put at the
+end of a response. :class:`TokenTap` keeps only the last few KiB of the bytes
+relayed (amortised O(1) per chunk, no parsing on the hot path); the tail is
+parsed once, after the last byte went to the client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .states import ProcessState
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .process import ManagedProcess
+    from .swap import Swapper
+
+__all__ = ["Metrics", "TokenTap", "usage_from_tail", "process_tree_rss", "CONTENT_TYPE"]
+
+logger = logging.getLogger(__name__)
+
+#: The Prometheus text exposition format's content type.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300)
+
+
+def process_tree_rss(pid: int | None) -> int | None:
+    """Resident memory of ``pid`` and all its descendants, in bytes (None when gone)."""
+    if pid is None:
+        return None
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # a child that exited between the listing and the read
+    return total
+
+
+# -- token counting -----------------------------------------------------------------------
+class TokenTap:
+    """``on_chunk`` callback for :func:`swapproxy.proxy.forward`: keeps the response's tail.
+
+    Also notes when the first body byte went out (time to first byte).
+    """
+
+    __slots__ = ("limit", "tail", "total", "first_at")
+
+    def __init__(self, limit: int = 8192) -> None:
+        self.limit = limit
+        self.tail = bytearray()
+        self.total = 0
+        self.first_at: float | None = None
+
+    def __call__(self, chunk: bytes) -> None:
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
+        self.total += len(chunk)
+        tail = self.tail
+        tail += chunk
+        if len(tail) > 2 * self.limit:  # trim rarely: amortised O(1) per byte
+            del tail[: -self.limit]
+
+    @property
+    def complete(self) -> bool:
+        """True when the tail holds the whole body."""
+        return self.total == len(self.tail)
+
+
+def _counts(obj: Any) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """(usage counts, timings counts) found in one decoded JSON object."""
+    if not isinstance(obj, dict):
+        return None, None
+    usage = obj.get("usage")
+    if not isinstance(usage, dict) and isinstance(obj.get("response"), dict):
+        usage = obj["response"].get("usage")  # Responses API: response.completed event
+    from_usage = None
+    if isinstance(usage, dict):
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+        completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+        if isinstance(prompt, int) and isinstance(completion, int):
+            from_usage = (prompt, completion)
+    timings = obj.get("timings")
+    from_timings = None
+    if isinstance(timings, dict):
+        prompt, predicted = timings.get("prompt_n"), timings.get("predicted_n")
+        if isinstance(prompt, int) and isinstance(predicted, int):
+            from_timings = (prompt, predicted)
+    return from_usage, from_timings
+
+
+_EVENT_SPLIT = re.compile(rb"\r?\n\r?\n")
+_DECODER = json.JSONDecoder()
+
+
+def _sse_objects(tail: bytes, max_events: int = 8) -> Iterator[Any]:
+    """The JSON payloads of the last ``max_events`` complete-looking SSE events, newest first."""
+    events = _EVENT_SPLIT.split(bytes(tail))
+    seen = 0
+    for raw in reversed(events):
+        if seen >= max_events:
+            return
+        data = b"\n".join(line[5:].strip() for line in raw.splitlines() if line.startswith(b"data:"))
+        if not data or data == b"[DONE]":
+            continue
+        seen += 1
+        try:
+            yield json.loads(data)
+        except ValueError:
+            continue  # the first event of the tail is usually cut
+
+
+def _find_object(tail: str, key: str) -> Any:
+    """Decode the JSON value after the last ``"key":`` in a cut JSON text (None if none)."""
+    at = tail.rfind(f'"{key}"')
+    if at < 0:
+        return None
+    colon = tail.find(":", at)
+    if colon < 0:
+        return None
+    start = colon + 1
+    while start < len(tail) and tail[start] in " \t\r\n":
+        start += 1
+    try:
+        value, _ = _DECODER.raw_decode(tail, start)
+    except ValueError:
+        return None
+    return {key: value}
+
+
+def usage_from_tail(tail: bytes, *, sse: bool, complete: bool) -> tuple[int, int] | None:
+    """(prompt tokens, completion tokens) from the end of a response, or None.
+
+    ``usage`` wins over llama.cpp's ``timings`` (which leaves out cached prompt tokens).
+    """
+    fallback: tuple[int, int] | None = None
+    if sse:
+        for obj in _sse_objects(tail):
+            usage, timings = _counts(obj)
+            if usage is not None:
+                return usage
+            fallback = fallback or timings
+        return fallback
+    if complete:
+        try:
+            usage, timings = _counts(json.loads(tail))
+        except ValueError:
+            return None
+        return usage or timings
+    text = bytes(tail).decode("utf-8", errors="replace")
+    usage, _ = _counts(_find_object(text, "usage"))
+    if usage is not None:
+        return usage
+    _, timings = _counts(_find_object(text, "timings"))
+    return timings
+
+
+# -- the registry -------------------------------------------------------------------------------
+class _LiveCollector(Collector):
+    """Levels read from the swapper at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        swapper = self._metrics.swapper
+        if swapper is None:
+            return []
+        state = GaugeMetricFamily("swapproxy_model_state", "1 for the state each model is in, 0 for the others",
+                                  labels=["model", "state"])
+        inflight = GaugeMetricFamily("swapproxy_inflight_requests", "Requests in flight per model", labels=["model"])
+        waiting = GaugeMetricFamily("swapproxy_waiting_requests", "Requests queued for a model to become ready",
+                                    labels=["model"])
+        rss = GaugeMetricFamily("swapproxy_upstream_rss_bytes", "Resident memory of the model's process tree",
+                                labels=["model"])
+        for mid, slot in swapper.slots.items():
+            current = slot.process.state
+            for value in ProcessState:
+                state.add_metric([mid, value.value], 1.0 if value is current else 0.0)
+            inflight.add_metric([mid], slot.inflight)
+            waiting.add_metric([mid], slot.waiting)
+            size = process_tree_rss(slot.process.pid)
+            if size is not None:
+                rss.add_metric([mid], size)
+        depth = GaugeMetricFamily("swapproxy_queue_depth", "Requests waiting for a model, all models")
+        depth.add_metric([], swapper.queue_depth())
+        return [state, inflight, waiting, depth, rss]
+
+
+class Metrics:
+    """The app's metrics: a private registry, request/swap/token counters, live gauges."""
+
+    def __init__(self, config: Config) -> None:
+        self.models = frozenset(config.models)
+        self.swapper: Swapper | None = None
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter("swapproxy_requests", "HTTP requests answered", ["model", "route", "status"],
+                                registry=reg)
+        self.duration = Histogram("swapproxy_request_duration_seconds", "Request duration, to the last byte",
+                                  ["model", "route"], buckets=_LATENCY_BUCKETS, registry=reg)
+        self.ttfb = Histogram("swapproxy_time_to_first_byte_seconds",
+                              "From request arrival to the first upstream body byte sent (includes any swap)",
+                              ["model", "route"], buckets=_LATENCY_BUCKETS, registry=reg)
+        self.swaps = Counter("swapproxy_swaps", "Times a model was started (swapped in)", ["model"], registry=reg)
+        self.start_seconds = Histogram("swapproxy_model_start_seconds", "Model start time, spawn to ready",
+                                       ["model"], buckets=_START_BUCKETS, registry=reg)
+        self.start_failures = Counter("swapproxy_model_start_failures", "Model starts that failed", ["model"],
+                                      registry=reg)
+        self.tokens = Counter("swapproxy_tokens", "Tokens reported by upstream usage/timings",
+                              ["model", "kind"], registry=reg)
+        reg.register(_LiveCollector(self))
+
+    def bind(self, swapper: Swapper | None) -> None:
+        """Read live levels from ``swapper`` (None once it is gone)."""
+        self.swapper = swapper
+
+    def model_label(self, model: str | None) -> str:
+        """``model`` if it is a configured id (after reloads too), else ""."""
+        if model is None:
+            return ""
+        known = self.swapper.slots if self.swapper is not None else self.models
+        return model if model in known else ""
+
+    # -- feeds ------------------------------------------------------------------------
+    def on_state_change(self, proc: ManagedProcess, old: ProcessState, new: ProcessState) -> None:
+        model = self.model_label(proc.name)
+        if new is ProcessState.STARTING:
+            self.swaps.labels(model).inc()
+        elif new is ProcessState.READY and proc.spawned_at is not None and proc.ready_at is not None:
+            self.start_seconds.labels(model).observe(max(proc.ready_at - proc.spawned_at, 0.0))
+        elif new is ProcessState.FAILED and old is ProcessState.STARTING:
+            self.start_failures.labels(model).inc()
+
+    def observe_request(self, model: str | None, route: str, status: int, seconds: float) -> None:
+        label = self.model_label(model)
+        self.requests.labels(label, route, str(status)).inc()
+        self.duration.labels(label, route).observe(seconds)
+
+    def observe_response(self, model: str, route: str, tap: TokenTap, started: float, sse: bool) -> None:
+        """After a relayed response: time to first byte, and tokens from its tail."""
+        label = self.model_label(model)
+        if tap.first_at is not None:
+            self.ttfb.labels(label, route).observe(max(tap.first_at - started, 0.0))
+        if not tap.total:
+            return
+        counts = usage_from_tail(tap.tail, sse=sse, complete=tap.complete)
+        if counts is None:
+            return
+        prompt, completion = counts
+        if prompt > 0:
+            self.tokens.labels(label, "prompt").inc(prompt)
+        if completion > 0:
+            self.tokens.labels(label, "completion").inc(completion)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

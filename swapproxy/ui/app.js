@@ -1,0 +1,328 @@
+// swapproxy UI: what is running, what is starting, why did it fail.
+// Fed by /api/events (a snapshot, then state/log/inflight events); actions use the
+// llama.cpp router endpoints /models/load and /models/unload. Plain JS, no build step.
+// URLs are relative so the page also works behind a path-prefixing reverse proxy.
+"use strict";
+
+const MAX_LINES = 2000;
+const LABEL = {
+  ready: "running", starting: "starting…", stopping: "stopping…",
+  stopped: "stopped", failed: "failed", shutdown: "shut down",
+};
+const ui = {
+  models: new Map(),       // id -> snapshot (see management.model_snapshot)
+  order: [],               // config order
+  logs: new Map(),         // source -> [{text, cls}]
+  selected: "all",
+  queueDepth: 0,
+  notes: new Map(),        // id -> last action error
+  source: null,            // the EventSource
+};
+
+const $ = (sel) => document.querySelector(sel);
+
+function esc(text) {
+  return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+
+function fmtBytes(n) {
+  if (n === null || n === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+function fmtSeconds(s) {
+  if (s === null || s === undefined) return "–";
+  s = Math.max(0, Math.round(s));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+  if (h) return `${h}h ${m}m`;
+  if (m) return `${m}m ${sec}s`;
+  return `${sec}s`;
+}
+
+// -- the models table ---------------------------------------------------------------------
+function rowHtml(m) {
+  const busy = m.state === "starting" || m.state === "stopping";
+  const up = m.state === "ready" && m.ready_since ? Date.now() / 1000 - m.ready_since : null;
+  const sub = [m.name, m.description, m.aliases && m.aliases.length ? `aliases: ${m.aliases.join(", ")}` : ""]
+    .filter(Boolean).map(esc).join(" · ");
+  const flight = `${m.inflight || 0}${m.waiting ? ` <span class="muted">+${m.waiting} waiting</span>` : ""}`;
+  const ttl = m.ttl_remaining_s !== null && m.ttl_remaining_s !== undefined
+    ? fmtSeconds(m.ttl_remaining_s - (Date.now() / 1000 - (m._at || Date.now() / 1000)))
+    : (m.ttl_s ? `${fmtSeconds(m.ttl_s)} idle` : "–");
+  const note = ui.notes.get(m.model);
+  return `
+    <td><div class="model-id">${esc(m.model)}</div>${sub ? `<div class="model-sub">${sub}</div>` : ""}
+        ${note ? `<span class="toast">${esc(note)}</span>` : ""}</td>
+    <td><span class="state state-${esc(m.state)}" data-state="${esc(m.state)}">${esc(LABEL[m.state] || m.state)}</span></td>
+    <td class="num pid">${m.pid ?? "–"}</td>
+    <td class="num">${m.port ?? "–"}</td>
+    <td class="num uptime">${fmtSeconds(up)}</td>
+    <td class="num">${fmtBytes(m.rss_bytes)}</td>
+    <td class="num inflight">${flight}</td>
+    <td class="num">${m.state === "ready" ? ttl : "–"}</td>
+    <td class="actions">
+      <button type="button" class="load" data-action="load" ${m.state === "ready" || busy ? "disabled" : ""}>Load</button>
+      <button type="button" class="unload" data-action="unload"
+        ${m.state === "stopped" || m.state === "shutdown" || m.state === "stopping" ? "disabled" : ""}>${m.state === "failed" ? "Clear" : "Unload"}</button>
+      <button type="button" class="small" data-action="logs">Logs</button>
+    </td>`;
+}
+
+function errorHtml(m) {
+  const breaker = m.breaker_open_s ? ` Requests are refused for ${fmtSeconds(m.breaker_open_s)} (circuit breaker); Load retries now.` : "";
+  const tail = (m.log_tail || []).join("\n");
+  return `<td colspan="9"><div class="error-box"><strong>Start failed: ${esc(m.error || "unknown error")}${esc(breaker)}</strong>
+    ${tail ? `<pre>${esc(tail)}</pre>` : ""}</div></td>`;
+}
+
+function renderRow(id) {
+  const m = ui.models.get(id);
+  const body = $("#models tbody");
+  let row = body.querySelector(`tr[data-model="${CSS.escape(id)}"]`);
+  if (!row) {
+    row = document.createElement("tr");
+    row.dataset.model = id;
+    body.appendChild(row);
+  }
+  row.className = `row-${m.state}`;
+  row.innerHTML = rowHtml(m);
+  let err = row.nextElementSibling && row.nextElementSibling.classList.contains("error-row") ? row.nextElementSibling : null;
+  if (m.state === "failed") {
+    if (!err) {
+      err = document.createElement("tr");
+      err.className = "error-row";
+      err.dataset.errorFor = id;
+      row.after(err);
+    }
+    err.innerHTML = errorHtml(m);
+  } else if (err) {
+    err.remove();
+  }
+  const dot = document.querySelector(`.tab[data-source="${CSS.escape(id)}"] .dot`);
+  if (dot) dot.className = `dot ${m.state}`;
+}
+
+function renderTable() {
+  $("#models tbody").innerHTML = "";
+  ui.order.forEach(renderRow);
+  $("#empty").hidden = ui.order.length > 0;
+  renderSummary();
+}
+
+function renderSummary() {
+  const count = (s) => ui.order.filter((id) => ui.models.get(id).state === s).length;
+  const parts = [`${count("ready")} running`];
+  if (count("starting")) parts.push(`${count("starting")} starting`);
+  if (count("failed")) parts.push(`${count("failed")} failed`);
+  if (ui.queueDepth) parts.push(`${ui.queueDepth} queued`);
+  $("#summary").textContent = parts.join(" · ");
+}
+
+// -- logs ----------------------------------------------------------------------------------
+function lineClass(text) {
+  if (/\b(ERROR|CRITICAL|error|failed)\b/.test(text)) return "err";
+  if (/\bWARN(ING)?\b/.test(text)) return "warn";
+  return "";
+}
+
+function pushLine(source, text, cls) {
+  if (!ui.logs.has(source)) ui.logs.set(source, []);
+  const lines = ui.logs.get(source);
+  lines.push({ text, cls });
+  if (lines.length > MAX_LINES) lines.splice(0, lines.length - MAX_LINES);
+}
+
+function appendLog(source, line, cls) {
+  const entry = { text: line, cls: cls || lineClass(line) };
+  pushLine(source, entry.text, entry.cls);
+  const shown = source === "proxy" ? line : `[${source}] ${line}`;
+  pushLine("all", shown, entry.cls);
+  if (ui.selected === source) addToView(entry.text, entry.cls);
+  else if (ui.selected === "all") addToView(shown, entry.cls);
+}
+
+function addToView(text, cls) {
+  const view = $("#log-view");
+  const span = document.createElement("span");
+  if (cls) span.className = cls;
+  span.textContent = text + "\n";
+  view.appendChild(span);
+  while (view.childNodes.length > MAX_LINES) view.removeChild(view.firstChild);
+  if ($("#follow").checked) view.scrollTop = view.scrollHeight;
+}
+
+function renderLogView() {
+  const view = $("#log-view");
+  view.innerHTML = "";
+  const frag = document.createDocumentFragment();
+  for (const { text, cls } of ui.logs.get(ui.selected) || []) {
+    const span = document.createElement("span");
+    if (cls) span.className = cls;
+    span.textContent = text + "\n";
+    frag.appendChild(span);
+  }
+  view.appendChild(frag);
+  view.scrollTop = view.scrollHeight;
+}
+
+function renderTabs() {
+  const tabs = $("#log-tabs");
+  tabs.innerHTML = "";
+  for (const source of ["all", "proxy", ...ui.order]) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "tab";
+    b.dataset.source = source;
+    b.setAttribute("role", "tab");
+    b.setAttribute("aria-selected", String(source === ui.selected));
+    const m = ui.models.get(source);
+    b.innerHTML = (m ? `<span class="dot ${esc(m.state)}"></span>` : "") + esc(source);
+    tabs.appendChild(b);
+  }
+}
+
+function selectSource(source) {
+  ui.selected = source;
+  for (const b of document.querySelectorAll(".tab")) b.setAttribute("aria-selected", String(b.dataset.source === source));
+  renderLogView();
+}
+
+// -- events ---------------------------------------------------------------------------------
+function handle(ev) {
+  switch (ev.type) {
+    case "snapshot": {
+      ui.models = new Map(ev.models.map((m) => [m.model, { ...m, _at: Date.now() / 1000 }]));
+      ui.order = ev.models.map((m) => m.model);
+      ui.queueDepth = ev.queue_depth || 0;
+      ui.logs = new Map();
+      for (const line of ev.logs.proxy || []) appendLog("proxy", line);
+      for (const id of ui.order) for (const line of ev.logs[id] || []) appendLog(id, line);
+      $("#version").textContent = `v${ev.version}`;
+      if (!["all", "proxy", ...ui.order].includes(ui.selected)) ui.selected = "all";
+      renderTabs();
+      renderTable();
+      renderLogView();
+      break;
+    }
+    case "state": {
+      const prev = ui.models.get(ev.model);
+      ui.models.set(ev.model, { ...prev, ...ev, _at: Date.now() / 1000 });
+      if (ev.state !== "failed") ui.notes.delete(ev.model);
+      appendLog(ev.model, `── swapproxy: ${ev.old} → ${ev.state}${ev.error ? `: ${ev.error}` : ""}`, "src");
+      renderRow(ev.model);
+      renderSummary();
+      break;
+    }
+    case "log":
+      appendLog(ev.source, ev.line);
+      break;
+    case "inflight": {
+      const m = ui.models.get(ev.model);
+      if (m) {
+        m.inflight = ev.inflight;
+        m.waiting = ev.waiting;
+        m.ttl_remaining_s = ev.ttl_remaining_s;
+        m._at = Date.now() / 1000;
+        renderRow(ev.model);
+      }
+      ui.queueDepth = ev.queue_depth;
+      renderSummary();
+      break;
+    }
+    default:
+      break;
+  }
+  if (ev.dropped) reconnect(); // we missed events: start again from a fresh snapshot
+}
+
+function setConn(kind, text) {
+  const conn = $("#conn");
+  conn.className = `conn conn-${kind}`;
+  conn.textContent = text;
+}
+
+function connect() {
+  const es = new EventSource("api/events?logs=300");
+  ui.source = es;
+  es.onopen = () => setConn("live", "live");
+  es.onmessage = (msg) => handle(JSON.parse(msg.data));
+  es.onerror = () => {
+    if (es.readyState === EventSource.CLOSED) {
+      setConn("down", "disconnected — retrying");
+      setTimeout(() => { if (ui.source === es) connect(); }, 3000);
+    } else {
+      setConn("connecting", "reconnecting…");
+    }
+  };
+}
+
+function reconnect() {
+  if (ui.source) ui.source.close();
+  connect();
+}
+
+// -- actions --------------------------------------------------------------------------------
+async function act(action, id) {
+  ui.notes.delete(id);
+  try {
+    const resp = await fetch(`models/${action}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ model: id }),
+    });
+    if (!resp.ok) {
+      const body = await resp.json().catch(() => ({}));
+      ui.notes.set(id, `${action} failed: ${(body.error && body.error.message) || resp.status}`);
+    }
+  } catch (err) {
+    ui.notes.set(id, `${action} failed: ${err}`);
+  }
+  renderRow(id);
+}
+
+async function refreshDetails() {
+  try {
+    const resp = await fetch("running?details=1");
+    if (!resp.ok) return;
+    const body = await resp.json();
+    for (const [id, d] of Object.entries(body.details || {})) {
+      const m = ui.models.get(id);
+      if (m && m.state === d.state) ui.models.set(id, { ...m, ...d, _at: Date.now() / 1000 });
+    }
+    ui.order.forEach(renderRow);
+  } catch (err) {
+    // the event stream shows the connection state; nothing to add here
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#models tbody").addEventListener("click", (e) => {
+    const button = e.target.closest("button[data-action]");
+    if (!button) return;
+    const id = button.closest("tr").dataset.model;
+    if (button.dataset.action === "logs") selectSource(id);
+    else {
+      button.disabled = true;
+      act(button.dataset.action, id);
+    }
+  });
+  $("#log-tabs").addEventListener("click", (e) => {
+    const tab = e.target.closest(".tab");
+    if (tab) selectSource(tab.dataset.source);
+  });
+  $("#clear-log").addEventListener("click", () => {
+    ui.logs.set(ui.selected, []);
+    renderLogView();
+  });
+  connect();
+  setInterval(() => {  // uptimes and TTL countdowns tick between events
+    for (const id of ui.order) {
+      const m = ui.models.get(id);
+      if (m.state === "ready") renderRow(id);
+    }
+  }, 1000);
+  setInterval(refreshDetails, 5000);
+});

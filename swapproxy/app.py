@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from base64 import b64decode
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -66,8 +67,12 @@ STARTED = web.AppKey("started", float)
 MAX_BODY = web.AppKey("max_body", int)
 
 #: request keys: the model a handler resolved (the metrics' model label), when the request arrived
-MODEL_KEY = "swapproxy.model"
-START_KEY = "swapproxy.started"
+if hasattr(web, "RequestKey"):  # aiohttp >= 3.13: typed request storage
+    MODEL_KEY: Any = web.RequestKey("swapproxy_model", str)
+    START_KEY: Any = web.RequestKey("swapproxy_started", float)
+else:  # pragma: no cover - older aiohttp
+    MODEL_KEY = "swapproxy.model"
+    START_KEY = "swapproxy.started"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _OPEN_PATHS = frozenset({"/health", "/health/liveness"})

@@ -1,0 +1,113 @@
+"""The /ui page in a real headless browser (Debian's chromium, driven by Playwright).
+
+The browser comes from the system (``apt-get install chromium``; scripts/test.sh
+does it when it can): Playwright never downloads one here. Without a browser
+the test is skipped — unless ``SWAPPROXY_REQUIRE_BROWSER=1`` (set by
+scripts/test.sh once it has installed one), where a missing browser fails.
+
+``SWAPPROXY_UI_SCREENSHOT=path.png`` saves a screenshot of the page (one model
+running, one failed, a log pane open) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from conftest import fake_cmd, make_config, wait_until
+
+playwright_api = pytest.importorskip("playwright.async_api") if not os.environ.get(
+    "SWAPPROXY_REQUIRE_BROWSER") else __import__("playwright.async_api", fromlist=["async_playwright"])
+async_playwright = playwright_api.async_playwright
+expect = playwright_api.expect
+
+BROWSER = os.environ.get("SWAPPROXY_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+STEP_MS = 15_000
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Any]:
+    if BROWSER is None:
+        if os.environ.get("SWAPPROXY_REQUIRE_BROWSER"):
+            pytest.fail("no chromium found, but SWAPPROXY_REQUIRE_BROWSER is set")
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=BROWSER, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            context = await browser.new_context(viewport={"width": 1280, "height": 860})
+            yield await context.new_page()
+        finally:
+            await browser.close()
+
+
+async def test_ui_lists_models_loads_unloads_and_shows_logs(proxy_factory, page) -> None:
+    config = make_config({
+        "chat": {"cmd": fake_cmd("--model-name", "chat", "--startup-delay", "0.2"), "name": "Chat model", "ttl": 300},
+        "embed": {"cmd": fake_cmd("--model-name", "embed"), "aliases": ["text-embedding"]},
+        "broken": {"cmd": fake_cmd("--model-name", "broken", "--exit-during-startup", "2")},
+    }, groups={  # broken runs beside the others: its failure does not stop chat
+        "main": {"members": ["chat", "embed"], "swap": True, "exclusive": False},
+        "side": {"members": ["broken"], "swap": True, "exclusive": False},
+    })
+    proxy = await proxy_factory(config)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    await page.goto(proxy.url + "/")  # redirects to /ui
+    assert page.url.endswith("/ui")
+    rows = page.locator("#models tbody tr[data-model]")
+    await expect(rows).to_have_count(3, timeout=STEP_MS)
+    assert await rows.evaluate_all("rs => rs.map(r => r.dataset.model)") == ["chat", "embed", "broken"]
+    await expect(page.locator("#conn")).to_have_text("live", timeout=STEP_MS)
+    chat = page.locator('tr[data-model="chat"]')
+    await expect(chat.locator(".state")).to_have_text("stopped")
+    await page.evaluate("window.__noReload = 1")  # gone if the page reloads
+
+    # load: the state shown goes to running by itself, with the pid the proxy knows
+    await chat.locator("button.load").click()
+    await expect(chat.locator(".state")).to_have_text("running", timeout=STEP_MS)
+    await wait_until(lambda: proxy.pid("chat") is not None)
+    await expect(chat.locator(".pid")).to_have_text(str(proxy.pid("chat")))
+    assert proxy.swapper.running() == ["chat"]
+
+    # the model's live log pane shows its output
+    await chat.locator('button[data-action="logs"]').click()
+    await expect(page.locator('.tab[data-source="chat"]')).to_have_attribute("aria-selected", "true")
+    await expect(page.locator("#log-view")).to_contain_text("fake-llama: model loaded", timeout=STEP_MS)
+    await expect(page.locator("#log-view")).to_contain_text("starting → ready")
+
+    # a request through the proxy: its output line appears live, the in-flight count goes back to 0
+    status, _ = await proxy.chat("chat")
+    assert status == 200
+    await expect(page.locator("#log-view")).to_contain_text("POST /v1/chat/completions 200", timeout=STEP_MS)
+    await expect(chat.locator(".inflight")).to_have_text("0")
+
+    # a failed start is obvious: red state, the reason and the model's last output
+    broken = page.locator('tr[data-model="broken"]')
+    await broken.locator("button.load").click()
+    await expect(broken.locator(".state")).to_have_text("failed", timeout=STEP_MS)
+    error = page.locator('tr.error-row[data-error-for="broken"]')
+    await expect(error).to_contain_text("exited with code 2")
+    await expect(error).to_contain_text("failed to load model")
+    await expect(page.locator("#summary")).to_have_text("1 running · 1 failed")
+    await expect(broken.locator(".inflight")).to_have_text("0")
+
+    if os.environ.get("SWAPPROXY_UI_SCREENSHOT"):
+        await page.locator('.tab[data-source="all"]').click()
+        await page.screenshot(path=os.environ["SWAPPROXY_UI_SCREENSHOT"], full_page=True)
+
+    # unload: stopped, pid gone, process gone
+    await chat.locator("button.unload").click()
+    await expect(chat.locator(".state")).to_have_text("stopped", timeout=STEP_MS)
+    await expect(chat.locator(".pid")).to_have_text("–")
+    assert proxy.swapper.running() == []
+    await broken.locator("button.unload").click()  # "Clear" the failure
+    await expect(broken.locator(".state")).to_have_text("stopped", timeout=STEP_MS)
+    await expect(page.locator('tr.error-row[data-error-for="broken"]')).to_have_count(0)
+
+    assert await page.evaluate("window.__noReload") == 1
+    assert errors == []

@@ -62,7 +62,7 @@ ALL_LOG = web.AppKey("all_log", LogBuffer)  # both of the above, in arrival orde
 EVENTS = web.AppKey("events", EventBus)
 METRICS = web.AppKey("metrics", Metrics)
 CLOSING = web.AppKey("closing", asyncio.Event)  # set at shutdown: long-lived streams end
-BACKGROUND = web.AppKey("background", set)  # set[asyncio.Task[None]]: loads started by the API
+BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])  # loads started by the API
 STARTED = web.AppKey("started", float)
 MAX_BODY = web.AppKey("max_body", int)
 
@@ -231,7 +231,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     finally:
         if preload is not None:
             preload.cancel()
-        for task in list(app[BACKGROUND]):
+        background: set[asyncio.Task[None]] = app[BACKGROUND]
+        for task in list(background):
             task.cancel()
         await swapper.shutdown()
         package_logger.removeHandler(proxy_handler)

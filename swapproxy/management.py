@@ -8,43 +8,29 @@ Three families of clients meet here:
 * llama.cpp router-mode clients (Open WebUI's llama.cpp connection):
   ``POST /models/load``, ``POST /models/unload``, ``GET /models/sse`` (the
   model list itself, with its ``status`` objects, is in :mod:`swapproxy.handlers`);
-* people and monitoring: ``/ui``, ``/api/events``, ``/metrics``, ``/info``,
-  ``/swagger`` and ``/openapi.json`` (generated from these very routes).
+* people and monitoring: ``/ui``, ``/metrics``, ``/info``, ``/swagger`` and
+  ``/openapi.json`` (generated from these very routes).
 
-Long-lived streams (logs, events) end when the app shuts down (``CLOSING``),
-so they never hold up a shutdown.
+The streaming routes (``/logs*``, ``/api/events``, ``/models/sse``) are in
+:mod:`swapproxy.streams`; :func:`add_routes` registers both.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from . import __version__
-from .app import (
-    ALL_LOG,
-    BACKGROUND,
-    CLOSING,
-    EVENTS,
-    METRICS,
-    PROXY_LOG,
-    STARTED,
-    SWAPPER,
-    UPSTREAM_LOG,
-)
+from .app import BACKGROUND, METRICS, STARTED, SWAPPER
 from .errors import BadRequest, ModelStartFailed, SwapProxyError
 from .handlers import publish_inflight, upstream_passthrough
-from .logs import LogBuffer
 from .metrics import CONTENT_TYPE, process_tree_rss
 from .openapi import api, build_openapi
 from .routing import parse_json_body, resolve_model
@@ -54,17 +40,7 @@ __all__ = ["add_routes", "model_snapshot"]
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 _ACTIVE = (ProcessState.STARTING, ProcessState.READY)
-#: llama.cpp router-mode ``status.value`` for each of our states (others send no event).
-_ROUTER_STATUS = {
-    ProcessState.STARTING.value: "loading",
-    ProcessState.READY.value: "loaded",
-    ProcessState.STOPPED.value: "unloaded",
-    ProcessState.FAILED.value: "unloaded",
-}
-_HEARTBEAT_S = 15.0
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css",
              "swagger.html": "text/html"}
 
@@ -232,142 +208,6 @@ async def models_unload(request: web.Request) -> web.Response:
     return web.json_response({"success": True})
 
 
-# -- streams -----------------------------------------------------------------------------------
-async def _until_closed(queue: asyncio.Queue[T], closing: asyncio.Event, heartbeat: float | None
-                        ) -> AsyncIterator[T | None]:
-    """Items from ``queue`` as they come; None after ``heartbeat`` s of silence; ends at shutdown."""
-    closed = asyncio.ensure_future(closing.wait())
-    getter: asyncio.Future[T] | None = None
-    try:
-        while not closing.is_set():
-            if not queue.empty():
-                yield queue.get_nowait()
-                continue
-            getter = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait({getter, closed}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
-                yield getter.result()
-                continue
-            getter.cancel()
-            if closed in done:
-                return
-            yield None
-    finally:
-        closed.cancel()
-        if getter is not None:
-            getter.cancel()
-
-
-async def _open_stream(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
-    resp = web.StreamResponse(headers=headers)
-    await resp.prepare(request)
-    return resp
-
-
-def _sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-
-def _log_source(request: web.Request, source: str) -> LogBuffer:
-    app = request.app
-    if source == "proxy":
-        return app[PROXY_LOG]
-    if source == "upstream":
-        return app[UPSTREAM_LOG]
-    model_id = app[SWAPPER].config.resolve(source)
-    if model_id is None:
-        raise BadRequest(f"unknown log source '{source}': use proxy, upstream or a model id", param="source")
-    return app[SWAPPER].slot(model_id).process.log
-
-
-@api(tag="logs", content_type="text/plain")
-async def logs(request: web.Request) -> web.Response:
-    """Recent log lines, swapproxy's and every model's (models' lines start with [model])."""
-    text = "".join(line + "\n" for line in request.app[ALL_LOG].tail())
-    return web.Response(text=text, content_type="text/plain")
-
-
-@api(tag="logs", query=[("no-history", "present: live lines only, no buffered history first")],
-     content_type="text/plain")
-async def logs_stream(request: web.Request) -> web.StreamResponse:
-    """Live log lines as plain text: history first unless ?no-history.
-
-    /logs/stream: everything; /logs/stream/proxy: swapproxy's own; /logs/stream/upstream:
-    every model's output; /logs/stream/{model}: one model's output (unknown id: 400).
-    """
-    source = request.match_info.get("source")
-    buffer = request.app[ALL_LOG] if source is None else _log_source(request, source)
-    with buffer.subscribe() as queue:
-        history = [] if "no-history" in request.query else buffer.tail()
-        resp = await _open_stream(request, {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache",
-                                            "X-Accel-Buffering": "no"})
-        if history:
-            await resp.write("".join(line + "\n" for line in history).encode())
-        async with aclosing(_until_closed(queue, request.app[CLOSING], None)) as lines:
-            async for line in lines:
-                if line is not None:
-                    await resp.write(line.encode() + b"\n")
-    return resp
-
-
-@api(tag="events", query=[("logs", "lines of history per log source in the first snapshot (default 200)")],
-     content_type="text/event-stream")
-async def api_events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events for UIs: a snapshot first, then state changes, log lines, in-flight counts.
-
-    Every event is one `data:` JSON object whose "type" is snapshot, state, log, inflight or swap.
-    """
-    app = request.app
-    try:
-        n_lines = max(0, min(int(request.query.get("logs", "200")), 1000))
-    except ValueError:
-        raise BadRequest("logs must be a number of lines", param="logs") from None
-    swapper = app[SWAPPER]
-    with app[EVENTS].subscribe() as queue:
-        # Snapshot and subscription in one synchronous step: no event is missed or doubled.
-        log_tails = {"proxy": app[PROXY_LOG].tail(n_lines)}
-        log_tails.update({mid: slot.process.log.tail(n_lines) for mid, slot in swapper.slots.items()})
-        snapshot = {
-            "type": "snapshot",
-            "version": __version__,
-            "started": app[STARTED],
-            "queue_depth": swapper.queue_depth(),
-            "models": [model_snapshot(app, mid) for mid in swapper.slots],
-            "logs": log_tails,
-        }
-        resp = await _open_stream(request, _SSE_HEADERS)
-        await resp.write(_sse(snapshot))
-        async with aclosing(_until_closed(queue, app[CLOSING], _HEARTBEAT_S)) as events:
-            async for event in events:
-                await resp.write(b": ping\n\n" if event is None else _sse(event))
-    return resp
-
-
-def _router_event(event: dict[str, Any]) -> dict[str, Any]:
-    """One of our state events in llama.cpp router mode's model_status shape."""
-    data: dict[str, Any] = {"status": _ROUTER_STATUS[event["state"]]}
-    if event["state"] == ProcessState.FAILED.value:
-        data["failed"] = True
-        if event.get("exit_code") is not None:
-            data["exit_code"] = event["exit_code"]
-    return {"model": event["model"], "event": "model_status", "data": data}
-
-
-@api(tag="llama.cpp router", content_type="text/event-stream")
-async def models_sse(request: web.Request) -> web.StreamResponse:
-    """llama.cpp router mode: model_status events (loading, loaded, unloaded) as they happen."""
-    app = request.app
-    with app[EVENTS].subscribe() as queue:
-        resp = await _open_stream(request, _SSE_HEADERS)
-        async with aclosing(_until_closed(queue, app[CLOSING], _HEARTBEAT_S)) as events:
-            async for event in events:
-                if event is None:
-                    await resp.write(b": ping\n\n")
-                elif event.get("type") == "state" and event["state"] in _ROUTER_STATUS:
-                    await resp.write(_sse(_router_event(event)))
-    return resp
-
-
 # -- metrics, info, docs, UI -------------------------------------------------------------------
 @api(tag="monitoring", content_type="text/plain")
 async def metrics(request: web.Request) -> web.Response:
@@ -444,7 +284,9 @@ async def ui_asset(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    """Register the management routes (before the inference catch-alls)."""
+    """Register the management and streaming routes (before the inference catch-alls)."""
+    from .streams import api_events, logs, logs_stream, models_sse  # streams imports this module
+
     r = app.router
     r.add_get("/", root)
     r.add_get("/ui", ui)

@@ -122,7 +122,7 @@ _EVENT_SPLIT = re.compile(rb"\r?\n\r?\n")
 _DECODER = json.JSONDecoder()
 
 
-def _sse_objects(tail: bytes, max_events: int = 8) -> Iterator[Any]:
+def _sse_objects(tail: bytes | bytearray, max_events: int = 8) -> Iterator[Any]:
     """The JSON payloads of the last ``max_events`` complete-looking SSE events, newest first."""
     events = _EVENT_SPLIT.split(bytes(tail))
     seen = 0
@@ -157,7 +157,7 @@ def _find_object(tail: str, key: str) -> Any:
     return {key: value}
 
 
-def usage_from_tail(tail: bytes, *, sse: bool, complete: bool) -> tuple[int, int] | None:
+def usage_from_tail(tail: bytes | bytearray, *, sse: bool, complete: bool) -> tuple[int, int] | None:
     """(prompt tokens, completion tokens) from the end of a response, or None.
 
     ``usage`` wins over llama.cpp's ``timings`` (which leaves out cached prompt tokens).

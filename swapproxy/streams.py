@@ -1,0 +1,186 @@
+"""Streaming routes: logs, live events for UIs, and llama.cpp router mode's model events.
+
+* ``GET /logs`` — recent lines; ``GET /logs/stream[/proxy|/upstream|/{model}]`` —
+  live plain text, buffered history first unless ``?no-history``;
+* ``GET /api/events`` — server-sent events: a snapshot (every model, recent log
+  lines), then each event of the app's :class:`~swapproxy.events.EventBus`;
+* ``GET /models/sse`` — the same state changes in llama-server router mode's
+  ``model_status`` shape.
+
+Each stream subscribes before it sends anything, so nothing published after its
+first byte is missed, and ends when the app shuts down (``CLOSING``) instead of
+holding the shutdown up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from . import __version__
+from .app import ALL_LOG, CLOSING, EVENTS, PROXY_LOG, STARTED, SWAPPER, UPSTREAM_LOG
+from .errors import BadRequest
+from .logs import LogBuffer
+from .management import model_snapshot
+from .openapi import api
+from .states import ProcessState
+
+__all__ = ["logs", "logs_stream", "api_events", "models_sse"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: llama.cpp router-mode ``status.value`` for each of our states (others send no event).
+_ROUTER_STATUS = {
+    ProcessState.STARTING.value: "loading",
+    ProcessState.READY.value: "loaded",
+    ProcessState.STOPPED.value: "unloaded",
+    ProcessState.FAILED.value: "unloaded",
+}
+_HEARTBEAT_S = 15.0
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _until_closed(
+    queue: asyncio.Queue[T], closing: asyncio.Event, heartbeat: float | None
+) -> AsyncGenerator[T | None, None]:
+    """Items from ``queue`` as they come; None after ``heartbeat`` s of silence; ends at shutdown."""
+    closed = asyncio.ensure_future(closing.wait())
+    getter: asyncio.Future[T] | None = None
+    try:
+        while not closing.is_set():
+            if not queue.empty():
+                yield queue.get_nowait()
+                continue
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter, closed}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+                continue
+            getter.cancel()
+            if closed in done:
+                return
+            yield None
+    finally:
+        closed.cancel()
+        if getter is not None:
+            getter.cancel()
+
+
+async def _open_stream(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    resp = web.StreamResponse(headers=headers)
+    await resp.prepare(request)
+    return resp
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _log_source(request: web.Request, source: str) -> LogBuffer:
+    app = request.app
+    if source == "proxy":
+        return app[PROXY_LOG]
+    if source == "upstream":
+        return app[UPSTREAM_LOG]
+    model_id = app[SWAPPER].config.resolve(source)
+    if model_id is None:
+        raise BadRequest(f"unknown log source '{source}': use proxy, upstream or a model id", param="source")
+    return app[SWAPPER].slot(model_id).process.log
+
+
+@api(tag="logs", content_type="text/plain")
+async def logs(request: web.Request) -> web.Response:
+    """Recent log lines, swapproxy's and every model's (models' lines start with [model])."""
+    text = "".join(line + "\n" for line in request.app[ALL_LOG].tail())
+    return web.Response(text=text, content_type="text/plain")
+
+
+@api(tag="logs", query=[("no-history", "present: live lines only, no buffered history first")],
+     content_type="text/plain")
+async def logs_stream(request: web.Request) -> web.StreamResponse:
+    """Live log lines as plain text: history first unless ?no-history.
+
+    /logs/stream: everything; /logs/stream/proxy: swapproxy's own; /logs/stream/upstream:
+    every model's output; /logs/stream/{model}: one model's output (unknown id: 400).
+    """
+    source = request.match_info.get("source")
+    buffer = request.app[ALL_LOG] if source is None else _log_source(request, source)
+    with buffer.subscribe() as queue:
+        history = [] if "no-history" in request.query else buffer.tail()
+        resp = await _open_stream(request, {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache",
+                                            "X-Accel-Buffering": "no"})
+        if history:
+            await resp.write("".join(line + "\n" for line in history).encode())
+        live = _until_closed(queue, request.app[CLOSING], None)
+        async with aclosing(live) as lines:
+            async for line in lines:
+                if line is not None:
+                    await resp.write(line.encode() + b"\n")
+    return resp
+
+
+@api(tag="events", query=[("logs", "lines of history per log source in the first snapshot (default 200)")],
+     content_type="text/event-stream")
+async def api_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events for UIs: a snapshot first, then state changes, log lines, in-flight counts.
+
+    Every event is one `data:` JSON object whose "type" is snapshot, state, log, inflight or swap.
+    """
+    app = request.app
+    try:
+        n_lines = max(0, min(int(request.query.get("logs", "200")), 1000))
+    except ValueError:
+        raise BadRequest("logs must be a number of lines", param="logs") from None
+    swapper = app[SWAPPER]
+    with app[EVENTS].subscribe() as queue:
+        # Snapshot and subscription in one synchronous step: no event is missed or doubled.
+        log_tails = {"proxy": app[PROXY_LOG].tail(n_lines)}
+        log_tails.update({mid: slot.process.log.tail(n_lines) for mid, slot in swapper.slots.items()})
+        snapshot = {
+            "type": "snapshot",
+            "version": __version__,
+            "started": app[STARTED],
+            "queue_depth": swapper.queue_depth(),
+            "models": [model_snapshot(app, mid) for mid in swapper.slots],
+            "logs": log_tails,
+        }
+        resp = await _open_stream(request, _SSE_HEADERS)
+        await resp.write(_sse(snapshot))
+        live = _until_closed(queue, app[CLOSING], _HEARTBEAT_S)
+        async with aclosing(live) as events:
+            async for event in events:
+                await resp.write(b": ping\n\n" if event is None else _sse(event))
+    return resp
+
+
+def _router_event(event: dict[str, Any]) -> dict[str, Any]:
+    """One of our state events in llama.cpp router mode's model_status shape."""
+    data: dict[str, Any] = {"status": _ROUTER_STATUS[event["state"]]}
+    if event["state"] == ProcessState.FAILED.value:
+        data["failed"] = True
+        if event.get("exit_code") is not None:
+            data["exit_code"] = event["exit_code"]
+    return {"model": event["model"], "event": "model_status", "data": data}
+
+
+@api(tag="llama.cpp router", content_type="text/event-stream")
+async def models_sse(request: web.Request) -> web.StreamResponse:
+    """llama.cpp router mode: model_status events (loading, loaded, unloaded) as they happen."""
+    app = request.app
+    with app[EVENTS].subscribe() as queue:
+        resp = await _open_stream(request, _SSE_HEADERS)
+        live = _until_closed(queue, app[CLOSING], _HEARTBEAT_S)
+        async with aclosing(live) as events:
+            async for event in events:
+                if event is None:
+                    await resp.write(b": ping\n\n")
+                elif event.get("type") == "state" and event["state"] in _ROUTER_STATUS:
+                    await resp.write(_sse(_router_event(event)))
+    return resp

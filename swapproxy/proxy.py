@@ -27,7 +27,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import ModelConfig
-from .errors import UpstreamTimeout, UpstreamUnreachable, envelope
+from .errors import BadRequest, UpstreamTimeout, UpstreamUnreachable, envelope
 
 __all__ = ["make_client_session", "open_upstream", "relay", "forward", "HOP_BY_HOP"]
 
@@ -37,7 +37,8 @@ HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
      "transfer-encoding", "upgrade"}
 )
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
+# aiohttp's server decodes a gzip/deflate request body, so its Content-Encoding no longer applies.
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "content-encoding"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
 Body = bytes | AsyncIterable[bytes] | None
@@ -63,9 +64,23 @@ def _connection_tokens(headers: Any) -> set[str]:
 
 
 def request_headers(request: web.Request) -> CIMultiDict[str]:
-    """Client headers minus hop-by-hop ones (and any the Connection header names)."""
+    """Client headers minus hop-by-hop ones (and any the Connection header names).
+
+    A header value that is not valid UTF-8 is refused (400) rather than sent on
+    truncated: aiohttp would cut it at the first undecodable byte.
+    """
     drop = _REQUEST_DROP | _connection_tokens(request.headers)
-    return CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        if name.lower() in drop:
+            continue
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest(f"header {name!r} is not valid UTF-8") from None
+        headers.add(name, value)
+    return headers
 
 
 async def open_upstream(

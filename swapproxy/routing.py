@@ -40,6 +40,8 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
         raise BadRequest("request body is not valid UTF-8") from None
     except ValueError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply to be parsed") from None
     if not isinstance(obj, dict):
         raise BadRequest(f"request body must be a JSON object, not {type(obj).__name__}")
     return obj

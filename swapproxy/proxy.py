@@ -42,6 +42,9 @@ _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "content-encoding"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
 Body = bytes | AsyncIterable[bytes] | None
+#: Responses of known length up to this size are read whole and sent in one write
+#: (headers and body together); anything larger, or of unknown length, streams.
+SMALL_BODY = 64 * 1024
 OnChunk = Callable[[bytes], None]
 
 
@@ -163,6 +166,23 @@ async def relay(
     return True
 
 
+async def _small_response(
+    upstream: aiohttp.ClientResponse, spec: ModelConfig, on_chunk: OnChunk | None
+) -> web.Response:
+    """A small body of known length goes out with its headers in one write, not two."""
+    try:
+        body = await upstream.read()
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        upstream.close()
+        raise UpstreamUnreachable(
+            f"model '{spec.id}': upstream {spec.proxy} broke off mid-response: {exc.__class__.__name__}"
+        ) from None
+    upstream.release()
+    if on_chunk is not None:
+        on_chunk(body)
+    return web.Response(status=upstream.status, reason=upstream.reason, headers=response_headers(upstream), body=body)
+
+
 async def forward(
     request: web.Request,
     session: aiohttp.ClientSession,
@@ -175,6 +195,9 @@ async def forward(
 ) -> web.StreamResponse:
     """Proxy ``request`` to ``spec``'s upstream and stream the answer back."""
     upstream = await open_upstream(request, session, spec, path_qs=path_qs, body=body, headers=headers)
+    length = upstream.content_length
+    if length is not None and length <= SMALL_BODY and upstream.content_type != "text/event-stream":
+        return await _small_response(upstream, spec, on_chunk)
     complete = False
     try:
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=response_headers(upstream))

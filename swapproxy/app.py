@@ -48,7 +48,7 @@ from .swap import Swapper
 
 __all__ = [
     "make_app", "route_label", "CONFIG", "SWAPPER", "SESSION", "PROXY_LOG", "UPSTREAM_LOG", "ALL_LOG", "EVENTS",
-    "METRICS", "CLOSING", "BACKGROUND", "STARTED", "MAX_BODY", "MODEL_KEY", "START_KEY",
+    "METRICS", "CLOSING", "BACKGROUND", "STATE_SINCE", "STARTED", "MAX_BODY", "MODEL_KEY", "START_KEY",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ EVENTS = web.AppKey("events", EventBus)
 METRICS = web.AppKey("metrics", Metrics)
 CLOSING = web.AppKey("closing", asyncio.Event)  # set at shutdown: long-lived streams end
 BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])  # loads started by the API
+STATE_SINCE = web.AppKey("state_since", dict[str, float])  # model id -> time.time() of its last state change
 STARTED = web.AppKey("started", float)
 MAX_BODY = web.AppKey("max_body", int)
 
@@ -201,6 +202,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             sys.stdout.write(tagged + "\n")
 
     def on_state(proc: ManagedProcess, old: ProcessState, new: ProcessState) -> None:
+        app[STATE_SINCE][proc.name] = time.time()
         metrics.on_state_change(proc, old, new)
         if events.subscriber_count:
             events.publish({"type": "state", "old": old.value, **model_snapshot(app, proc.name)})
@@ -266,6 +268,7 @@ def make_app(config: Config) -> web.Application:
     app[METRICS] = Metrics(config)
     app[CLOSING] = asyncio.Event()
     app[BACKGROUND] = set()
+    app[STATE_SINCE] = {}
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(_on_shutdown)
     management.add_routes(app)  # specific routes first: handlers ends with the catch-alls

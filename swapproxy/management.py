@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from . import __version__
-from .app import BACKGROUND, METRICS, STARTED, SWAPPER
+from .app import BACKGROUND, METRICS, STARTED, STATE_SINCE, SWAPPER
 from .errors import BadRequest, ModelStartFailed, SwapProxyError
 from .handlers import publish_inflight, upstream_passthrough
 from .metrics import CONTENT_TYPE, process_tree_rss
@@ -69,6 +69,9 @@ def model_snapshot(app: web.Application, model_id: str) -> dict[str, Any]:
         "proxy": spec.proxy,
         "ready_since": proc.started_wall if ready else None,
         "uptime_s": round(time.time() - proc.started_wall, 3) if ready and proc.started_wall else None,
+        # since when it is in this state (how long has that start been going?), and the start's limit
+        "state_since": app[STATE_SINCE].get(model_id, app[STARTED]),
+        "health_check_timeout_s": spec.health_check_timeout,
         "rss_bytes": process_tree_rss(proc.pid),
         "inflight": slot.inflight,
         "waiting": slot.waiting,

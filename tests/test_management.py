@@ -96,6 +96,9 @@ async def test_health_liveness_and_running_details(proxy_factory) -> None:
     assert 0 <= detail["uptime_s"] < 60
     assert detail["inflight"] == 0 and detail["waiting"] == 0
     assert detail["ttl_s"] == 30 and 0 < detail["ttl_remaining_s"] <= 30  # armed after the load's lease
+    assert detail["health_check_timeout_s"] == 15
+    assert time.time() - 60 < detail["state_since"] <= time.time()
+    assert abs(detail["ready_since"] - detail["state_since"]) < 0.5
 
 
 async def test_upstream_delete_load_and_errors(proxy_factory) -> None:

@@ -46,7 +46,7 @@ async def page() -> AsyncIterator[Any]:
 
 async def test_ui_lists_models_loads_unloads_and_shows_logs(proxy_factory, page) -> None:
     config = make_config({
-        "chat": {"cmd": fake_cmd("--model-name", "chat", "--startup-delay", "0.2"), "name": "Chat model", "ttl": 300},
+        "chat": {"cmd": fake_cmd("--model-name", "chat", "--startup-delay", "1"), "name": "Chat model", "ttl": 300},
         "embed": {"cmd": fake_cmd("--model-name", "embed"), "aliases": ["text-embedding"]},
         "broken": {"cmd": fake_cmd("--model-name", "broken", "--exit-during-startup", "2")},
     }, groups={  # broken runs beside the others: its failure does not stop chat
@@ -67,8 +67,11 @@ async def test_ui_lists_models_loads_unloads_and_shows_logs(proxy_factory, page)
     await expect(chat.locator(".state")).to_have_text("stopped")
     await page.evaluate("window.__noReload = 1")  # gone if the page reloads
 
-    # load: the state shown goes to running by itself, with the pid the proxy knows
+    # load: "starting…" with its time against the health-check timeout, then running by itself
     await chat.locator("button.load").click()
+    await expect(chat.locator(".state")).to_have_text("starting…", timeout=STEP_MS)
+    await expect(chat.locator(".since")).to_contain_text("/ 15s")
+    await expect(chat.locator("button.load")).to_be_disabled()
     await expect(chat.locator(".state")).to_have_text("running", timeout=STEP_MS)
     await wait_until(lambda: proxy.pid("chat") is not None)
     await expect(chat.locator(".pid")).to_have_text(str(proxy.pid("chat")))

@@ -56,7 +56,7 @@ function rowHtml(m) {
   return `
     <td><div class="model-id">${esc(m.model)}</div>${sub ? `<div class="model-sub">${sub}</div>` : ""}
         ${note ? `<span class="toast">${esc(note)}</span>` : ""}</td>
-    <td><span class="state state-${esc(m.state)}" data-state="${esc(m.state)}">${esc(LABEL[m.state] || m.state)}</span></td>
+    <td><span class="state state-${esc(m.state)}" data-state="${esc(m.state)}">${esc(LABEL[m.state] || m.state)}</span>${starting(m)}</td>
     <td class="num pid">${m.pid ?? "–"}</td>
     <td class="num">${m.port ?? "–"}</td>
     <td class="num uptime">${fmtSeconds(up)}</td>
@@ -69,6 +69,14 @@ function rowHtml(m) {
         ${m.state === "stopped" || m.state === "shutdown" || m.state === "stopping" ? "disabled" : ""}>${m.state === "failed" ? "Clear" : "Unload"}</button>
       <button type="button" class="small" data-action="logs">Logs</button>
     </td>`;
+}
+
+function starting(m) {
+  // a start in progress: for how long, against its health-check timeout
+  if (m.state !== "starting") return "";
+  const since = m.state_since ? Date.now() / 1000 - m.state_since : 0;
+  const limit = m.health_check_timeout_s ? ` / ${fmtSeconds(m.health_check_timeout_s)}` : "";
+  return ` <span class="since" title="time since spawn / health-check timeout">${fmtSeconds(since)}${limit}</span>`;
 }
 
 function errorHtml(m) {
@@ -321,7 +329,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setInterval(() => {  // uptimes and TTL countdowns tick between events
     for (const id of ui.order) {
       const m = ui.models.get(id);
-      if (m.state === "ready") renderRow(id);
+      if (m.state === "ready" || m.state === "starting") renderRow(id);
     }
   }, 1000);
   setInterval(refreshDetails, 5000);

@@ -208,7 +208,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             events.publish({"type": "state", "old": old.value, **model_snapshot(app, proc.name)})
 
     processes = {
-        mid: ManagedProcess(spec, trackers=trackers, session=session, on_line=on_line)
+        mid: ManagedProcess(spec, trackers=trackers, session=session, on_line=on_line, secrets=config.api_keys)
         for mid, spec in config.models.items()
     }
     for proc in processes.values():

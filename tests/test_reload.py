@@ -1,0 +1,92 @@
+"""Config reload as a diff: real processes, PIDs compared before and after."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import yaml
+
+from conftest import STATE_DIR, Proxy, fake_cmd, free_port_block, wait_until
+from swapproxy.config import Config, parse_config
+from swapproxy.states import ProcessState
+from test_swap import open_gated_stream, release_all
+
+
+def doc(models: dict[str, dict[str, Any]], start: int, **top: Any) -> dict[str, Any]:
+    return {"startPort": start, "stateDir": str(STATE_DIR), "models": models, **top}
+
+
+def load(d: dict[str, Any], previous: Config | None = None) -> Config:
+    return parse_config(yaml.safe_dump(d, sort_keys=False), file="reload.yaml", previous=previous)
+
+
+def fake(name: str, *flags: str, **extra: Any) -> dict[str, Any]:
+    return {"cmd": fake_cmd("--model-name", name, *flags), **extra}
+
+
+SIDE = {"all": {"swap": False, "exclusive": False, "members": ["a", "b"]}}
+
+
+async def test_unchanged_model_keeps_its_process_and_new_settings_apply(proxy_factory) -> None:
+    start = free_port_block(4)
+    old = load(doc({"a": fake("a"), "b": fake("b")}, start, groups=SIDE))
+    proxy: Proxy = await proxy_factory(old)
+    assert (await proxy.chat("a"))[0] == 200
+    pid = proxy.pid("a")
+    stream = await open_gated_stream(proxy, "a")
+    # Same command; new ttl and alias; b removed; c added (inserted first: ports must not shift).
+    new = load(
+        doc({"c": fake("c"), "a": fake("a", ttl=0.3, aliases=["alias-a"])}, start,
+            groups={"all": {"swap": False, "exclusive": False, "members": ["c", "a"]}}),
+        previous=old,
+    )
+    assert new.models["a"].port == old.models["a"].port
+    report = await proxy.swapper.apply_config(new)
+    assert report == {"kept": ["a"], "changed": [], "added": ["c"], "removed": ["b"]}
+    assert proxy.pid("a") == pid  # the very same process, still serving the stream
+    rest = await release_all(proxy, "a", stream)
+    assert rest.endswith(b"data: [DONE]\n\n")
+    status, data = await proxy.chat("alias-a")  # new alias works at once
+    assert status == 200 and proxy.pid("a") == pid
+    await wait_until(lambda: proxy.swapper.slot("a").process.state is ProcessState.STOPPED, 5, "new ttl")
+    assert (await proxy.chat("c"))[0] == 200  # new model serves
+
+
+async def test_changed_model_restarts_when_next_needed_after_in_flight_finish(proxy_factory) -> None:
+    start = free_port_block(3)
+    old = load(doc({"a": fake("a")}, start))
+    proxy: Proxy = await proxy_factory(old)
+    stream = await open_gated_stream(proxy, "a")
+    pid = proxy.pid("a")
+    new = load(doc({"a": fake("a", "--tokens", "3")}, start), previous=old)
+    report = await proxy.swapper.apply_config(new)
+    assert report["changed"] == ["a"]
+    assert proxy.pid("a") == pid  # not restarted yet: nobody asked, and a stream is in flight
+    request = asyncio.ensure_future(proxy.chat("a"))
+    await wait_until(lambda: proxy.swapper.slot("a").evicting, what="old process draining")
+    assert not request.done()
+    await release_all(proxy, "a", stream)  # the in-flight stream finishes in full
+    status, data = await asyncio.wait_for(request, 15)
+    assert status == 200
+    assert data["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "  # the new definition
+    assert proxy.pid("a") not in (None, pid)
+
+
+async def test_removed_model_stops_after_its_in_flight_requests(proxy_factory) -> None:
+    start = free_port_block(3)
+    old = load(doc({"a": fake("a"), "b": fake("b")}, start))
+    proxy: Proxy = await proxy_factory(old)
+    stream = await open_gated_stream(proxy, "b")
+    retired = proxy.swapper.slot("b").process
+    report = await proxy.swapper.apply_config(load(doc({"a": fake("a")}, start), previous=old))
+    assert report["removed"] == ["b"]
+    assert retired.state is ProcessState.READY  # still finishing its stream
+    status, data = await proxy.chat("b")
+    assert status == 404  # but no longer routable
+    port = old.models["b"].port
+    async with proxy.http.post(f"http://127.0.0.1:{port}/debug/release?n=1000") as r:
+        assert r.status == 200
+    rest = await asyncio.wait_for(stream.content.read(), 10)
+    assert rest.endswith(b"data: [DONE]\n\n")
+    await wait_until(lambda: retired.state is ProcessState.SHUTDOWN, 5, "b stopped")

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .config import Config
+from .config import Config, ModelConfig
 from .errors import (
     NotFound,
     PayloadTooLarge,
@@ -43,10 +43,12 @@ from .logs import BufferHandler, LogBuffer
 from .metrics import Metrics
 from .process import ManagedProcess
 from .proxy import make_client_session
+from .reload import ReloadState
 from .states import ProcessState
 from .swap import Swapper
 
 __all__ = [
+    "RELOAD",
     "make_app", "route_label", "CONFIG", "SWAPPER", "SESSION", "PROXY_LOG", "UPSTREAM_LOG", "ALL_LOG", "EVENTS",
     "METRICS", "CLOSING", "BACKGROUND", "STATE_SINCE", "STARTED", "MAX_BODY", "MODEL_KEY", "START_KEY",
 ]
@@ -66,6 +68,7 @@ BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])  # loads started 
 STATE_SINCE = web.AppKey("state_since", dict[str, float])  # model id -> time.time() of its last state change
 STARTED = web.AppKey("started", float)
 MAX_BODY = web.AppKey("max_body", int)
+RELOAD = web.AppKey("reload", ReloadState)  # outcome of the last config reload (for /info and the UI)
 
 #: request keys: the model a handler resolved (the metrics' model label), when the request arrived
 if hasattr(web, "RequestKey"):  # aiohttp >= 3.13: typed request storage
@@ -135,7 +138,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    keys = request.app[CONFIG].api_keys
+    keys = request.app[SWAPPER].config.api_keys  # the live config: a reload changes keys at once
     if keys and request.path not in _OPEN_PATHS and not _key_ok(_presented_key(request), keys):
         if request.path == "/" or request.path.startswith(_BROWSER_PATHS):
             # Pages a person opens: let the browser ask (any user name, the key as password);
@@ -207,13 +210,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         if events.subscriber_count:
             events.publish({"type": "state", "old": old.value, **model_snapshot(app, proc.name)})
 
-    processes = {
-        mid: ManagedProcess(spec, trackers=trackers, session=session, on_line=on_line, secrets=config.api_keys)
-        for mid, spec in config.models.items()
-    }
+    def new_process(spec: ModelConfig, keys: tuple[str, ...]) -> ManagedProcess:
+        return ManagedProcess(spec, trackers=trackers, session=session, on_line=on_line, secrets=keys)
+
+    processes = {mid: new_process(spec, config.api_keys) for mid, spec in config.models.items()}
     for proc in processes.values():
         proc.add_listener(on_state)
-    swapper = Swapper(config, processes)
+    # Models a reload adds or changes get the same wiring, with the then-current keys.
+    swapper = Swapper(config, processes, factory=lambda spec: new_process(spec, swapper.config.api_keys))
     swapper.swap_listeners.append(
         lambda reason, stopped: events.publish({"type": "swap", "reason": reason, "stopped": stopped})
     )
@@ -261,6 +265,7 @@ def make_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[STARTED] = time.time()
     app[MAX_BODY] = max_size
+    app[RELOAD] = ReloadState()
     app[PROXY_LOG] = LogBuffer("proxy")
     app[UPSTREAM_LOG] = LogBuffer("upstream")
     app[ALL_LOG] = LogBuffer("all", maxlen=2000)

@@ -31,7 +31,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True, help="config file (llama-swap format)")
     p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT, or :PORT for all interfaces (default 127.0.0.1:8080)")
     p.add_argument("--log-level", choices=sorted(_LEVELS), help="overrides the config's logLevel")
-    p.add_argument("--watch-config", action="store_true", help="reload when the config file changes")
+    p.add_argument("--watch-config", action="store_true", help="reload when the config file changes (SIGHUP always reloads)")
     p.add_argument("--version", action="version", version=f"swapproxy {__version__}")
     return p
 
@@ -108,9 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"swapproxy: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config, args.log_level)
-    if args.watch_config:
-        logging.getLogger(__name__).warning("--watch-config is accepted but reload is not implemented yet")
-    return run(config, host, port)
+    return run(config, host, port, watch_config=args.watch_config)
 
 
 if __name__ == "__main__":

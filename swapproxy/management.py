@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from . import __version__
-from .app import BACKGROUND, METRICS, STARTED, STATE_SINCE, SWAPPER
+from .app import BACKGROUND, METRICS, RELOAD, STARTED, STATE_SINCE, SWAPPER
 from .errors import BadRequest, ModelStartFailed, SwapProxyError
 from .handlers import publish_inflight, upstream_passthrough
 from .metrics import CONTENT_TYPE, process_tree_rss
@@ -236,6 +236,7 @@ async def info(request: web.Request) -> web.Response:
         "started": app[STARTED],
         "uptime_s": round(time.time() - app[STARTED], 3),
         "models": len(app[SWAPPER].config.models),
+        "reload": app[RELOAD].as_json(),
     })
 
 

@@ -14,9 +14,10 @@ import time
 
 from aiohttp import web
 
-from .app import SWAPPER, make_app
+from .app import RELOAD, SWAPPER, make_app
 from .config import Config
 from .process import ManagedProcess
+from .reload import Reloader
 from .states import ProcessState
 from .swap import Swapper
 from .systemd import Notifier
@@ -51,8 +52,10 @@ def status_line(swapper: Swapper) -> str:
     return text
 
 
-async def serve(config: Config, host: str | None, port: int, stop: asyncio.Event) -> None:
-    """Serve ``config`` on host:port until ``stop`` is set."""
+async def serve(
+    config: Config, host: str | None, port: int, stop: asyncio.Event, *, watch_config: bool = False
+) -> None:
+    """Serve ``config`` on host:port until ``stop`` is set; SIGHUP reloads ``config.file``."""
     notifier = Notifier()
     app = make_app(config)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -79,8 +82,28 @@ async def serve(config: Config, host: str | None, port: int, stop: asyncio.Event
 
         for slot in swapper.slots.values():
             slot.process.add_listener(on_state)
+        swapper.process_listeners.append(lambda proc: proc.add_listener(on_state))
+        reloader = Reloader(
+            config.file, swapper, app[RELOAD],
+            on_begin=notifier.reloading, on_end=lambda: notifier.ready(status_line(swapper)),
+        )
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def on_hup() -> None:
+            task = asyncio.ensure_future(reloader.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        watcher = asyncio.ensure_future(reloader.watch()) if watch_config else None
         notifier.ready(status_line(swapper))
         await stop.wait()
+        loop.remove_signal_handler(signal.SIGHUP)
+        if watcher is not None:
+            watcher.cancel()
+        for task in reloads:
+            task.cancel()
         logger.info("shutting down: stopping every upstream")
         notifier.stopping()
     finally:
@@ -88,7 +111,7 @@ async def serve(config: Config, host: str | None, port: int, stop: asyncio.Event
         await notifier.close()
 
 
-def run(config: Config, host: str | None, port: int) -> int:
+def run(config: Config, host: str | None, port: int, *, watch_config: bool = False) -> int:
     """Blocking entry point used by the CLI; returns the process exit code."""
 
     async def main() -> None:
@@ -96,7 +119,7 @@ def run(config: Config, host: str | None, port: int) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(config, host, port, stop)
+        await serve(config, host, port, stop, watch_config=watch_config)
 
     try:
         asyncio.run(main())

@@ -90,3 +90,81 @@ async def test_removed_model_stops_after_its_in_flight_requests(proxy_factory) -
     rest = await asyncio.wait_for(stream.content.read(), 10)
     assert rest.endswith(b"data: [DONE]\n\n")
     await wait_until(lambda: retired.state is ProcessState.SHUTDOWN, 5, "b stopped")
+
+
+async def _wait_reload(http, url: str, count: int) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    info: dict[str, Any] = {}
+
+    async def done() -> bool:
+        nonlocal info
+        async with http.get(url + "/info") as r:
+            info = (await r.json())["reload"]
+        return info["count"] >= count
+
+    await wait_until(done, 15, f"reload #{count}")
+    return info
+
+
+async def test_sighup_and_watch_reload_a_running_swapproxy(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import sys
+    from pathlib import Path
+
+    import aiohttp
+
+    root = Path(__file__).resolve().parents[1]
+    start = free_port_block(5)
+    listen = start + 4
+    cfg = tmp_path / "c.yaml"
+
+    def write(models: dict[str, Any]) -> None:
+        cfg.write_text(yaml.safe_dump(doc(models, start, stateDir=str(tmp_path / "state")), sort_keys=False))
+
+    write({"a": fake("a")})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "swapproxy", "-c", str(cfg), "--listen", f"127.0.0.1:{listen}", "--watch-config",
+        cwd=root, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{listen}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def up() -> bool:
+                try:
+                    async with http.get(url + "/health") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_until(up, 15, "swapproxy listening")
+            body = {"model": "a", "messages": []}
+            async with http.post(url + "/v1/chat/completions", json=body) as r:
+                assert r.status == 200
+            async with http.get(url + "/health") as r:
+                pid_a = (await r.json())["models"]["a"]["pid"]
+
+            # An invalid edit, picked up by --watch-config: refused, the old config keeps serving.
+            cfg.write_text(cfg.read_text().replace("models:", "models:\n  b:\n    cmd: x\n    tll: 3"))
+            info = await _wait_reload(http, url, 1)
+            assert info["error"] and f"{cfg}:" in info["error"] and "tll" in info["error"]
+            async with http.post(url + "/v1/chat/completions", json=body) as r:
+                assert r.status == 200
+
+            # A valid edit, also picked up by the watch: a unchanged keeps its pid, c appears at once.
+            write({"a": fake("a"), "c": fake("c")})
+            info = await _wait_reload(http, url, 2)
+            assert info["error"] is None and info["report"]["kept"] == ["a"] and info["report"]["added"] == ["c"]
+            async with http.get(url + "/v1/models") as r:
+                assert [m["id"] for m in (await r.json())["data"]] == ["a", "c"]
+
+            # SIGHUP reloads too (the file is unchanged now: everything is kept).
+            proc.send_signal(signal.SIGHUP)
+            info = await _wait_reload(http, url, 3)
+            assert info["error"] is None and info["report"]["kept"] == ["a", "c"]
+            async with http.get(url + "/health") as r:
+                assert (await r.json())["models"]["a"]["pid"] == pid_a
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

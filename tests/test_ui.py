@@ -114,3 +114,20 @@ async def test_ui_lists_models_loads_unloads_and_shows_logs(proxy_factory, page)
 
     assert await page.evaluate("window.__noReload") == 1
     assert errors == []
+
+
+async def test_ui_shows_a_refused_reload(proxy_factory, page, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from swapproxy.app import RELOAD
+    from swapproxy.reload import Reloader
+
+    proxy = await proxy_factory(make_config({"chat": {"cmd": fake_cmd("--model-name", "chat")}}))
+    await page.goto(proxy.url + "/ui")
+    await expect(page.locator("#conn")).to_have_text("live", timeout=STEP_MS)
+    await expect(page.locator("#reload-error")).to_be_hidden()
+    bad = tmp_path / "config.yaml"
+    bad.write_text("models:\n  chat:\n    cmd: llama-server --port ${PORT}\n    ttll: 5\n")
+    reloader = Reloader(str(bad), proxy.swapper, proxy.app[RELOAD])
+    assert await reloader.reload() is False
+    await expect(page.locator("#reload-error")).to_be_visible(timeout=STEP_MS)
+    await expect(page.locator("#reload-error-text")).to_contain_text(f"{bad}:4: models.chat.ttll:")
+    await expect(page.locator("#reload-error-text")).to_contain_text("did you mean 'ttl'")

@@ -291,6 +291,24 @@ async function act(action, id) {
   renderRow(id);
 }
 
+let reloadCount = null;
+
+async function refreshReload() {
+  // /info carries the outcome of the last config reload (SIGHUP or --watch-config).
+  try {
+    const resp = await fetch("info");
+    if (!resp.ok) return;
+    const reload = (await resp.json()).reload || {};
+    const box = $("#reload-error");
+    box.hidden = !reload.error;
+    $("#reload-error-text").textContent = reload.error || "";
+    if (reloadCount !== null && reload.count !== reloadCount && !reload.error) reconnect(); // models may have changed
+    reloadCount = reload.count;
+  } catch (err) {
+    // the event stream shows the connection state; nothing to add here
+  }
+}
+
 async function refreshDetails() {
   try {
     const resp = await fetch("running?details=1");
@@ -326,6 +344,8 @@ document.addEventListener("DOMContentLoaded", () => {
     renderLogView();
   });
   connect();
+  refreshReload();
+  setInterval(refreshReload, 3000);
   setInterval(() => {  // uptimes and TTL countdowns tick between events
     for (const id of ui.order) {
       const m = ui.models.get(id);

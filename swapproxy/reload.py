@@ -1,0 +1,100 @@
+"""Live config reload: SIGHUP or a changed file → validate → apply as a diff.
+
+An invalid new config changes nothing: the old one keeps serving and the
+problems (file:line: key: message) are logged and kept in :class:`ReloadState`
+for ``/info`` and the UI. A valid one goes to :meth:`Swapper.apply_config`,
+which keeps unchanged models running (same PID). ``--watch-config`` polls the
+file's size and mtime once a second — cheap, and it needs no dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .config import ConfigError, load_config
+from .swap import Swapper
+
+__all__ = ["ReloadState", "Reloader"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ReloadState:
+    """What the last reload did; shown by /info and the UI."""
+
+    count: int = 0
+    last_at: float | None = None  # wall time of the last attempt
+    error: str | None = None  # the problems of the last attempt, if it failed
+    report: dict[str, list[str]] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, object]:
+        return {"count": self.count, "last_at": self.last_at, "error": self.error, "report": self.report}
+
+
+class Reloader:
+    """Reloads ``path`` into ``swapper``; one reload at a time."""
+
+    def __init__(
+        self,
+        path: str,
+        swapper: Swapper,
+        state: ReloadState,
+        on_begin: Callable[[], None] = lambda: None,
+        on_end: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.path = path
+        self.swapper = swapper
+        self.state = state
+        self._on_begin = on_begin
+        self._on_end = on_end
+        self._lock = asyncio.Lock()
+
+    async def reload(self) -> bool:
+        """Validate and apply the file; False (and nothing changed) if it is invalid."""
+        async with self._lock:
+            self._on_begin()
+            try:
+                return await self._reload()
+            finally:
+                self._on_end()
+
+    async def _reload(self) -> bool:
+        self.state.count += 1
+        self.state.last_at = time.time()
+        try:
+            new = await asyncio.to_thread(load_config, self.path, None, self.swapper.config)
+        except ConfigError as err:
+            self.state.error = str(err)
+            for problem in err.problems:
+                logger.error("reload refused, the running config stays: %s", problem)
+            return False
+        for notice in new.notices:
+            logger.info("notice: %s", notice)
+        self.state.report = await self.swapper.apply_config(new)
+        self.state.error = None
+        return True
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Reload whenever the file's size or mtime changes (runs until cancelled)."""
+        last = _stamp(self.path)
+        while True:
+            await asyncio.sleep(interval)
+            stamp = _stamp(self.path)
+            if stamp != last:
+                last = stamp
+                logger.info("%s changed: reloading", self.path)
+                await self.reload()
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)

@@ -65,31 +65,45 @@ class Reloader:
                 self._on_end()
 
     async def _reload(self) -> bool:
-        self.state.count += 1
-        self.state.last_at = time.time()
+        began = time.time()
         try:
             new = await asyncio.to_thread(load_config, self.path, None, self.swapper.config)
         except ConfigError as err:
-            self.state.error = str(err)
             for problem in err.problems:
                 logger.error("reload refused, the running config stays: %s", problem)
+            self._record(began, str(err), {})
             return False
         for notice in new.notices:
             logger.info("notice: %s", notice)
-        self.state.report = await self.swapper.apply_config(new)
-        self.state.error = None
+        self._record(began, None, await self.swapper.apply_config(new))
         return True
 
-    async def watch(self, interval: float = 1.0) -> None:
-        """Reload whenever the file's size or mtime changes (runs until cancelled)."""
+    def _record(self, began: float, error: str | None, report: dict[str, list[str]]) -> None:
+        """Publish a finished reload all at once: a reader never sees half of one."""
+        self.state.last_at, self.state.error, self.state.report = began, error, report
+        self.state.count += 1
+
+    async def watch(self, interval: float = 1.0, settle: float = 0.2) -> None:
+        """Reload whenever the file's size or mtime changes (runs until cancelled).
+
+        A change is acted on once the file has held still for ``settle`` seconds,
+        so an editor caught between truncating and writing is not read half-done.
+        """
         last = _stamp(self.path)
         while True:
             await asyncio.sleep(interval)
             stamp = _stamp(self.path)
-            if stamp != last:
-                last = stamp
-                logger.info("%s changed: reloading", self.path)
-                await self.reload()
+            if stamp == last:
+                continue
+            while True:
+                await asyncio.sleep(settle)
+                again = _stamp(self.path)
+                if again == stamp:
+                    break
+                stamp = again
+            last = stamp
+            logger.info("%s changed: reloading", self.path)
+            await self.reload()
 
 
 def _stamp(path: str) -> tuple[int, int] | None:

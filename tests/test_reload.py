@@ -145,14 +145,14 @@ async def test_sighup_and_watch_reload_a_running_swapproxy(tmp_path) -> None:  #
             # An invalid edit, picked up by --watch-config: refused, the old config keeps serving.
             cfg.write_text(cfg.read_text().replace("models:", "models:\n  b:\n    cmd: x\n    tll: 3"))
             info = await _wait_reload(http, url, 1)
-            assert info["error"] and f"{cfg}:" in info["error"] and "tll" in info["error"]
+            assert info["error"] and f"{cfg}:" in info["error"] and "tll" in info["error"], info
             async with http.post(url + "/v1/chat/completions", json=body) as r:
                 assert r.status == 200
 
             # A valid edit, also picked up by the watch: a unchanged keeps its pid, c appears at once.
             write({"a": fake("a"), "c": fake("c")})
             info = await _wait_reload(http, url, 2)
-            assert info["error"] is None and info["report"]["kept"] == ["a"] and info["report"]["added"] == ["c"]
+            assert info["error"] is None and info["report"]["kept"] == ["a"] and info["report"]["added"] == ["c"], info
             async with http.get(url + "/v1/models") as r:
                 assert [m["id"] for m in (await r.json())["data"]] == ["a", "c"]
 

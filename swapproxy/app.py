@@ -25,10 +25,13 @@ from base64 import b64decode
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from .config import Config, ModelConfig
 from .errors import (
+    BadRequest,
+    ExpectationFailed,
     NotFound,
     PayloadTooLarge,
     SwapProxyError,
@@ -99,9 +102,11 @@ def _presented_key(request: web.Request) -> str | None:
 def _key_ok(presented: str | None, keys: tuple[str, ...]) -> bool:
     if presented is None:
         return False
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates: encode them back, never fail.
+    given = presented.encode("utf-8", "surrogateescape")
     ok = False
     for key in keys:  # compare against every key: timing does not reveal which matched
-        ok |= hmac.compare_digest(presented.encode(), key.encode())
+        ok |= hmac.compare_digest(given, key.encode())
     return ok
 
 
@@ -112,6 +117,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except SwapProxyError as err:
         return error_response(err)
+    except RequestPayloadError as exc:
+        return error_response(BadRequest(f"request body could not be read: {exc}"))
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[MAX_BODY]
         return error_response(
@@ -254,6 +261,27 @@ async def _on_shutdown(app: web.Application) -> None:
     app[CLOSING].set()
 
 
+async def _expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` is honoured; anything else gets 417 in the envelope.
+
+    aiohttp's default handler echoes the header's value into a text response and
+    fails with a bare 500 (outside every middleware) when that value is not UTF-8.
+    """
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the main response has not started yet
+        return None
+    return error_response(ExpectationFailed("only 'Expect: 100-continue' is supported"))
+
+
+def _use_expect_handler(app: web.Application) -> None:
+    for route in app.router.routes():
+        # No public setter exists; the attribute is what add_route(expect_handler=...) fills.
+        route._expect_handler = _expect_handler  # type: ignore[attr-defined]
+
+
 def make_app(config: Config) -> web.Application:
     """Build the application for ``config`` (resources start with the app)."""
     from . import handlers, management  # late import: they use the AppKeys defined here
@@ -278,5 +306,6 @@ def make_app(config: Config) -> web.Application:
     app.on_shutdown.append(_on_shutdown)
     management.add_routes(app)  # specific routes first: handlers ends with the catch-alls
     handlers.add_routes(app)
+    _use_expect_handler(app)
     return app
 

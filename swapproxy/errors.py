@@ -14,6 +14,7 @@ The tree::
     │   └── ModelNotFound               404 model_not_found
     ├── Conflict                        409 conflict
     ├── PayloadTooLarge                 413 request_too_large
+    ├── ExpectationFailed               417 expectation_failed
     ├── TooManyRequests                 429 rate_limit_exceeded  (+ Retry-After)
     ├── UpstreamUnreachable             502 upstream_unreachable
     ├── ModelStartFailed                503 model_start_failed   (+ last log lines)
@@ -39,6 +40,7 @@ __all__ = [
     "ModelNotFound",
     "Conflict",
     "PayloadTooLarge",
+    "ExpectationFailed",
     "TooManyRequests",
     "UpstreamUnreachable",
     "ModelStartFailed",
@@ -93,6 +95,10 @@ class Conflict(SwapProxyError):
 
 class PayloadTooLarge(SwapProxyError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class ExpectationFailed(SwapProxyError):
+    status, type, code = 417, "invalid_request_error", "expectation_failed"
 
 
 class TooManyRequests(SwapProxyError):

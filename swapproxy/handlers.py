@@ -173,6 +173,20 @@ class _Spool:
             self._file.close()
 
 
+async def _spool_body(request: web.Request, limit: int) -> _Spool:
+    """Read the request body into a spool; 413 as soon as it passes ``limit`` bytes."""
+    spool = _Spool()
+    try:
+        async for chunk in request.content.iter_chunked(1 << 16):
+            spool.write(chunk)
+            if spool.size > limit:
+                raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes (maxRequestBodyMB)")
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
 async def _multipart(request: web.Request) -> web.StreamResponse:
     """Multipart uploads (audio transcriptions, image edits): route by the ``model`` form field.
 
@@ -183,13 +197,8 @@ async def _multipart(request: web.Request) -> web.StreamResponse:
     boundary = multipart_boundary(request.headers.get("Content-Type", ""))
     if boundary is None:
         raise BadRequest("multipart request without a boundary")
-    limit = request.app[MAX_BODY]
-    spool = _Spool()
+    spool = await _spool_body(request, request.app[MAX_BODY])
     try:
-        async for chunk in request.content.iter_chunked(1 << 16):
-            spool.write(chunk)
-            if spool.size > limit:
-                raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
         model_id = resolve_model(config, spool.find_model(boundary) or request.query.get("model"))
         spec = config.models[model_id]
         headers = request_headers(request)
@@ -363,7 +372,20 @@ async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
     if any(seg in ("..", ".") for seg in unquote(rest).split("/")):
         raise BadRequest("path segments '.' and '..' are not allowed in /upstream/ paths")
     path_qs = "/" + rest + (("?" + raw[1]) if len(raw) > 1 else "")
-    body = request.content if request.can_read_body else None
+    limit = request.app[MAX_BODY]
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes (maxRequestBodyMB)")
+    if not request.can_read_body:
+        body: bytes | AsyncIterator[bytes] | None = None
+    elif request.content_length is not None:
+        body = request.content  # its length is known and within the limit: stream it as it comes
+    else:  # chunked, length unknown: spool it so the limit holds before anything goes upstream
+        spool = await _spool_body(request, limit)
+        async with _lease(request, model_id):
+            try:
+                return await _forward(request, config.models[model_id], path_qs=path_qs, body=spool.chunks())
+            finally:
+                spool.close()
     async with _lease(request, model_id):
         return await _forward(request, config.models[model_id], path_qs=path_qs, body=body)
 

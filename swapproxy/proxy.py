@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -125,9 +126,23 @@ async def open_upstream(
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamUnreachable(f"model '{spec.id}': upstream {spec.proxy} is unreachable: {exc.os_error}") from None
     except (aiohttp.ClientError, OSError) as exc:
+        if _request_body_broke(exc):  # the client's body, not the upstream, is at fault
+            raise BadRequest("request body could not be read (does it match its Content-Encoding?)") from None
         raise UpstreamUnreachable(
             f"model '{spec.id}': upstream {spec.proxy} failed before responding: {exc.__class__.__name__}: {exc}"
         ) from None
+
+
+def _request_body_broke(exc: BaseException) -> bool:
+    """Whether reading the client's request body is what failed (e.g. bad gzip)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, RequestPayloadError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:

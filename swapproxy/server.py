@@ -13,6 +13,8 @@ import signal
 import time
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from .app import RELOAD, SWAPPER, make_app
 from .config import Config
@@ -111,8 +113,25 @@ async def serve(
         await notifier.close()
 
 
+def _client_fault_filter(record: logging.LogRecord) -> bool:
+    """A malformed request is the client's fault: one INFO line, not an ERROR with a traceback.
+
+    aiohttp logs requests its parser refuses (and bodies that fail to decode)
+    at ERROR with a full traceback; any client could flood the log that way.
+    """
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, (HttpProcessingError, RequestPayloadError)):
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            "refused a malformed request: %s", (str(exc).replace("\n", " ").strip(),), None, None)
+    return record.levelno >= logging.getLogger().getEffectiveLevel()
+
+
+
 def run(config: Config, host: str | None, port: int, *, watch_config: bool = False) -> int:
     """Blocking entry point used by the CLI; returns the process exit code."""
+
+    logging.getLogger("aiohttp.server").addFilter(_client_fault_filter)
 
     async def main() -> None:
         stop = asyncio.Event()

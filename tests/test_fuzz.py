@@ -388,11 +388,6 @@ async def test_bodies_over_max_request_body_get_413(proxy_factory: Any) -> None:
     assert_all(results)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: /upstream/{model}/{path} streams request.content upstream without checking maxRequestBodyMB "
-    "(handlers.upstream_passthrough); every other route answers 413",
-)
 async def test_upstream_passthrough_honours_max_request_body(proxy_factory: Any) -> None:
     proxy = await proxy_factory(fuzz_config())
     big = b"x" * (MAX_BYTES + 4096)
@@ -453,12 +448,6 @@ async def test_garbage_credentials_get_401(proxy_factory: Any) -> None:
     assert proxy.swapper.running() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: app._key_ok calls presented.encode() on a header value aiohttp decoded with surrogateescape; "
-    "a non-UTF-8 byte in Authorization/x-api-key raises UnicodeEncodeError: 500 internal_error (and an ERROR "
-    "traceback in the log) for any unauthenticated client, instead of 401",
-)
 async def test_non_utf8_api_key_gets_401(proxy_factory: Any) -> None:
     proxy = await proxy_factory(fuzz_config(apiKeys=["sk-fuzz"]))
     # encode_request writes headers as latin-1: this is the single byte 0xFC, not UTF-8.
@@ -563,12 +552,6 @@ async def test_unknown_routes_and_methods(proxy_factory: Any) -> None:
     assert_all(results)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a request body that is not what its Content-Encoding says makes aiohttp raise "
-    "RequestPayloadError inside request.read() / while streaming it upstream; error_middleware does not map it: "
-    "inference routes answer 500 internal_error, /upstream/ answers 502 upstream_unreachable (blaming the model)",
-)
 async def test_bad_gzip_request_body_gets_400(proxy_factory: Any) -> None:
     # POST /upstream/alpha/debug/echo with the same body answers 502 upstream_unreachable.
     proxy = await proxy_factory(fuzz_config())
@@ -687,17 +670,15 @@ _query = st.one_of(
     st.lists(st.tuples(st.sampled_from(["model", "details", "n", "x", ""]), _query_value), min_size=1, max_size=3)
     .map(lambda kv: "?" + "&".join(f"{k}={v}" for k, v in kv)),
 )
-# Printable ASCII only while the non-UTF-8 header bug is open (see its xfail test above).
-_header_value = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+# Printable latin-1: bytes above 0x7F are not UTF-8 and must get a clean 400, never a 500.
+_header_value = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40)
 _headers = st.lists(
     st.one_of(
         st.tuples(st.just("Content-Type"), st.sampled_from([
             "application/json", "application/x-www-form-urlencoded", "text/plain", "multipart/form-data",
             "multipart/form-data; boundary=XyZ", "multipart/form-data; boundary=", "application/json; charset=latin-1",
             ";;", "*/*"])),
-        # gzip/deflate/br are left out while the two Content-Encoding bugs above are open (their
-        # xfail tests keep them visible); add them back when those tests pass.
-        st.tuples(st.just("Content-Encoding"), st.sampled_from(["identity", "zz"])),
+        st.tuples(st.just("Content-Encoding"), st.sampled_from(["identity", "zz", "gzip", "deflate", "br"])),
         st.tuples(st.sampled_from(["Accept", "Authorization", "X-Api-Key", "Connection", "Upgrade", "TE", "Expect",
                                    "Accept-Encoding", "Cookie", "X-Fuzz", "Range", "Keep-Alive", "Trailer"]),
                   _header_value),
@@ -797,3 +778,15 @@ def test_property_no_500_and_still_serving(live_proxy: LiveProxy) -> None:
     own = [line for line in log.splitlines() if re.search(r" (ERROR|CRITICAL) swapproxy[\w.]*: ", line)]
     assert not own, "\n".join(own[:20])
     assert "Unhandled exception" not in log, log[-4000:]
+
+
+async def test_expect_header_values(proxy_factory: Any) -> None:
+    """100-continue works; any other Expect value, even undecodable bytes, is a 417 envelope."""
+    proxy = await proxy_factory(fuzz_config())
+    reply = await asend(proxy, "GET", "/health", [("Expect", "\x80")])
+    assert_envelope(reply, 417, "expectation_failed")
+    reply = await asend(proxy, "GET", "/health", [("Expect", "something-else")])
+    assert_envelope(reply, 417, "expectation_failed")
+    async with proxy.http.post(proxy.url + "/v1/chat/completions", json={"model": "alpha", **CHAT},
+                               expect100=True) as resp:
+        assert resp.status == 200

@@ -242,3 +242,25 @@ async def test_per_model_upstream_key_is_injected(proxy_factory) -> None:
     assert status == 200
     assert seen["headers"]["authorization"] == "Bearer model-secret"
     assert seen["headers"]["x-api-key"] == "model-secret"
+
+
+async def test_upstream_passthrough_limits_chunked_bodies_and_bad_encodings(proxy_factory) -> None:
+    proxy = await proxy_factory(make_config(one("m"), maxRequestBodyMB=0.05))  # ~52 KB
+
+    def chunked(size: int):  # type: ignore[no-untyped-def]
+        async def gen():  # type: ignore[no-untyped-def]
+            for _ in range(size // 4096):
+                yield b"x" * 4096
+        return gen()
+
+    async with proxy.http.post(proxy.url + "/upstream/m/debug/echo", data=chunked(40 * 4096)) as resp:
+        assert resp.status == 413  # unknown length: spooled, refused before anything goes upstream
+        assert (await resp.json())["error"]["code"] == "request_too_large"
+    async with proxy.http.post(proxy.url + "/upstream/m/debug/echo", data=chunked(8 * 4096)) as resp:
+        assert resp.status == 200
+        assert base64.b64decode((await resp.json())["body_b64"]) == b"x" * 8 * 4096
+    async with proxy.http.post(
+        proxy.url + "/upstream/m/debug/echo", data=b"not gzip at all", headers={"Content-Encoding": "gzip"}
+    ) as resp:
+        assert resp.status == 400  # the client's body is at fault, not the model
+        assert resp.content_type == "application/json"

@@ -27,7 +27,8 @@ from aiohttp import web
 from swapproxy.app import SWAPPER, make_app
 from swapproxy.config import Config, parse_config
 
-FAKE = Path(__file__).resolve().parent / "fake_llama_server.py"
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = ROOT / "tests" / "fake_llama_server.py"
 PY = sys.executable
 STATE_DIR = Path(tempfile.gettempdir()) / f"swapproxy-tests-{os.getpid()}"
 #: How often wait_until re-checks its condition (a poll with a deadline, not a fixed wait).
@@ -98,6 +99,35 @@ def pid_gone(pid: int) -> bool:
 
 async def wait_gone(pid: int, timeout: float = 5.0) -> None:
     await wait_until(lambda: pid_gone(pid), timeout, f"pid {pid} to exit")
+
+
+async def wait_http_ok(url: str, timeout: float = 15.0, what: str = "HTTP 200") -> None:
+    """Poll ``url`` until it answers 200 (connection refused counts as not yet)."""
+    async with aiohttp.ClientSession() as http:
+        async def ok() -> bool:
+            try:
+                async with http.get(url) as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await wait_until(ok, timeout, what)
+
+
+async def start_cli(cfg: Path, listen: int, *extra: str, env: Mapping[str, str] | None = None,
+                    output: int = asyncio.subprocess.DEVNULL) -> asyncio.subprocess.Process:
+    """``python -m swapproxy -c cfg --listen 127.0.0.1:listen`` as a real process, once it answers /health."""
+    proc = await asyncio.create_subprocess_exec(
+        PY, "-m", "swapproxy", "-c", str(cfg), "--listen", f"127.0.0.1:{listen}", *extra,
+        cwd=ROOT, env=dict(env) if env is not None else None, stdout=output, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await wait_http_ok(f"http://127.0.0.1:{listen}/health", 15, "swapproxy listening")
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc
 
 
 class Proxy:

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from conftest import fake_cmd, free_port_block, wait_gone, wait_until
+from conftest import fake_cmd, free_port_block, start_cli, wait_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,20 +57,9 @@ async def test_serve_then_sigterm_stops_upstreams_and_exits_0(tmp_path: Path) ->
     cfg.write_text(
         f"startPort: {start}\nmodels:\n  a:\n    cmd: {fake_cmd('--fork-grandchild')}\n"
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swapproxy", "-c", str(cfg), "--listen", f"127.0.0.1:{listen}",
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
+    proc = await start_cli(cfg, listen)
     try:
         async with aiohttp.ClientSession() as http:
-            async def up() -> bool:
-                try:
-                    async with http.get(f"http://127.0.0.1:{listen}/health") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_until(up, 15, "swapproxy listening")
             body = {"model": "a", "messages": [{"role": "user", "content": "x"}]}
             async with http.post(f"http://127.0.0.1:{listen}/v1/chat/completions", json=body) as r:
                 assert r.status == 200

@@ -11,10 +11,8 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from conftest import fake_cmd, free_port_block, make_config, wait_gone, wait_until
+from conftest import ROOT, fake_cmd, free_port_block, make_config, start_cli, wait_gone, wait_http_ok, wait_until
 from swapproxy.states import ProcessState
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def fake(name: str, *flags: str, **extra: object) -> dict[str, object]:
@@ -74,23 +72,6 @@ async def test_hung_upstream_gives_504_and_others_keep_serving(proxy_factory) ->
     assert data["error"]["code"] == "upstream_timeout"
 
 
-async def _start_cli(cfg: Path, listen: int) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swapproxy", "-c", str(cfg), "--listen", f"127.0.0.1:{listen}",
-        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
-    async with aiohttp.ClientSession() as http:
-        async def up() -> bool:
-            try:
-                async with http.get(f"http://127.0.0.1:{listen}/health") as r:
-                    return r.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await wait_until(up, 15, "swapproxy listening")
-    return proc
-
-
 async def _load_all(listen: int, models: list[str]) -> list[int]:
     async with aiohttp.ClientSession() as http:
         for model in models:
@@ -121,7 +102,7 @@ def _three_model_config(tmp_path: Path, *flags: str, unload: float = 10) -> tupl
 
 async def test_sigkilled_swapproxy_leaves_no_upstream_or_grandchild(tmp_path: Path) -> None:
     cfg, listen = _three_model_config(tmp_path)
-    proc = await _start_cli(cfg, listen)
+    proc = await start_cli(cfg, listen)
     try:
         family = _family(await _load_all(listen, ["m0", "m1", "m2"]))
         assert len(family) == 6  # three fakes, three grandchildren
@@ -137,7 +118,7 @@ async def test_sigkilled_swapproxy_leaves_no_upstream_or_grandchild(tmp_path: Pa
 
 async def test_sigint_stops_sigterm_ignoring_upstreams_within_unload_timeout(tmp_path: Path) -> None:
     cfg, listen = _three_model_config(tmp_path, "--ignore-sigterm", unload=1)
-    proc = await _start_cli(cfg, listen)
+    proc = await start_cli(cfg, listen)
     try:
         family = _family(await _load_all(listen, ["m0", "m1", "m2"]))
         loop = asyncio.get_running_loop()
@@ -176,15 +157,7 @@ async def test_upstreams_left_by_a_dead_run_are_stopped_before_serving(proxy_fac
         data["owner"]["pid"] = dead_owner.pid
         (state / f"run-{dead_owner.pid}-1.json").write_text(json.dumps(data))
         record.path.unlink()
-        async with aiohttp.ClientSession() as http:
-            async def orphan_listening() -> bool:
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/health") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_until(orphan_listening, 15, "the orphan to listen")
+        await wait_http_ok(f"http://127.0.0.1:{port}/health", 15, "the orphan to listen")
         proxy = await proxy_factory(config)
         assert orphan.poll() is not None or await asyncio.to_thread(orphan.wait, 5) is not None
         status, data = await proxy.chat("m")  # its port is free again: m starts normally

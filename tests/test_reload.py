@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from conftest import STATE_DIR, Proxy, fake_cmd, free_port_block, wait_until
+from conftest import STATE_DIR, Proxy, fake_cmd, free_port_block, start_cli, wait_until
 from swapproxy.config import Config, parse_config
 from swapproxy.states import ProcessState
 from test_swap import open_gated_stream, release_all
@@ -107,12 +107,9 @@ async def _wait_reload(http, url: str, count: int) -> dict[str, Any]:  # type: i
 
 async def test_sighup_and_watch_reload_a_running_swapproxy(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import signal
-    import sys
-    from pathlib import Path
 
     import aiohttp
 
-    root = Path(__file__).resolve().parents[1]
     start = free_port_block(5)
     listen = start + 4
     cfg = tmp_path / "c.yaml"
@@ -121,21 +118,10 @@ async def test_sighup_and_watch_reload_a_running_swapproxy(tmp_path) -> None:  #
         cfg.write_text(yaml.safe_dump(doc(models, start, stateDir=str(tmp_path / "state")), sort_keys=False))
 
     write({"a": fake("a")})
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swapproxy", "-c", str(cfg), "--listen", f"127.0.0.1:{listen}", "--watch-config",
-        cwd=root, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
+    proc = await start_cli(cfg, listen, "--watch-config")
     url = f"http://127.0.0.1:{listen}"
     try:
         async with aiohttp.ClientSession() as http:
-            async def up() -> bool:
-                try:
-                    async with http.get(url + "/health") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_until(up, 15, "swapproxy listening")
             body = {"model": "a", "messages": []}
             async with http.post(url + "/v1/chat/completions", json=body) as r:
                 assert r.status == 200

@@ -52,6 +52,7 @@ from .swap import Swapper
 
 __all__ = [
     "RELOAD",
+    "MANAGEMENT_ROUTES",
     "make_app", "route_label", "CONFIG", "SWAPPER", "SESSION", "PROXY_LOG", "UPSTREAM_LOG", "ALL_LOG", "EVENTS",
     "METRICS", "CLOSING", "BACKGROUND", "STATE_SINCE", "STARTED", "MAX_BODY", "MODEL_KEY", "START_KEY",
 ]
@@ -71,6 +72,7 @@ BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])  # loads started 
 STATE_SINCE = web.AppKey("state_since", dict[str, float])  # model id -> time.time() of its last state change
 STARTED = web.AppKey("started", float)
 MAX_BODY = web.AppKey("max_body", int)
+MANAGEMENT_ROUTES = web.AppKey("management_routes", frozenset[web.AbstractRoute])  # need management keys
 RELOAD = web.AppKey("reload", ReloadState)  # outcome of the last config reload (for /info and the UI)
 
 #: request keys: the model a handler resolved (the metrics' model label), when the request arrived
@@ -143,10 +145,27 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(SwapProxyError("internal error in swapproxy; see its log"))
 
 
+def _keys_for(request: web.Request) -> tuple[str, ...] | None:
+    """The keys that open this request's route; None when no key is configured at all.
+
+    Two tiers: management routes (those management.add_routes registers: load and
+    unload, logs, events, metrics, info, the UI) take management keys; every other
+    route (/v1/..., native llama-server routes, /upstream passthrough) takes
+    inference keys. llama-swap's ``apiKeys`` open both. Read from the live config,
+    so a reload changes keys at once.
+    """
+    config = request.app[SWAPPER].config
+    if not (config.api_keys or config.inference_keys or config.management_keys):
+        return None
+    if request.match_info.route in request.app[MANAGEMENT_ROUTES]:
+        return (*config.api_keys, *config.management_keys)
+    return (*config.api_keys, *config.inference_keys)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    keys = request.app[SWAPPER].config.api_keys  # the live config: a reload changes keys at once
-    if keys and request.path not in _OPEN_PATHS and not _key_ok(_presented_key(request), keys):
+    keys = _keys_for(request)
+    if keys is not None and request.path not in _OPEN_PATHS and not _key_ok(_presented_key(request), keys):
         if request.path == "/" or request.path.startswith(_BROWSER_PATHS):
             # Pages a person opens: let the browser ask (any user name, the key as password);
             # it then sends the same credentials with the page's own fetch/EventSource calls.
@@ -220,11 +239,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     def new_process(spec: ModelConfig, keys: tuple[str, ...]) -> ManagedProcess:
         return ManagedProcess(spec, trackers=trackers, session=session, on_line=on_line, secrets=keys)
 
-    processes = {mid: new_process(spec, config.api_keys) for mid, spec in config.models.items()}
+    processes = {mid: new_process(spec, config.all_keys) for mid, spec in config.models.items()}
     for proc in processes.values():
         proc.add_listener(on_state)
     # Models a reload adds or changes get the same wiring, with the then-current keys.
-    swapper = Swapper(config, processes, factory=lambda spec: new_process(spec, swapper.config.api_keys))
+    swapper = Swapper(config, processes, factory=lambda spec: new_process(spec, swapper.config.all_keys))
     swapper.swap_listeners.append(
         lambda reason, stopped: events.publish({"type": "swap", "reason": reason, "stopped": stopped})
     )
@@ -305,6 +324,7 @@ def make_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(_on_shutdown)
     management.add_routes(app)  # specific routes first: handlers ends with the catch-alls
+    app[MANAGEMENT_ROUTES] = frozenset(app.router.routes())
     handlers.add_routes(app)
     _use_expect_handler(app)
     return app

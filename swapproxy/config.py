@@ -174,7 +174,9 @@ class Config:
     start_port: int = 5800
     global_ttl: float = 0.0
     unload_timeout: float = 10.0
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()  # llama-swap's: grant both tiers
+    inference_keys: tuple[str, ...] = ()  # swapproxy: /v1/... and native routes only
+    management_keys: tuple[str, ...] = ()  # swapproxy: load/unload, logs, events, metrics, UI only
     send_loading_state: bool = False
     include_aliases_in_list: bool = False
     preload: tuple[str, ...] = ()
@@ -199,6 +201,11 @@ class Config:
         object.__setattr__(self, "_alias_index", _FrozenDict(aliases))
         groups = {member: g for g in self.groups for member in g.members}
         object.__setattr__(self, "_group_index", _FrozenDict(groups))
+
+    @property
+    def all_keys(self) -> tuple[str, ...]:
+        """Every client key of every tier (to keep them out of upstream environments)."""
+        return (*self.api_keys, *self.inference_keys, *self.management_keys)
 
     def resolve(self, name: str) -> str | None:
         """Model id or alias -> model id; None when neither."""
@@ -325,7 +332,9 @@ class _RawConfig(_Raw, title="swapproxy config (llama-swap config.yaml format)")
     globalTTL: float = Field(default=0.0, ge=0, description="default model ttl; 0 = never unload")
     unloadTimeout: float = Field(default=10.0, ge=0, description="seconds from stop to SIGKILL")
     macros: dict[str, Any] = Field(default_factory=dict)
-    apiKeys: list[str] = Field(default_factory=list)
+    apiKeys: list[str] = Field(default_factory=list, description="keys for every route")
+    inferenceApiKeys: list[str] = Field(default_factory=list, description="swapproxy: keys for inference routes")
+    managementApiKeys: list[str] = Field(default_factory=list, description="swapproxy: keys for management routes")
     sendLoadingState: bool = False
     includeAliasesInList: bool = False
     hooks: _RawHooks = _RawHooks()
@@ -755,9 +764,10 @@ class _Loader:
         default_model = find(raw.defaultModel) if raw.defaultModel is not None else None
         if raw.defaultModel is not None and default_model is None:
             self.problem(("defaultModel",), f"'{raw.defaultModel}' is not a model id or alias")
-        for i, key in enumerate(raw.apiKeys):
-            if not key or any(c.isspace() for c in key):
-                self.problem(("apiKeys", i), "an API key must be non-empty, without whitespace")
+        for field_name in ("apiKeys", "inferenceApiKeys", "managementApiKeys"):
+            for i, key in enumerate(getattr(raw, field_name)):
+                if not key or any(c.isspace() for c in key):
+                    self.problem((field_name, i), "an API key must be non-empty, without whitespace")
         if self.problems:
             return None
         notices = sorted(dict.fromkeys(self.notices), key=lambda p: p.line)
@@ -765,6 +775,7 @@ class _Loader:
             file=self.file, health_check_timeout=raw.healthCheckTimeout, log_level=raw.logLevel,
             log_to_stdout=raw.logToStdout, start_port=raw.startPort, global_ttl=raw.globalTTL,
             unload_timeout=raw.unloadTimeout, api_keys=tuple(raw.apiKeys),
+            inference_keys=tuple(raw.inferenceApiKeys), management_keys=tuple(raw.managementApiKeys),
             send_loading_state=raw.sendLoadingState,
             include_aliases_in_list=raw.includeAliasesInList, preload=tuple(preload),
             groups=tuple(groups), default_model=default_model,

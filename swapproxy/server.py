@@ -67,7 +67,7 @@ async def serve(
         await site.start()
         where = f"{host or '*'}:{port}"
         logger.info("swapproxy listening on http://%s with %d model(s)", where, len(config.models))
-        if host not in ("127.0.0.1", "localhost", "::1") and not config.api_keys:
+        if host not in ("127.0.0.1", "localhost", "::1") and not config.all_keys:
             logger.warning("listening on %s without any apiKeys: anyone who can reach this port can use it", where)
         swapper = app[SWAPPER]
         notifier.start_watchdog()

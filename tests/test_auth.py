@@ -1,0 +1,91 @@
+"""API keys in two tiers (inference / management), llama-swap's apiKeys for both, never leaked."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+
+
+from conftest import Proxy, fake_cmd, free_port_block, make_config, start_cli
+
+BOTH, INF, MGMT = "sk-both-1234", "sk-inference-5678", "sk-management-9012"
+
+
+def keyed_config():  # type: ignore[no-untyped-def]
+    return make_config(
+        {"m": {"cmd": fake_cmd("--model-name", "m")}},
+        apiKeys=[BOTH], inferenceApiKeys=[INF], managementApiKeys=[MGMT],
+    )
+
+
+async def status(proxy: Proxy, method: str, path: str, key: str | None = None, how: str = "bearer",
+                 **kw: object) -> int:
+    headers = {}
+    if key is not None:
+        if how == "bearer":
+            headers["Authorization"] = f"Bearer {key}"
+        elif how == "x-api-key":
+            headers["x-api-key"] = key
+        else:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"anyone:{key}".encode()).decode()
+    async with proxy.http.request(method, proxy.url + path, headers=headers, **kw) as resp:
+        body = await resp.read()
+        if resp.status == 401:
+            assert b'"invalid_api_key"' in body  # the envelope, not a bare 401
+        return resp.status
+
+
+async def test_tiers(proxy_factory) -> None:
+    proxy = await proxy_factory(keyed_config())
+    chat = {"json": {"model": "m", "messages": []}}
+    # open without a key
+    assert await status(proxy, "GET", "/health") == 200
+    assert await status(proxy, "GET", "/health/liveness") == 200
+    # inference routes: inference keys and apiKeys, not management keys
+    assert await status(proxy, "POST", "/v1/chat/completions", None, **chat) == 401
+    assert await status(proxy, "POST", "/v1/chat/completions", MGMT, **chat) == 401
+    assert await status(proxy, "POST", "/v1/chat/completions", INF, **chat) == 200
+    assert await status(proxy, "POST", "/v1/chat/completions", BOTH, "x-api-key", **chat) == 200
+    assert await status(proxy, "GET", "/v1/models", INF, "basic") == 200
+    assert await status(proxy, "GET", "/upstream/m/slots", INF) == 200  # native passthrough
+    assert await status(proxy, "GET", "/upstream/m/slots", MGMT) == 401
+    # management routes: management keys and apiKeys, not inference keys
+    for method, path in (("GET", "/running"), ("GET", "/metrics"), ("GET", "/logs"), ("GET", "/info"),
+                         ("GET", "/upstream/m/load"), ("DELETE", "/upstream/m"), ("GET", "/ui")):
+        assert await status(proxy, method, path, INF) == 401, path
+        assert await status(proxy, method, path, None) == 401, path
+        assert await status(proxy, method, path, MGMT) == 200, path
+    assert await status(proxy, "GET", "/running", BOTH, "basic") == 200
+    assert await status(proxy, "POST", "/models/load", INF, json={"model": "m"}) == 401
+    assert await status(proxy, "POST", "/models/load", MGMT, json={"model": "m"}) == 200
+
+
+async def test_keys_are_never_shown(proxy_factory) -> None:
+    proxy = await proxy_factory(keyed_config())
+    await status(proxy, "POST", "/v1/chat/completions", INF, json={"model": "m", "messages": []})
+    await status(proxy, "POST", "/v1/chat/completions", "sk-wrong-guess", json={"model": "m", "messages": []})
+    headers = {"Authorization": f"Bearer {MGMT}"}
+    for path in ("/info", "/running?details=1", "/logs", "/ui", "/metrics", "/openapi.json"):
+        async with proxy.http.get(proxy.url + path, headers=headers) as resp:
+            text = await resp.text()
+        for key in (BOTH, INF, MGMT, "sk-wrong-guess"):
+            assert key not in text, (path, key)
+
+
+async def test_listening_beyond_loopback_without_keys_warns(tmp_path: Path) -> None:
+    start = free_port_block(2)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"startPort: {start}\nmodels:\n  m:\n    cmd: {fake_cmd()}\n")
+    proc = await start_cli(cfg, start + 1, "--listen", f"0.0.0.0:{start + 1}", output=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        while not any("without any apiKeys" in line for line in lines):
+            line = await asyncio.wait_for(proc.stdout.readline(), 10)
+            assert line, lines
+            lines.append(line.decode())
+        assert any("WARNING" in line and "0.0.0.0" in line for line in lines), lines
+    finally:
+        proc.terminate()
+        await proc.wait()

@@ -26,6 +26,17 @@ def test_version() -> None:
     assert out.stdout.startswith("swapproxy ")
 
 
+def test_schema_is_json_schema_of_the_config() -> None:
+    import json
+
+    out = swapproxy("schema")
+    assert out.returncode == 0, out.stderr
+    schema = json.loads(out.stdout)
+    assert schema["type"] == "object"
+    for key in ("models", "healthCheckTimeout", "groups", "macros", "apiKeys", "defaultModel"):
+        assert key in schema["properties"], key
+
+
 def test_check_example_config() -> None:
     out = swapproxy("check", "-c", "config.example.yaml")
     assert out.returncode == 0, out.stderr

@@ -60,6 +60,11 @@ async def test_notify_messages_from_a_real_swapproxy(tmp_path: Path) -> None:
         assert ready["STATUS"] == "1 model(s) running: a"
         await receive_until(lambda f: f.get("WATCHDOG") == "1")
         await receive_until(lambda f: f.get("WATCHDOG") == "1")  # it keeps pinging
+        proc.send_signal(signal.SIGHUP)  # a reload is announced, then READY again
+        reloading = await receive_until(lambda f: f.get("RELOADING") == "1")
+        assert int(reloading["MONOTONIC_USEC"]) > 0
+        again = await receive_until(lambda f: f.get("READY") == "1")
+        assert again["STATUS"] == "1 model(s) running: a"
         proc.send_signal(signal.SIGTERM)
         stopping = await receive_until(lambda f: f.get("STOPPING") == "1")
         assert "stopping" in stopping["STATUS"]

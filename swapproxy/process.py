@@ -292,13 +292,20 @@ class ManagedProcess:
         deadline = loop.time() + timeout
         endpoint = self.spec.check_endpoint
         url = self.spec.proxy + endpoint if endpoint else None
-        for delay in probe_intervals():
+        schedule = probe_intervals()
+        while True:
+            delay = next(schedule)
             remaining = deadline - loop.time()
             if delay and not self._wake.is_set():
                 try:
                     await asyncio.wait_for(self._wake.wait(), min(delay, max(remaining, 0)))
                 except asyncio.TimeoutError:
                     pass
+            if self._wake.is_set():
+                # A hint ("model loaded", "listening") comes a few ms before /health turns
+                # 200: probe now, and again at the short intervals, not the capped one.
+                schedule = probe_intervals()
+                next(schedule)
             self._wake.clear()  # a hint that arrives during the probe below wakes the next wait
             if self._exited.is_set():
                 await self._drain_readers()

@@ -231,9 +231,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             sys.stdout.write(tagged + "\n")
 
     def on_state(proc: ManagedProcess, old: ProcessState, new: ProcessState) -> None:
+        current = app[SWAPPER].slots.get(proc.name) if SWAPPER in app else None
+        if current is not None and current.process is not proc:
+            return  # a process a reload retired or replaced: the model's row is another process now
         app[STATE_SINCE][proc.name] = time.time()
         metrics.on_state_change(proc, old, new)
-        if events.subscriber_count:
+        if events.subscriber_count and current is not None:
             events.publish({"type": "state", "old": old.value, **model_snapshot(app, proc.name)})
 
     def new_process(spec: ModelConfig, keys: tuple[str, ...]) -> ManagedProcess:
@@ -276,8 +279,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 async def _on_shutdown(app: web.Application) -> None:
     # Runs before aiohttp waits for open connections: log and event streams end now
-    # instead of holding the shutdown for its whole timeout.
+    # instead of holding the shutdown for its whole timeout; no model starts any more.
     app[CLOSING].set()
+    if SWAPPER in app:
+        app[SWAPPER].close()
 
 
 async def _expect_handler(request: web.Request) -> web.StreamResponse | None:

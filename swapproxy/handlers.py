@@ -44,7 +44,7 @@ from .routing import (
     rewrite_body,
 )
 from .states import ProcessState
-from .swap import Swapper
+from .swap import Lease, Swapper
 
 __all__ = ["add_routes", "upstream_passthrough", "publish_inflight", "OPENAI_POST", "NATIVE_POST", "NATIVE_GET"]
 
@@ -72,7 +72,9 @@ def publish_inflight(app: web.Application, model_id: str) -> None:
     events = app[EVENTS]
     if events.subscriber_count:
         swapper = app[SWAPPER]
-        slot = swapper.slots[model_id]
+        slot = swapper.slots.get(model_id)
+        if slot is None:  # removed by a reload while the request ran
+            return
         ttl = slot.ttl_handle.when() - asyncio.get_running_loop().time() if slot.ttl_handle is not None else None
         events.publish({"type": "inflight", "model": model_id, "inflight": slot.inflight, "waiting": slot.waiting,
                         "queue_depth": swapper.queue_depth(), "ttl_remaining_s": ttl})
@@ -253,6 +255,7 @@ async def _stream_with_loading_state(
     await resp.write(_sse_chunk(shown_model, plan))
     request[MODEL_KEY] = spec.id
     acquire = asyncio.ensure_future(swapper.acquire(spec.id))
+    lease: Lease | None = None
     try:
         while True:
             done, _ = await asyncio.wait({acquire}, timeout=1.0)
@@ -262,7 +265,7 @@ async def _stream_with_loading_state(
             state = slot.process.state.value
             waiting = f", {swapper.queue_depth()} request(s) queued" if swapper.queue_depth() else ""
             await resp.write(_sse_chunk(shown_model, f"{spec.id}: {state}, {loop.time() - began:.0f}s elapsed{waiting}\n"))
-        acquire.result()
+        lease = acquire.result()
     except SwapProxyError as err:
         await resp.write(_sse_chunk(shown_model, f"failed: {err.message}\n"))
         await resp.write(b"data: " + json.dumps(envelope(err.message, err.type, err.code)).encode() + b"\n\n")
@@ -271,7 +274,9 @@ async def _stream_with_loading_state(
         return resp
     finally:
         if not acquire.done():
-            acquire.cancel()
+            acquire.cancel()  # acquire lets go of whatever it held
+        elif lease is None and not acquire.cancelled() and acquire.exception() is None:
+            acquire.result().release()  # ready in the very turn our client left: give it back
     try:
         await resp.write(_sse_chunk(shown_model, f"{spec.id} ready after {loop.time() - began:.1f}s\n"))
         upstream = await open_upstream(request, request.app[SESSION], spec, body=body)
@@ -290,7 +295,7 @@ async def _stream_with_loading_state(
         await resp.write_eof()
         return resp
     finally:
-        swapper.release(spec.id)
+        lease.release()
 
 
 # -- model list ----------------------------------------------------------------------------
@@ -302,7 +307,9 @@ _STATUS_VALUE = {
 
 def _model_entry(config: Config, swapper: Swapper, spec: ModelConfig, shown_id: str, created: int) -> dict[str, Any]:
     proc = swapper.slot(spec.id).process
-    status: dict[str, Any] = {"value": _STATUS_VALUE.get(proc.state, "unloaded"), "args": list(spec.cmd)}
+    # llama.cpp's router lists each model's args here; ours would show the whole command line to
+    # any inference client, upstream keys and all, so only the program's name is given.
+    status: dict[str, Any] = {"value": _STATUS_VALUE.get(proc.state, "unloaded"), "args": list(spec.cmd[:1])}
     if proc.state is ProcessState.FAILED:
         status["failed"] = True
         if proc.exit_code is not None:

@@ -51,6 +51,8 @@ LineListener = Callable[[str, str], None]
 
 #: How many of the upstream's last output lines a start-failure error carries.
 LOG_TAIL_LINES = 20
+#: Seconds to wait for a SIGKILLed process to be reaped before giving up on it.
+KILL_WAIT = 10.0
 #: A line longer than this is cut into pieces rather than buffered whole.
 MAX_LINE_BYTES = 64 * 1024
 _PR_SET_PDEATHSIG = 1
@@ -132,7 +134,10 @@ class ManagedProcess:
         self.state = new
         logger.info("%s: %s -> %s%s", self.name, old.value, new.value, f" ({reason})" if reason else "")
         for listener in self._listeners:
-            listener(self, old, new)
+            try:
+                listener(self, old, new)
+            except Exception:  # an observer's bug must never stop a stop or a start
+                logger.exception("%s: state listener failed on %s -> %s", self.name, old.value, new.value)
 
     # -- start -----------------------------------------------------------------
     async def start(self) -> None:
@@ -262,11 +267,12 @@ class ManagedProcess:
         for tracker in self._trackers:
             tracker.unwatch(proc.pid)
         if self.state is ProcessState.READY:
+            message = f"{self.name}: process exited unexpectedly with code {code}"
+            self.last_error = ModelStartFailed(message, log_tail=self.log.tail(LOG_TAIL_LINES))
+            self.change_state(ProcessState.FAILED, f"exited with code {code}")  # no request routed to it now
             await self._drain_readers()
-            self.last_error = ModelStartFailed(
-                f"{self.name}: process exited unexpectedly with code {code}", log_tail=self.log.tail(LOG_TAIL_LINES)
-            )
-            self.change_state(ProcessState.FAILED, f"exited with code {code}")
+            if self._proc is proc and self.state is ProcessState.FAILED:  # now with its very last lines
+                self.last_error = ModelStartFailed(message, log_tail=self.log.tail(LOG_TAIL_LINES))
 
     async def _drain_readers(self, timeout: float = 0.5) -> None:
         """Let the output readers reach EOF so error messages hold the last lines."""
@@ -391,7 +397,16 @@ class ManagedProcess:
         if proc is None:
             return
         _killpg(proc.pid, signal.SIGKILL)
-        await self._exited.wait()
+        if proc.returncode is None:
+            try:
+                proc.kill()  # the leader too, should it have left its own group
+            except ProcessLookupError:
+                pass
+        try:
+            await asyncio.wait_for(self._exited.wait(), KILL_WAIT)
+        except asyncio.TimeoutError:
+            # Uninterruptible sleep (a wedged GPU driver, say): do not hold every swap hostage.
+            logger.error("%s: pid %d did not exit %gs after SIGKILL; giving up on it", self.name, proc.pid, KILL_WAIT)
         await self._drain_readers()
         for task in self._readers:
             task.cancel()

@@ -168,6 +168,11 @@ async def relay(
             async for chunk in upstream.content.iter_any():
                 await resp.write(chunk)
                 on_chunk(chunk)
+    except ConnectionResetError:
+        # Writing to our client failed: it went away (aiohttp's ClientConnectionResetError is
+        # also a ClientConnectionError, so this must come first). Not the upstream's fault.
+        logger.debug("client went away mid-response from %s", upstream.url)
+        return False
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
         logger.warning("upstream %s broke off mid-response: %s", upstream.url, exc)
         if sse:

@@ -28,6 +28,9 @@ __all__ = ["parse_listen", "serve", "run"]
 
 logger = logging.getLogger(__name__)
 
+#: Seconds open requests get after SIGTERM/SIGINT before upstreams are stopped.
+SHUTDOWN_GRACE = 0.5
+
 
 def parse_listen(value: str) -> tuple[str | None, int]:
     """``HOST:PORT`` → (host, port); ``:PORT`` → (None = all interfaces, port); ``[v6]:PORT`` too."""
@@ -60,7 +63,10 @@ async def serve(
     """Serve ``config`` on host:port until ``stop`` is set; SIGHUP reloads ``config.file``."""
     notifier = Notifier()
     app = make_app(config)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # shutdown_timeout: how long open requests may run on after SIGTERM before they are cut and
+    # every upstream is stopped; kept short so the whole stop fits in unloadTimeout + 1 s and
+    # well inside systemd's TimeoutStopSec.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)

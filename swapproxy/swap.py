@@ -45,11 +45,34 @@ from .errors import ModelNotFound, ModelStartFailed, ShuttingDown, TooManyReques
 from .process import ManagedProcess
 from .states import ProcessState
 
-__all__ = ["Swapper", "ModelSlot"]
+__all__ = ["Swapper", "ModelSlot", "Lease"]
 
 logger = logging.getLogger(__name__)
 
 _ACTIVE = (ProcessState.STARTING, ProcessState.READY)
+#: Holding (or about to hold, or still releasing) its resources: a swap must wait for it.
+_OCCUPYING = (ProcessState.STARTING, ProcessState.READY, ProcessState.STOPPING)
+
+
+class Lease:
+    """One request's hold on a ready model; :meth:`release` it exactly once when done.
+
+    It holds the slot itself, not the model's name, so a release still reaches
+    the right book-keeping after a reload removed (or removed and re-added) the model.
+    """
+
+    __slots__ = ("_swapper", "slot", "process", "_released")
+
+    def __init__(self, swapper: Swapper, slot: ModelSlot) -> None:
+        self._swapper = swapper
+        self.slot = slot
+        self.process = slot.process
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._swapper._leave(self.slot)
 
 
 def _definition(spec: ModelConfig) -> tuple[object, ...]:
@@ -64,7 +87,8 @@ class ModelSlot:
     process: ManagedProcess
     inflight: int = 0
     waiting: int = 0
-    evicting: bool = False
+    evictors: int = 0  # swaps (or unloads) waiting to stop this model
+    not_evicting: asyncio.Event = field(default_factory=asyncio.Event)
     last_used: float = 0.0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     ttl_handle: asyncio.TimerHandle | None = None
@@ -76,11 +100,17 @@ class ModelSlot:
 
     def __post_init__(self) -> None:
         self.idle.set()
+        self.not_evicting.set()
+
+    @property
+    def evicting(self) -> bool:
+        """Chosen to be stopped: closed to new requests until that is done or abandoned."""
+        return self.evictors > 0
 
     @property
     def active(self) -> bool:
-        """Running, starting, or reserved by a request that is about to start it."""
-        return self.process.state in _ACTIVE or self.inflight > 0
+        """Running, starting, still stopping, or reserved by a request about to start it."""
+        return self.process.state in _OCCUPYING or self.inflight > 0
 
 
 class Swapper:
@@ -94,7 +124,7 @@ class Swapper:
     ) -> None:
         self.config = config
         self.slots: dict[str, ModelSlot] = {mid: ModelSlot(proc) for mid, proc in processes.items()}
-        self._retired: dict[str, ModelSlot] = {}  # removed by a reload, draining
+        self._retired: set[ModelSlot] = set()  # removed by a reload, still draining or stopping
         self._factory = factory or (lambda spec: ManagedProcess(spec))
         #: Called with each process the swapper creates after start-up (reloads).
         self.process_listeners: list[Callable[[ManagedProcess], None]] = []
@@ -122,32 +152,37 @@ class Swapper:
         return sum(slot.waiting for slot in self.slots.values())
 
     def evictions_for(self, model_id: str) -> list[str]:
-        """The active models that must stop before ``model_id`` may run."""
+        """The names of the models that must stop before ``model_id`` may run."""
+        return [slot.process.name for slot in self._victims_for(model_id)]
+
+    def _victims_for(self, model_id: str) -> list[ModelSlot]:
         group = self.config.group_of(model_id)
-        out: list[str] = []
+        out: list[ModelSlot] = []
         for other, slot in self.slots.items():
             if other == model_id or not slot.active:
                 continue
             other_group = self.config.group_of(other)
             if other_group.name == group.name:
                 if group.swap:
-                    out.append(other)
+                    out.append(slot)
             elif group.exclusive and not other_group.persistent:
-                out.append(other)
+                out.append(slot)
+        # Models a reload removed still hold memory until they have drained and stopped.
+        out.extend(slot for slot in self._retired if slot.active)
         return out
 
     # -- acquire / release ----------------------------------------------------------
     @asynccontextmanager
     async def lease(self, model_id: str) -> AsyncIterator[ManagedProcess]:
         """``async with swapper.lease(m) as proc``: m is ready and counted in flight."""
-        proc = await self.acquire(model_id)
+        lease = await self.acquire(model_id)
         try:
-            yield proc
+            yield lease.process
         finally:
-            self.release(model_id)
+            lease.release()
 
-    async def acquire(self, model_id: str) -> ManagedProcess:
-        """Make ``model_id`` ready and count one request in flight on it."""
+    async def acquire(self, model_id: str) -> Lease:
+        """Make ``model_id`` ready and count one request in flight on it until the lease is released."""
         if self._closing:
             raise ShuttingDown("swapproxy is shutting down")
         slot = self.slot(model_id)
@@ -157,50 +192,69 @@ class Swapper:
                 f"model '{model_id}' has reached its concurrency limit of {limit} requests", retry_after=1
             )
         self._check_breaker(model_id, slot)
+        victims: list[ModelSlot] = []
         if not slot.evicting and slot.pending is None and slot.process.state in _ACTIVE:
             # Fast path: running (or starting after its evictions were done): join it.
             self._enter(slot)
         else:
-            slot.waiting += 1
-            try:
+            victims = await self._reserve(model_id, slot)
+        lease = Lease(self, slot)
+        try:
+            # Outside the lock: a long drain holds up only the requests that need these
+            # models gone, never requests for other models or an operator's unload.
+            await self._drain_and_stop(victims, reason=f"swap to {model_id}")
+            await lease.process.start()
+        except BaseException:
+            lease.release()
+            raise
+        return lease
+
+    async def _reserve(self, model_id: str, slot: ModelSlot) -> list[ModelSlot]:
+        """Under the FIFO lock: choose the victims and mark them, and count us in flight on ``slot``.
+
+        A model that is itself being evicted cannot be reserved until that eviction is
+        over (or abandoned): that rule is what keeps two swaps from waiting on each other.
+        """
+        slot.waiting += 1
+        try:
+            while True:
                 async with self._lock:
                     if self._closing:
                         raise ShuttingDown("swapproxy is shutting down")
                     if self.slots.get(model_id) is not slot:
                         raise ModelNotFound(model_id)  # removed by a reload while we waited
-                    if slot.pending is not None:
-                        # Its definition changed in a reload: drain and stop the old process.
-                        await self._evict([model_id], reason=f"config of {model_id} changed")
-                        self._swap_in_pending(slot)
-                    await self._evict(self.evictions_for(model_id), reason=f"swap to {model_id}")
-                    self._enter(slot)  # reserve before the lock goes, so nobody evicts it meanwhile
-            finally:
-                slot.waiting -= 1
-        proc = slot.process
-        try:
-            await proc.start()
-        except BaseException:
-            self.release(model_id)
-            raise
-        return proc
+                    if not slot.evicting:
+                        if slot.pending is not None:
+                            # Its definition changed in a reload: drain and stop the old process.
+                            self._mark([slot])
+                            await self._drain_and_stop([slot], reason=f"config of {model_id} changed")
+                            self._swap_in_pending(slot)
+                        victims = self._victims_for(model_id)
+                        self._mark(victims)
+                        self._enter(slot)  # reserve before the lock goes, so nobody evicts it meanwhile
+                        return victims
+                    gate = slot.not_evicting
+                await gate.wait()  # our model is on its way out: ask again once it has gone
+        finally:
+            slot.waiting -= 1
 
     async def load(self, model_id: str) -> None:
         """An operator's explicit load: clears an open circuit breaker, then starts the model."""
         slot = self.slot(model_id)
         slot.failures.clear()
         slot.breaker_until = 0.0
-        await self.acquire(model_id)
-        self.release(model_id)
+        (await self.acquire(model_id)).release()
 
-    def release(self, model_id: str) -> None:
-        """The request is finished (or gave up): one fewer in flight."""
-        slot = self.slots.get(model_id) or self._retired[model_id]
+    def _leave(self, slot: ModelSlot) -> None:
+        """A request is finished (or gave up): one fewer in flight on ``slot``."""
+        assert slot.inflight > 0, "release without a matching acquire"
         slot.inflight -= 1
         if slot.inflight == 0:
             loop = asyncio.get_running_loop()
             slot.last_used = loop.time()
             slot.idle.set()
-            self._arm_ttl(model_id, slot)
+            if self.slots.get(slot.process.name) is slot:
+                self._arm_ttl(slot.process.name, slot)
 
     def _enter(self, slot: ModelSlot) -> None:
         slot.inflight += 1
@@ -210,21 +264,32 @@ class Swapper:
             slot.ttl_handle = None
 
     # -- eviction ---------------------------------------------------------------------
-    async def _evict(self, models: Iterable[str], reason: str) -> None:
-        """Close ``models`` to new requests, wait for their in-flight ones, stop them."""
-        victims = [self.slots.get(m) or self._retired[m] for m in models]
+    def _mark(self, victims: list[ModelSlot]) -> None:
+        for slot in victims:
+            slot.evictors += 1
+            slot.not_evicting.clear()
+
+    def _unmark(self, victims: list[ModelSlot]) -> None:
+        for slot in victims:
+            slot.evictors -= 1
+            if slot.evictors == 0:
+                slot.not_evicting.set()
+
+    async def _drain_and_stop(self, victims: list[ModelSlot], reason: str) -> None:
+        """Wait for the (marked) victims' in-flight requests, then stop them; unmark at the end.
+
+        Cancelling this (the client left) does not cancel a stop already under way; a
+        process still STOPPING counts as active, so the next swap waits for it too.
+        """
         if not victims:
             return
-        for slot in victims:
-            slot.evicting = True
         try:
             for slot in victims:
                 await slot.idle.wait()
             logger.info("%s: stopping %s", reason, ", ".join(s.process.name for s in victims))
             await asyncio.gather(*(slot.process.stop(reason) for slot in victims))
         finally:
-            for slot in victims:
-                slot.evicting = False
+            self._unmark(victims)
         if reason.startswith("swap to "):
             self.last_swap = (time.time(), reason[len("swap to "):])
         for listener in self.swap_listeners:
@@ -239,7 +304,8 @@ class Swapper:
             if slot.process.state is ProcessState.FAILED:
                 await slot.process.stop(reason)
                 return True
-            await self._evict([model_id], reason)
+            self._mark([slot])
+        await self._drain_and_stop([slot], reason)  # a long drain does not hold the lock
         return True
 
     async def unload_all(self, reason: str = "unload") -> list[str]:
@@ -305,10 +371,9 @@ class Swapper:
         if self._closing or slot.process.state is not ProcessState.FAILED:
             return
         try:
-            await self.acquire(model_id)
+            (await self.acquire(model_id)).release()
         except ModelStartFailed:
             return  # the FAILED transition scheduled the next attempt
-        self.release(model_id)
 
     # -- TTL --------------------------------------------------------------------------
     def _arm_ttl(self, model_id: str, slot: ModelSlot) -> None:
@@ -340,7 +405,8 @@ class Swapper:
             if slot.inflight or slot.process.state is not ProcessState.READY or slot.ttl_handle is not None:
                 return
             logger.info("%s: idle for %gs, unloading (ttl)", model_id, slot.process.spec.ttl)
-            await self._evict([model_id], reason="ttl expired")
+            self._mark([slot])
+        await self._drain_and_stop([slot], reason="ttl expired")
 
     # -- reload -------------------------------------------------------------------------
     def _new_process(self, spec: ModelConfig) -> ManagedProcess:
@@ -393,20 +459,19 @@ class Swapper:
                 self.slots[model_id] = slot
             for model_id, slot in old_slots.items():
                 report["removed"].append(model_id)
-                self._retired[model_id] = slot
-                task = asyncio.ensure_future(self._retire(model_id, slot))
+                self._retired.add(slot)
+                task = asyncio.ensure_future(self._retire(slot))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         logger.info("config applied: %s", ", ".join(f"{k} {v}" for k, v in report.items() if v) or "no models")
         return report
 
-    async def _retire(self, model_id: str, slot: ModelSlot) -> None:
+    async def _retire(self, slot: ModelSlot) -> None:
         if slot.ttl_handle is not None:
             slot.ttl_handle.cancel()
         await slot.idle.wait()  # in-flight requests finish first
         await slot.process.shutdown()
-        if self._retired.get(model_id) is slot:
-            del self._retired[model_id]
+        self._retired.discard(slot)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def preload(self, models: Iterable[str]) -> None:
@@ -414,21 +479,23 @@ class Swapper:
         try:
             for model_id in models:
                 try:
-                    await self.acquire(model_id)
+                    (await self.acquire(model_id)).release()
                 except Exception as exc:  # a failed preload is logged; swapproxy keeps serving
                     logger.error("preload of %s failed: %s", model_id, exc)
-                else:
-                    self.release(model_id)
         finally:
             self.preloaded.set()
 
-    async def shutdown(self) -> None:
-        """Stop every upstream now (in-flight requests are not waited for)."""
+    def close(self) -> None:
+        """Refuse new requests and starts from now on (503); timers and restarts are cancelled."""
         self._closing = True
         for slot in self.slots.values():
             if slot.ttl_handle is not None:
                 slot.ttl_handle.cancel()
         for task in list(self._tasks):
             task.cancel()
-        slots = [*self.slots.values(), *self._retired.values()]
+
+    async def shutdown(self) -> None:
+        """Stop every upstream now (in-flight requests are not waited for)."""
+        self.close()
+        slots = [*self.slots.values(), *self._retired]
         await asyncio.gather(*(slot.process.shutdown() for slot in slots), return_exceptions=True)

@@ -134,6 +134,25 @@ async def test_ttl_unloads_after_idle_not_during_a_stream(proxy_factory) -> None
     await wait_until(lambda: proxy.swapper.slot("a").process.state is ProcessState.STOPPED)
 
 
+async def test_a_long_drain_does_not_hold_up_other_models(proxy_factory) -> None:
+    config = make_config(
+        models("a", "b", "emb"),
+        groups={
+            "chat": {"swap": True, "exclusive": True, "members": ["a", "b"]},
+            "side": {"swap": False, "exclusive": False, "persistent": True, "members": ["emb"]},
+        },
+    )
+    proxy = await proxy_factory(config)
+    stream = await open_gated_stream(proxy, "a")  # a stream that does not end by itself
+    swap = asyncio.ensure_future(proxy.chat("b"))  # must wait for that stream
+    await wait_until(lambda: proxy.swapper.slot("a").evicting, what="a draining")
+    status, data = await asyncio.wait_for(proxy.chat("emb"), 10)  # needs no eviction: not held up
+    assert status == 200 and data["model"] == "emb"
+    assert not swap.done()
+    await release_all(proxy, "a", stream)
+    assert (await asyncio.wait_for(swap, 15))[0] == 200
+
+
 async def test_concurrency_limit_answers_429(proxy_factory) -> None:
     proxy = await proxy_factory(make_config(models("a", concurrencyLimit=2)))
     s1 = await open_gated_stream(proxy, "a")
@@ -176,9 +195,11 @@ async def test_waiter_that_disconnects_leaves_the_queue(proxy_factory) -> None:
     stream = await open_gated_stream(proxy, "a")
     body = {"model": "b", "messages": []}
     waiter = asyncio.ensure_future(proxy.http.post(proxy.url + "/v1/chat/completions", json=body))
-    await wait_until(lambda: proxy.swapper.queue_depth() == 1, what="b queued")
+    # b is reserved and a is closed to new requests while its stream drains
+    await wait_until(lambda: proxy.swapper.slot("a").evicting and proxy.swapper.slot("b").inflight == 1,
+                     what="b waiting for a to drain")
     waiter.cancel()  # the client goes away while waiting for the swap
-    await wait_until(lambda: proxy.swapper.queue_depth() == 0, what="queue emptied")
+    await wait_until(lambda: proxy.swapper.slot("b").inflight == 0, what="b's reservation given back")
     await wait_until(lambda: not proxy.swapper.slot("a").evicting, what="eviction abandoned")
     await release_all(proxy, "a", stream)
     assert proxy.swapper.running() == ["a"]  # nobody asked for b any more

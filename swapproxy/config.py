@@ -271,6 +271,7 @@ class _RawHooks(_Raw, title="hooks"):
 
 class _RawFilters(_Raw, title="filters"):
     stripParams: str = Field(default="", description="comma-separated request keys to delete")
+    strip_params: str | None = Field(default=None, description="older spelling of stripParams")
     setParams: dict[str, Any] = Field(default_factory=dict, description="request keys to force")
 
 
@@ -282,6 +283,7 @@ class _RawTimeouts(_Raw, title="timeouts"):
     keepalive: float | None = Field(default=None, ge=0, description="accepted, unused")
     tlsHandshake: float | None = Field(default=None, ge=0, description="accepted, unused")
     idleConn: float | None = Field(default=None, ge=0, description="accepted, unused")
+    expectContinue: float | None = Field(default=None, ge=0, description="accepted, unused")
 
 
 class _RawCapabilities(_Raw, title="capabilities"):
@@ -292,13 +294,22 @@ class _RawCapabilities(_Raw, title="capabilities"):
     context: int = Field(default=0, ge=0)
 
 
+class _RawAlias(_Raw, title="alias"):
+    """The mapping form of an alias: only ``id`` routes; the rest is display information."""
+
+    id: str
+    name: str | None = None
+    description: str | None = None
+    unlisted: bool | None = None
+
+
 class _RawModel(_Raw, title="model"):
     """One model: the command that serves it and how to reach it."""
 
     cmd: str = Field(description="command line; ${PORT}, ${MODEL_ID} and macros expand")
     cmdStop: str = Field(default="", description="stop command; ${PID} is the process id")
     proxy: str | None = Field(default=None, description="default http://127.0.0.1:${PORT}")
-    aliases: list[str] = Field(default_factory=list)
+    aliases: list[str | _RawAlias] = Field(default_factory=list, description="names, or {id, name, unlisted}")
     env: list[str] = Field(default_factory=list, description="NAME=value entries")
     checkEndpoint: str = Field(default="/health", description="readiness path, or none")
     ttl: float = Field(default=-1.0, ge=-1, description="-1 = globalTTL, 0 = never")
@@ -858,9 +869,13 @@ class _Loader:
                 self.problem((*base, "env", i), f"an env entry must look like NAME=value "
                                                 f"(got {entry!r})")
             env[name.strip()] = value
-        for key in ("keepalive", "tlsHandshake", "idleConn"):
+        for key in ("keepalive", "tlsHandshake", "idleConn", "expectContinue"):
             if key in m.timeouts.model_fields_set:
                 self.notice((*base, "timeouts", key), "accepted; swapproxy does not use it")
+        for i, alias in enumerate(m.aliases):
+            if not isinstance(alias, str) and alias.model_fields_set - {"id"}:
+                self.notice((*base, "aliases", i), "alias name/description/unlisted are accepted; "
+                                                   "swapproxy lists an alias like its model")
         capabilities = None
         if m.capabilities is not None:
             capabilities = scope.value(m.capabilities, (*base, "capabilities"))
@@ -875,7 +890,7 @@ class _Loader:
             ttl=raw.globalTTL if m.ttl == -1 else max(m.ttl, 0.0),
             unload_timeout=m.unloadTimeout or raw.unloadTimeout,
             health_check_timeout=raw.healthCheckTimeout,
-            aliases=tuple(scope.text(a, (*base, "aliases", i)).strip()
+            aliases=tuple(scope.text(a if isinstance(a, str) else a.id, (*base, "aliases", i)).strip()
                           for i, a in enumerate(m.aliases)),
             env=_FrozenDict(env),
             use_model_name=scope.text(m.useModelName, (*base, "useModelName")) or None,
@@ -938,8 +953,12 @@ class _Loader:
 
     def filters(self, scope: _Scope, f: _RawFilters, base: _KeyPath) -> FiltersConfig:
         path = (*base, "stripParams")
+        text = f.stripParams
+        if f.strip_params is not None:
+            self.notice((*base, "strip_params"), "older spelling of stripParams; accepted")
+            text = ",".join(t for t in (text, f.strip_params) if t)
         strip: list[str] = []
-        for name in scope.text(f.stripParams, path).split(","):
+        for name in scope.text(text, path).split(","):
             if name.strip() == "model":
                 self.notice(path, "'model' removed; the model parameter is never stripped")
             elif name.strip() and name.strip() not in strip:

@@ -605,3 +605,27 @@ def test_capabilities_are_checked_after_macros() -> None:
         """)
     assert where(found) == [(4, "models.m.capabilities.in[1]"), (4, "models.m.capabilities.tool")]
     assert found[1].message == "unknown key 'tool'; did you mean 'tools'?"
+
+
+def test_newer_llama_swap_spellings_load() -> None:
+    """Alias mappings, the older strip_params and timeouts.expectContinue are llama-swap's too."""
+    config = parse_config(
+        "models:\n"
+        "  m:\n"
+        "    cmd: x --port ${PORT}\n"
+        "    aliases:\n"
+        "      - plain\n"
+        "      - {id: gpt-4o-mini, name: Mini, unlisted: false}\n"
+        "    filters:\n"
+        "      strip_params: 'temperature, top_p'\n"
+        "    timeouts:\n"
+        "      expectContinue: 1\n",
+        file="new.yaml",
+    )
+    model = config.models["m"]
+    assert model.aliases == ("plain", "gpt-4o-mini")
+    assert config.resolve("gpt-4o-mini") == "m"
+    assert model.filters.strip_params == ("temperature", "top_p")
+    assert any(n.startswith("new.yaml:8: models.m.filters.strip_params:") for n in config.notices)
+    assert any(n.startswith("new.yaml:10: models.m.timeouts.expectContinue:") for n in config.notices)
+    assert any(n.startswith("new.yaml:6: models.m.aliases[1]:") for n in config.notices)

@@ -122,17 +122,46 @@ _EVENT_SPLIT = re.compile(rb"\r?\n\r?\n")
 _DECODER = json.JSONDecoder()
 
 
+def _may_count(data: bytes | bytearray) -> bool:
+    """Whether JSON text can hold a ``usage`` or ``timings`` key (a \\u escape could spell one)."""
+    return b"usage" in data or b"timings" in data or b"\\u" in data
+
+
+def _events_newest_first(text: bytes) -> Iterator[bytes]:
+    """``text`` split into SSE events (blank-line separated), the last one first.
+
+    Without a \\r in the text this walks back from the end and stops when the caller
+    does, instead of splitting all of it (the regex took ~170 µs on a 10 KiB tail). In a
+    run of three or more newlines the odd one may land on the other side of a split than
+    in a left-to-right split; either way it only adds an empty line to an event.
+    """
+    if b"\r" in text:
+        yield from reversed(_EVENT_SPLIT.split(text))
+        return
+    end = len(text)
+    while (i := text.rfind(b"\n\n", 0, end)) >= 0:
+        yield text[i + 2 : end]
+        end = i
+    yield text[:end]
+
+
 def _sse_objects(tail: bytes | bytearray, max_events: int = 8) -> Iterator[Any]:
-    """The JSON payloads of the last ``max_events`` complete-looking SSE events, newest first."""
-    events = _EVENT_SPLIT.split(bytes(tail))
+    """The JSON payloads of the last ``max_events`` complete-looking SSE events, newest first.
+
+    Only events whose text could hold token counts are decoded (and yielded): a stream's
+    end is mostly plain token deltas. This runs once per stream, but when many streams end
+    together each one's cost holds back the others' last events.
+    """
     seen = 0
-    for raw in reversed(events):
+    for raw in _events_newest_first(bytes(tail)):
         if seen >= max_events:
             return
         data = b"\n".join(line[5:].strip() for line in raw.splitlines() if line.startswith(b"data:"))
         if not data or data == b"[DONE]":
             continue
         seen += 1
+        if not _may_count(data):
+            continue
         try:
             yield json.loads(data)
         except ValueError:
@@ -171,6 +200,8 @@ def usage_from_tail(tail: bytes | bytearray, *, sse: bool, complete: bool) -> tu
             fallback = fallback or timings
         return fallback
     if complete:
+        if not _may_count(tail):
+            return None  # nothing to count: spare decoding the whole body
         try:
             usage, timings = _counts(json.loads(tail))
         except ValueError:

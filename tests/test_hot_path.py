@@ -1,0 +1,58 @@
+"""The hot path's shortcuts give the answers the plain code gave (see docs/PERFORMANCE.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from swapproxy.metrics import _EVENT_SPLIT, _events_newest_first, usage_from_tail
+
+
+def data_lines(pieces: Any) -> list[bytes]:
+    """What the token counter takes from each event: its joined data lines (empty ones dropped)."""
+    out = []
+    for raw in pieces:
+        data = b"\n".join(line[5:].strip() for line in raw.splitlines() if line.startswith(b"data:"))
+        if data:
+            out.append(data)
+    return out
+
+
+SSE_BITS = st.sampled_from([b"data: a", b"data:b", b"data: [DONE]", b": ping", b"event: x", b"x", b"\n", b"\n\n",
+                            b"\r\n", b'data: {"usage":{"prompt_tokens":1,"completion_tokens":2}}'])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(SSE_BITS, max_size=20))
+def test_events_from_the_end_carry_the_data_a_regex_split_does(bits: list[bytes]) -> None:
+    text = b"".join(bits)
+    assert data_lines(_events_newest_first(text)) == data_lines(reversed(_EVENT_SPLIT.split(text)))
+
+
+def sse(*objs: Any) -> bytes:
+    return b"".join(b"data: " + (o if isinstance(o, bytes) else json.dumps(o).encode()) + b"\n\n" for o in objs)
+
+
+def test_usage_spelt_with_unicode_escapes_is_still_counted() -> None:
+    # Only events that could hold the keys are decoded; a \\u escape could spell them.
+    escaped = b'{"us\\u0061ge": {"prompt_tokens": 2, "completion_tokens": 3}}'
+    assert usage_from_tail(sse({"choices": []}, escaped, b"[DONE]"), sse=True, complete=True) == (2, 3)
+    assert usage_from_tail(escaped, sse=False, complete=True) == (2, 3)
+
+
+def test_token_deltas_are_not_decoded_yet_the_window_is_the_same() -> None:
+    # The last eight data events are looked at, counted or not: usage nine events back is out of reach.
+    usage = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 5}}
+    deltas = [{"choices": [{"delta": {"content": f"t{i}"}}]} for i in range(8)]
+    assert usage_from_tail(sse(usage, *deltas[:7], b"[DONE]"), sse=True, complete=True) == (4, 5)
+    assert usage_from_tail(sse(usage, *deltas, b"[DONE]"), sse=True, complete=True) is None
+    crlf = sse(usage, *deltas[:7], b"[DONE]").replace(b"\n", b"\r\n")
+    assert usage_from_tail(crlf, sse=True, complete=True) == (4, 5)
+
+
+def test_a_body_without_counts_is_not_decoded() -> None:
+    assert usage_from_tail(b'{"ok": true, "data": [1, 2, 3]}', sse=False, complete=True) is None
+    assert usage_from_tail(b'{"timings": {"prompt_n": 1, "predicted_n": 2}}', sse=False, complete=True) == (1, 2)

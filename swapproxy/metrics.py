@@ -270,6 +270,12 @@ class Metrics:
         self.tokens = Counter("swapproxy_tokens", "Tokens reported by upstream usage/timings",
                               ["model", "kind"], registry=reg)
         reg.register(_LiveCollector(self))
+        # The per-request feeds keep their labelled children: ``labels()`` (label checks, a
+        # lock, a lookup) costs more than the inc/observe it precedes. The label sets are
+        # bounded (see the module docstring), and so are these.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._ttfb_children: dict[tuple[str, str], Any] = {}
+        self._token_children: dict[tuple[str, str], Any] = {}
 
     def bind(self, swapper: Swapper | None) -> None:
         """Read live levels from ``swapper`` (None once it is gone)."""
@@ -294,14 +300,22 @@ class Metrics:
 
     def observe_request(self, model: str | None, route: str, status: int, seconds: float) -> None:
         label = self.model_label(model)
-        self.requests.labels(label, route, str(status)).inc()
-        self.duration.labels(label, route).observe(seconds)
+        key = (label, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(label, route, str(status)), self.duration.labels(label, route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_response(self, model: str, route: str, tap: TokenTap, started: float, sse: bool) -> None:
         """After a relayed response: time to first byte, and tokens from its tail."""
         label = self.model_label(model)
         if tap.first_at is not None:
-            self.ttfb.labels(label, route).observe(max(tap.first_at - started, 0.0))
+            ttfb = self._ttfb_children.get((label, route))
+            if ttfb is None:
+                ttfb = self._ttfb_children[(label, route)] = self.ttfb.labels(label, route)
+            ttfb.observe(max(tap.first_at - started, 0.0))
         if not tap.total:
             return
         counts = usage_from_tail(tap.tail, sse=sse, complete=tap.complete)
@@ -309,9 +323,15 @@ class Metrics:
             return
         prompt, completion = counts
         if prompt > 0:
-            self.tokens.labels(label, "prompt").inc(prompt)
+            self._token_child(label, "prompt").inc(prompt)
         if completion > 0:
-            self.tokens.labels(label, "completion").inc(completion)
+            self._token_child(label, "completion").inc(completion)
+
+    def _token_child(self, label: str, kind: str) -> Any:
+        child = self._token_children.get((label, kind))
+        if child is None:  # made on first use: a kind never counted shows no series at all
+            child = self._token_children[(label, kind)] = self.tokens.labels(label, kind)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

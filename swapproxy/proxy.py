@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterable, Callable
-from contextlib import nullcontext
 from typing import Any
 
 import aiohttp
@@ -47,6 +46,8 @@ Body = bytes | AsyncIterable[bytes] | None
 #: (headers and body together); anything larger, or of unknown length, streams.
 SMALL_BODY = 64 * 1024
 OnChunk = Callable[[bytes], None]
+#: One ClientTimeout per connect limit in use (made once, not per request).
+_TIMEOUTS: dict[float | None, aiohttp.ClientTimeout] = {}
 
 
 def make_client_session() -> aiohttp.ClientSession:
@@ -67,13 +68,18 @@ def _connection_tokens(headers: Any) -> set[str]:
     return tokens
 
 
+def _dropped(base: frozenset[str], headers: Any) -> frozenset[str]:
+    """``base`` plus the header names ``headers``' Connection header lists."""
+    return base | _connection_tokens(headers) if "Connection" in headers else base
+
+
 def request_headers(request: web.Request) -> CIMultiDict[str]:
     """Client headers minus hop-by-hop ones (and any the Connection header names).
 
     A header value that is not valid UTF-8 is refused (400) rather than sent on
     truncated: aiohttp would cut it at the first undecodable byte.
     """
-    drop = _REQUEST_DROP | _connection_tokens(request.headers)
+    drop = _dropped(_REQUEST_DROP, request.headers)
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
         if name.lower() in drop:
@@ -105,18 +111,16 @@ async def open_upstream(
         headers["Authorization"] = f"Bearer {spec.upstream_api_key}"
         headers["x-api-key"] = spec.upstream_api_key
     connect = spec.connect_timeout or None
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, connect=connect)
+    timeout = _TIMEOUTS.get(connect)
+    if timeout is None:
+        timeout = _TIMEOUTS[connect] = aiohttp.ClientTimeout(total=None, sock_connect=connect, connect=connect)
     header_timeout = spec.response_header_timeout or None
+    sending = session.request(request.method, url, headers=headers, data=body, allow_redirects=False, timeout=timeout)
     try:
-        async with asyncio.timeout(header_timeout) if header_timeout else nullcontext():
-            return await session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                timeout=timeout,
-            )
+        if header_timeout is None:  # no timeout context at all: this runs for every request
+            return await sending
+        async with asyncio.timeout(header_timeout):
+            return await sending
     except asyncio.TimeoutError:
         raise UpstreamTimeout(
             f"model '{spec.id}': upstream {spec.proxy} sent no response within {header_timeout:g}s"
@@ -145,9 +149,14 @@ def _request_body_broke(exc: BaseException) -> bool:
     return False
 
 
+def _response_pairs(upstream: aiohttp.ClientResponse) -> list[tuple[str, str]]:
+    src = upstream.headers
+    drop = _dropped(_RESPONSE_DROP, src)
+    return [(k, v) for k, v in src.items() if k.lower() not in drop]
+
+
 def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-    drop = _RESPONSE_DROP | _connection_tokens(upstream.headers)
-    headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
+    headers = CIMultiDict(_response_pairs(upstream))
     if upstream.content_type == "text/event-stream":
         headers["X-Accel-Buffering"] = "no"  # tell nginx & co. not to buffer the stream
     return headers
@@ -200,7 +209,9 @@ async def _small_response(
     upstream.release()
     if on_chunk is not None:
         on_chunk(body)
-    return web.Response(status=upstream.status, reason=upstream.reason, headers=response_headers(upstream), body=body)
+    resp = web.Response(status=upstream.status, reason=upstream.reason, body=body)
+    resp.headers.extend(_response_pairs(upstream))  # one header copy, not two (Response(headers=) copies)
+    return resp
 
 
 async def forward(

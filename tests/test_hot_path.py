@@ -7,8 +7,11 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
-from swapproxy.metrics import _EVENT_SPLIT, _events_newest_first, usage_from_tail
+from conftest import make_config
+
+from swapproxy.metrics import _EVENT_SPLIT, Metrics, TokenTap, _events_newest_first, usage_from_tail
 
 
 def data_lines(pieces: Any) -> list[bytes]:
@@ -56,3 +59,33 @@ def test_token_deltas_are_not_decoded_yet_the_window_is_the_same() -> None:
 def test_a_body_without_counts_is_not_decoded() -> None:
     assert usage_from_tail(b'{"ok": true, "data": [1, 2, 3]}', sse=False, complete=True) is None
     assert usage_from_tail(b'{"timings": {"prompt_n": 1, "predicted_n": 2}}', sse=False, complete=True) == (1, 2)
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_cached_metric_children_count_like_labels_did() -> None:
+    metrics = Metrics(make_config({"m": {"cmd": "x --port ${PORT}"}}))
+    for _ in range(3):
+        metrics.observe_request("m", "/v1/chat/completions", 200, 0.002)
+    metrics.observe_request("m", "/v1/chat/completions", 404, 0.001)
+    metrics.observe_request("nope", "/v1/chat/completions", 200, 0.001)  # not configured: model ""
+    tap = TokenTap()
+    tap(json.dumps({"usage": {"prompt_tokens": 0, "completion_tokens": 6}}).encode())
+    metrics.observe_response("m", "/v1/chat/completions", tap, tap.first_at or 0.0, False)
+    metrics.observe_response("m", "/v1/chat/completions", tap, tap.first_at or 0.0, False)
+    got = samples(metrics)
+    route = ("route", "/v1/chat/completions")
+    assert got[("swapproxy_requests_total", (("model", "m"), route, ("status", "200")))] == 3
+    assert got[("swapproxy_requests_total", (("model", "m"), route, ("status", "404")))] == 1
+    assert got[("swapproxy_requests_total", (("model", ""), route, ("status", "200")))] == 1
+    assert got[("swapproxy_request_duration_seconds_count", (("model", "m"), route))] == 4
+    assert got[("swapproxy_time_to_first_byte_seconds_count", (("model", "m"), route))] == 2
+    assert got[("swapproxy_tokens_total", (("kind", "completion"), ("model", "m")))] == 12
+    # a kind never counted still has no series at all
+    assert not any(name == "swapproxy_tokens_total" and ("kind", "prompt") in labels for name, labels in got)

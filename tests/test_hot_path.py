@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -91,6 +93,17 @@ def test_cached_metric_children_count_like_labels_did() -> None:
     assert got[("swapproxy_tokens_total", (("kind", "completion"), ("model", "m")))] == 12
     # a kind never counted still has no series at all
     assert not any(name == "swapproxy_tokens_total" and ("kind", "prompt") in labels for name, labels in got)
+
+
+def test_loop_factory_is_uvloop_only_when_it_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    assert server.loop_factory() is None
+    monkeypatch.undo()
+    try:
+        import uvloop
+    except ImportError:
+        pytest.skip("uvloop is not installed (pip install swapproxy[fast])")
+    assert server.loop_factory() is uvloop.new_event_loop
 
 
 def test_tune_gc_freezes_the_start_up_and_raises_the_young_threshold() -> None:

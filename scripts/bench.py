@@ -134,8 +134,8 @@ class Plan:
 FULL = Plan("full", seq=1000, open_seconds=4.0, closed_seconds=3.0, rounds=4, sse_rate=50.0, sse_tokens=50,
             sse_rounds=3, burst_tokens=5000, ttfe=60, hold_streams=1000, hold_seconds=30.0, swaps=20,
             swap_delay=0.5)
-QUICK = Plan("quick", seq=150, open_seconds=0.9, closed_seconds=0.6, rounds=2, sse_rate=50.0, sse_tokens=25,
-             sse_rounds=1, burst_tokens=2000, ttfe=10, hold_streams=260, hold_seconds=1.5, swaps=5,
+QUICK = Plan("quick", seq=120, open_seconds=0.75, closed_seconds=0.5, rounds=2, sse_rate=50.0, sse_tokens=25,
+             sse_rounds=1, burst_tokens=2000, ttfe=10, hold_streams=260, hold_seconds=1.0, swaps=4,
              swap_delay=0.3)
 HOLD_RATE = 2.0  # events per second per held stream
 

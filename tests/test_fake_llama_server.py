@@ -18,6 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from conftest import wait_until
+
 SCRIPT = Path(__file__).with_name("fake_llama_server.py")
 LISTENING_RE = re.compile(r"server is listening on http://(\[[^\]]+\]|[^:/\s]+):(\d+)")
 TIMEOUT = 5.0  # upper bound for anything we wait on; tests normally take milliseconds
@@ -123,14 +125,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-async def poll(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
 async def read_event(content: aiohttp.StreamReader) -> str | None:
     """The ``data:`` payload of the next SSE event, or None at end of stream."""
     data: list[str] = []
@@ -174,7 +168,7 @@ async def test_startup_delay_health_503_then_200(spawn: Spawn, session: aiohttp.
         async with session.get(f"{server.url}/health") as resp:
             return resp.status == 200
 
-    await poll(healthy, "/health 200")
+    await wait_until(healthy, TIMEOUT, "/health 200")
     async with session.get(f"{server.url}/health") as resp:
         assert await resp.json() == {"status": "ok"}
     async with session.get(f"{server.url}/v1/models") as resp:
@@ -258,9 +252,9 @@ async def test_gated_stream_waits_for_release(spawn: Spawn, session: aiohttp.Cli
             async with session.get(f"{server.url}/debug/stats") as r:
                 return (await r.json())["gate_waiting"] == 1
 
-        await poll(blocked_at_gate, "the stream to wait at the gate")
-        await asyncio.sleep(0.02)
-        assert not second.done(), "chunk 2 arrived before /debug/release"
+        await wait_until(blocked_at_gate, TIMEOUT, "the stream to wait at the gate")
+        done, _ = await asyncio.wait({second}, timeout=0.02)  # chunk 2 must not come by itself
+        assert not done, "chunk 2 arrived before /debug/release"
 
         async with session.post(f"{server.url}/debug/release") as r:
             assert r.status == 200
@@ -285,7 +279,7 @@ async def test_client_disconnect_counts_as_cancelled(spawn: Spawn, session: aioh
             stats = await r.json()
             return stats["cancelled_streams"] == 1 and stats["active_streams"] == 0
 
-    await poll(cancelled, "cancelled_streams == 1")
+    await wait_until(cancelled, TIMEOUT, "cancelled_streams == 1")
 
 
 async def test_crash_after_tokens(spawn: Spawn, session: aiohttp.ClientSession) -> None:
@@ -316,12 +310,10 @@ async def test_sigterm_exits_zero(spawn: Spawn) -> None:
 async def test_ignore_sigterm_needs_sigkill(spawn: Spawn, session: aiohttp.ClientSession) -> None:
     server = await spawn("--ignore-sigterm")
     server.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 0.3
-    while time.monotonic() < deadline:  # it keeps answering after SIGTERM
-        async with session.get(f"{server.url}/health") as resp:
-            assert resp.status == 200
-        assert server.proc.returncode is None
-        await asyncio.sleep(0.005)
+    with pytest.raises(asyncio.TimeoutError):  # it does not exit on SIGTERM...
+        await asyncio.wait_for(asyncio.shield(server.proc.wait()), 0.3)
+    async with session.get(f"{server.url}/health") as resp:  # ...and keeps answering
+        assert resp.status == 200
     server.proc.kill()
     assert await server.wait_exit() == -signal.SIGKILL
 

@@ -6,6 +6,10 @@ Side by side in one run, on the same binary and the same GGUF:
 * **swapproxy**: two models (the same GGUF under two ids, same arguments) in
   one swap group; time from the request for B (A loaded) to B's answer of
   one token, then back to A;
+* **swapproxy, fast stop**: the same, with ``cmdStop: kill -KILL ${PID}``: an idle
+  llama-server loses nothing to SIGKILL, and the kernel frees its memory in a
+  fraction of the time its own graceful exit takes (its SIGTERM path unmaps the
+  weights with every thread still alive);
 * **router**: ``llama-server --models-dir DIR --models-max 1`` with the GGUF
   linked under two names; the same requests, the same measurement;
 * **direct**: spawn ``llama-server -m GGUF`` and time spawn → first token
@@ -107,15 +111,19 @@ async def bench(rounds: int, args: list[str], workdir: Path) -> None:
     for name in ("gemma-a", "gemma-b"):
         (models_dir / f"{name}.gguf").symlink_to(MODEL)
     arg_text = " ".join(shlex.quote(a) for a in args)
-    cfg = workdir / "swapproxy.yaml"
-    cfg.write_text(
-        f"startPort: {free_port()}\nhealthCheckTimeout: 120\nmodels:\n"
-        + "".join(
-            f"  {name}:\n    cmd: {SERVER} -m {MODEL} --host 127.0.0.1 --port ${{PORT}} {arg_text}\n"
-            for name in ("gemma-a", "gemma-b")
+    def write_config(path: Path, extra: str) -> Path:
+        path.write_text(
+            f"startPort: {free_port()}\nhealthCheckTimeout: 120\nmodels:\n"
+            + "".join(
+                f"  {name}:\n    cmd: {SERVER} -m {MODEL} --host 127.0.0.1 --port ${{PORT}} {arg_text}\n{extra}"
+                for name in ("gemma-a", "gemma-b")
+            )
         )
-    )
-    router_port, proxy_port = free_port(), free_port()
+        return path
+
+    cfg = write_config(workdir / "swapproxy.yaml", "")
+    fast_cfg = write_config(workdir / "swapproxy-fast.yaml", "    cmdStop: kill -KILL ${PID}\n")
+    router_port, proxy_port, fast_port = free_port(), free_port(), free_port()
     router = await spawn(
         str(SERVER), "--models-dir", str(models_dir), "--models-max", "1", "--host", "127.0.0.1",
         "--port", str(router_port), *args, log=workdir / "router.log",
@@ -124,30 +132,41 @@ async def bench(rounds: int, args: list[str], workdir: Path) -> None:
         sys.executable, "-m", "swapproxy", "-c", str(cfg), "--listen", f"127.0.0.1:{proxy_port}",
         "--log-level", "warn", log=workdir / "swapproxy.log",
     )
+    fast = await spawn(
+        sys.executable, "-m", "swapproxy", "-c", str(fast_cfg), "--listen", f"127.0.0.1:{fast_port}",
+        "--log-level", "warn", log=workdir / "swapproxy-fast.log",
+    )
     timeout = aiohttp.ClientTimeout(total=300)
-    results: dict[str, list[float]] = {k: [] for k in ("proxy", "router", "healthy", "first", "stop")}
+    results: dict[str, list[float]] = {k: [] for k in ("proxy", "fast", "router", "healthy", "first", "stop")}
     try:
         async with aiohttp.ClientSession(timeout=timeout) as http:
             router_url, proxy_url = f"http://127.0.0.1:{router_port}", f"http://127.0.0.1:{proxy_port}"
-            await wait_http(http, router_url + "/health")
-            await wait_http(http, proxy_url + "/health")
+            fast_url = f"http://127.0.0.1:{fast_port}"
+            for url in (router_url, proxy_url, fast_url):
+                await wait_http(http, url + "/health")
             async with http.get(router_url + "/models") as resp:
                 ids = sorted(m["id"] for m in (await resp.json())["data"])
             print(f"router models: {ids}", file=sys.stderr)
             await one_token(http, router_url, ids[0])  # A loaded on both sides
             await one_token(http, proxy_url, "gemma-a")
+            await one_token(http, fast_url, "gemma-a")
             current = 0
             for r in range(rounds):
                 for _ in range(2):  # A -> B, then B -> A
                     current ^= 1
-                    results["router"].append(await one_token(http, router_url, ids[current]))
-                    results["proxy"].append(await one_token(http, proxy_url, ("gemma-a", "gemma-b")[current]))
+                    names = {"router": ids[current]}
+                    sides = [("router", router_url), ("proxy", proxy_url), ("fast", fast_url)]
+                    shift = (2 * r + current) % len(sides)  # who goes first rotates: no side always follows another
+                    for key, url in sides[shift:] + sides[:shift]:
+                        model = names.get(key, ("gemma-a", "gemma-b")[current])
+                        results[key].append(await one_token(http, url, model))
                 healthy, first, stopped = await direct_start(http, args, workdir / "direct.log")
                 results["healthy"].append(healthy)
                 results["first"].append(first)
                 results["stop"].append(stopped)
                 print(f"round {r + 1}/{rounds} done", file=sys.stderr)
     finally:
+        await stop(fast)
         await stop(proxy)
         await stop(router)
     med = {k: statistics.median(v) for k, v in results.items()}
@@ -156,6 +175,7 @@ async def bench(rounds: int, args: list[str], workdir: Path) -> None:
     print(f"{'':42} {'median s':>9} {'min':>7} {'max':>7}  n")
     rows = [
         ("swapproxy swap (A<->B)", "proxy"),
+        ("swapproxy swap, cmdStop: kill -KILL", "fast"),
         ("llama-server router swap (--models-max 1)", "router"),
         ("direct: spawn -> healthy", "healthy"),
         ("direct: spawn -> first token", "first"),
@@ -165,6 +185,16 @@ async def bench(rounds: int, args: list[str], workdir: Path) -> None:
         v = results[key]
         print(f"{label:42} {med[key]:9.3f} {min(v):7.3f} {max(v):7.3f}  {len(v)}")
     print(f"\nratio swapproxy / router (median): {med['proxy'] / med['router']:.3f}   (target <= 1.0)")
+    print(f"ratio swapproxy fast stop / router (median): {med['fast'] / med['router']:.3f}")
+    # The three sides swap in the same direction one after the other (in rotating order): pair
+    # them, so that slow spells of the machine hit both sides of a pair alike.
+    for label, key in (("swapproxy", "proxy"), ("swapproxy fast stop", "fast")):
+        paired = sorted(p / r for p, r in zip(results[key], results["router"]))
+        if len(paired) >= 4:
+            q1, q2, q3 = statistics.quantiles(paired, n=4)
+            wins = sum(1 for x in paired if x <= 1.0)
+            print(f"paired ratio {label} / router: median {q2:.3f}, quartiles {q1:.3f}..{q3:.3f}, "
+                  f"as fast or faster in {wins} of {len(paired)} pairs")
     print(f"ratio swapproxy / (direct first token + stop): {med['proxy'] / (med['first'] + med['stop']):.3f}")
 
 

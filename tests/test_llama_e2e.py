@@ -100,6 +100,29 @@ async def test_swap_between_chat_models_and_back(proxy_factory, llama) -> None:
         await client.close()
 
 
+async def test_swap_with_fast_stop_as_in_the_example_config(proxy_factory, llama) -> None:
+    """config.example.yaml stops its chat models with ``cmdStop: kill -KILL ${PID}``: swaps work."""
+    server, model = llama
+    base = f"{server} --host 127.0.0.1 --port ${{PORT}} -m {model} -t 2"
+    fast = {"cmdStop": "kill -KILL ${PID}"}
+    proxy = await proxy_factory(e2e_config(
+        llama, **{"chat-a": {"cmd": f"{base} -c 1024", **fast}, "chat-b": {"cmd": f"{base} -c 768", **fast}}
+    ))
+    client = sdk(proxy)
+    try:
+        pids = []
+        for name in ("chat-a", "chat-b", "chat-a"):
+            chat = await client.chat.completions.create(model=name, messages=USER, max_tokens=4)
+            assert chat.choices[0].message.content is not None
+            assert proxy.swapper.running() == [name]
+            pids.append(proxy.pid(name))
+        assert pid_gone(pids[0]) and pid_gone(pids[1])
+        # Killed by cmdStop's SIGKILL, not by SIGTERM after a wait.
+        assert proxy.swapper.slot("chat-b").process.exit_code == -9
+    finally:
+        await client.close()
+
+
 async def test_native_completion_and_upstream_slots(proxy_factory, llama) -> None:
     proxy = await proxy_factory(e2e_config(llama))
     body = {"model": "chat-b", "prompt": "Once upon a time", "n_predict": 8}

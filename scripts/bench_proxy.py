@@ -17,10 +17,13 @@ Upstreams:
 * ``gated``  the fake, streams with ``"x_gate": true``: one event per
   ``POST /debug/release`` on the fake's own port.
 
-CONTROL rows put a byte-level relay (``--serve-relay``, asyncio.Protocol, no
-HTTP parsing; not swapproxy) between the client and ``raw``: what any extra
-Python process hop costs by itself on this machine (sockets, wake-ups), so
-swapproxy's own share can be told from the price of any hop.
+CONTROL rows put something that is not swapproxy between the client and ``raw``:
+a byte-level relay (``--serve-relay``, asyncio.Protocol, no HTTP parsing): what
+any extra Python process hop costs by itself on this machine (sockets,
+wake-ups); and a bare aiohttp forwarder (``--serve-forwarder``: an aiohttp
+server whose one handler re-sends the body through one shared ClientSession,
+no routing, no headers work, no metrics): the floor of the design swapproxy is
+built on. swapproxy's own share is its figure minus the forwarder's.
 
 Measurements (direct and proxy alternate in rounds so they share the noise of
 a busy machine):
@@ -225,6 +228,32 @@ class _Relay(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None:
             self.peer.close()
+
+
+async def _serve_forwarder(port: int, target_port: int) -> None:
+    """The floor of an aiohttp proxy: one route, one ClientSession, body and answer passed as bytes."""
+    from aiohttp import web
+
+    session = aiohttp.ClientSession(auto_decompress=False, connector=aiohttp.TCPConnector(limit=0))
+    base = f"http://127.0.0.1:{target_port}"
+
+    async def forward(request: web.Request) -> web.Response:
+        body = await request.read()
+        async with session.post(base + request.path, data=body, headers={"Content-Type": "application/json"}) as up:
+            return web.Response(body=await up.read(), status=up.status, content_type=up.content_type)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", forward)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    await session.close()
 
 
 async def _serve_relay(port: int, target_port: int) -> None:
@@ -494,8 +523,9 @@ class Target:
     label: str
     model: str  # whose upstream process serves it
     direct: Request
-    proxy: Request  # through swapproxy, or through the L4 relay when `control`
+    proxy: Request  # through swapproxy, or through a control (see Relay) when `control`
     control: bool = False
+    control_pid: int = 0
 
 
 async def warm(s: aiohttp.ClientSession, req: Request, conns: int) -> None:
@@ -748,7 +778,7 @@ class Relay:
 
 
 async def bench(plan: Plan, proxy_url: str, direct: dict[str, str], pids: dict[str, int], proxy_pid: int,
-                relay: Relay, report: Report) -> None:
+                relay: Relay, forwarder: Relay, report: Report) -> None:
     # Direct and proxied requests must reach the same process.
     async with session(1) as s:
         for m in MODELS:
@@ -766,15 +796,19 @@ async def bench(plan: Plan, proxy_url: str, direct: dict[str, str], pids: dict[s
         Target("POST chat, raw", "raw", post(direct["raw"] + chat, chat_body("raw", max_tokens=1)),
                post(proxy_url + chat, chat_body("raw", max_tokens=1))),
         Target("CONTROL: raw via L4 byte relay", "raw", post(direct["raw"] + chat, chat_body("raw", max_tokens=1)),
-               post(relay.url + chat, chat_body("raw", max_tokens=1)), control=True),
+               post(relay.url + chat, chat_body("raw", max_tokens=1)), control=True, control_pid=relay.pid),
+        Target("CONTROL: raw via bare aiohttp forwarder", "raw",
+               post(direct["raw"] + chat, chat_body("raw", max_tokens=1)),
+               post(forwarder.url + chat, chat_body("raw", max_tokens=1)), control=True, control_pid=forwarder.pid),
     ]
-    for _ in range(200):  # the relay is a plain subprocess: wait until it listens
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", int(relay.url.rsplit(":", 1)[1]))
-            writer.close()
-            break
-        except OSError:
-            await asyncio.sleep(0.05)
+    for control in (relay, forwarder):  # plain subprocesses: wait until they listen
+        for _ in range(200):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", int(control.url.rsplit(":", 1)[1]))
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
 
     # 1a. sequential, 1 connection
     sec = "1 latency"
@@ -808,7 +842,7 @@ async def bench(plan: Plan, proxy_url: str, direct: dict[str, str], pids: dict[s
     cores = os.cpu_count() or 1
     max_rps: dict[str, float] = {}
     for t in targets:
-        meter = CpuMeter({"proxy": relay.pid if t.control else proxy_pid, "upstream": pids[t.model]})
+        meter = CpuMeter({"proxy": t.control_pid if t.control else proxy_pid, "upstream": pids[t.model]})
         tally = {"d": Tally(), "p": Tally()}
         async with session(plan.conns) as sd, session(plan.conns) as sp:
             for req, s in ((t.direct, sd), (t.proxy, sp)):
@@ -842,7 +876,8 @@ async def bench(plan: Plan, proxy_url: str, direct: dict[str, str], pids: dict[s
         note = (f"{t.label}: busiest process direct = {bd} ({td.cpu_pct(bd):.0f}% of a core), proxied = {bp} "
                 f"({tp.cpu_pct(bp):.0f}%); ours {td.cpu_pct(None):.0f}% / {tp.cpu_pct(None):.0f}%, other tenants "
                 f"{td.cpu_pct('others'):.0f}% / {tp.cpu_pct('others'):.0f}% of {cores * 100}%. "
-                f"{'the L4 relay' if t.control else 'swapproxy'} costs {proxy_us:.0f} CPU µs per proxied request "
+                f"{t.label.removeprefix('CONTROL: raw via ') if t.control else 'swapproxy'} costs {proxy_us:.0f} "
+                "CPU µs per proxied request "
                 f"→ one-core ceiling ≈ {1e6 / max(proxy_us, 1e-9):.0f} req/s")
         if td.us_per_req("proxy") >= 5 and not t.control:
             note += (f". Even direct requests cost swapproxy {td.us_per_req('proxy'):.0f} µs each: it reads the "
@@ -929,6 +964,7 @@ def main() -> int:
                              "unpacked `git archive` of another commit")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-relay", metavar="TO_PORT", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-forwarder", metavar="TO_PORT", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
@@ -936,6 +972,9 @@ def main() -> int:
         return 0
     if args.serve_relay is not None:
         asyncio.run(_serve_relay(args.port, args.serve_relay))
+        return 0
+    if args.serve_forwarder is not None:
+        asyncio.run(_serve_forwarder(args.port, args.serve_forwarder))
         return 0
 
     plan = QUICK if args.quick else FULL
@@ -951,29 +990,35 @@ def main() -> int:
         config, port, direct = write_config(plan, Path(tmp))
         proxy_url = f"http://127.0.0.1:{port}"
         log = Path(tmp) / "swapproxy.log"
-        relay_port = free_port_block(1)
+        relay_port = free_port_block(2)
+        forwarder_port = relay_port + 1
         raw_port = int(direct["raw"].rsplit(":", 1)[1])
-        relay = subprocess.Popen([PY, str(THIS), "--serve-relay", str(raw_port), "--port", str(relay_port)],
-                                 stdin=subprocess.DEVNULL)
+        controls = {
+            name: subprocess.Popen([PY, str(THIS), f"--serve-{name}", str(raw_port), "--port", str(cport)],
+                                   stdin=subprocess.DEVNULL)
+            for name, cport in (("relay", relay_port), ("forwarder", forwarder_port))
+        }
         proc = start_proxy(args.src.resolve(), config, port, log, args.profile_proxy)
         pids: dict[str, int] = {}
         try:
             async def run() -> None:
                 pids.update(await wait_ready(proxy_url, proc, log))
                 report.notes.append(f"setup (swapproxy + 4 upstreams preloaded): {time.monotonic() - began:.1f}s")
-                relay_at = Relay(f"http://127.0.0.1:{relay_port}", relay.pid)
-                await bench(plan, proxy_url, direct, pids, proc.pid, relay_at, report)
+                relay_at = Relay(f"http://127.0.0.1:{relay_port}", controls["relay"].pid)
+                forwarder_at = Relay(f"http://127.0.0.1:{forwarder_port}", controls["forwarder"].pid)
+                await bench(plan, proxy_url, direct, pids, proc.pid, relay_at, forwarder_at, report)
 
             asyncio.run(run())
         finally:
             stop_proxy(proc, list(pids.values()))
-            if relay.poll() is None:
-                relay.send_signal(signal.SIGTERM)
-                try:
-                    relay.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    relay.kill()
-                    relay.wait()
+            for control in controls.values():
+                if control.poll() is None:
+                    control.send_signal(signal.SIGTERM)
+                    try:
+                        control.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        control.kill()
+                        control.wait()
         tail = log.read_text().strip()
 
     print(f"swapproxy bench_proxy ({plan.name} mode): direct vs through swapproxy, same upstream processes")

@@ -1478,6 +1478,27 @@ loop and the 64-stream SSE load (`--profile FILE` runs swapproxy under cProfile)
   code about half, asyncio's loop ~13%, socket calls ~8%, swapproxy's own code ~15%
   (proxy.py, handlers.py, metrics.py, then the three middlewares in app.py and the
   swapper's `acquire`), json and prometheus-client ~5%.
+
+## The floor of the design
+
+swapproxy is an aiohttp server with one aiohttp `ClientSession` (as issue 3 prescribes). What
+that design costs by itself is measured by `python scripts/bench_proxy.py`'s CONTROL rows: a
+15-line aiohttp forwarder (one route, no routing, header work or metrics) in swapproxy's place,
+against the same upstream, in the same run. Full run on this machine (git b1e124a):
+
+| added latency vs direct, p50      | bare aiohttp forwarder | swapproxy | L4 byte relay (asyncio) |
+|-----------------------------------|------------------------|-----------|-------------------------|
+| 1 connection, sequential          | +0.423 ms              | +0.464 ms | +0.063 ms               |
+| open loop 200 req/s, 32 conns     | +0.765 ms              | +0.734 ms | +0.135 ms               |
+
+So the ≤ 0.5 ms (1 connection) and ≤ 1 ms (200 req/s) bars sit at the cost of any aiohttp
+forwarder here, and swapproxy's features add next to nothing on top. Requests a few ms apart
+(the open loop) cost more than back-to-back ones (sequential), for the forwarder as for
+swapproxy: each request then runs Python code whose caches went cold meanwhile. In ad-hoc
+checks (one connection, 5 ms between requests: swapproxy ~+1.2 ms, ~+0.5 ms back-to-back),
+pinning every process to one CPU, or keeping both CPUs busy with low-priority spinners,
+changed nothing, so it is not CPU migration or idle wake-up. Getting well below would take
+a non-aiohttp HTTP client and server on the hot path.
 """
 
 

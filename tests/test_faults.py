@@ -108,8 +108,8 @@ async def test_sigkilled_swapproxy_leaves_no_upstream_or_grandchild(tmp_path: Pa
         assert len(family) == 6  # three fakes, three grandchildren
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
-        for pid in family:
-            await wait_gone(pid, 5)
+        for pid in family:  # generous: a loaded CI machine is slow, and a pass returns at once
+            await wait_gone(pid, 15)
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -125,9 +125,10 @@ async def test_sigint_stops_sigterm_ignoring_upstreams_within_unload_timeout(tmp
         began = loop.time()
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
-        assert loop.time() - began < 1 + 1.0  # unloadTimeout + 1 s
+        # unloadTimeout (1 s) plus slack for a loaded machine; not waiting for it would take 10 s+.
+        assert loop.time() - began < 1 + 2.0
         for pid in family:
-            await wait_gone(pid, 1)
+            await wait_gone(pid, 5)
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -8,15 +8,17 @@ The pipeline, in the order :func:`parse_config` runs it:
    ``profiles``, ...) are rejected, one problem each; keys that only tune llama-swap's own UI,
    storage or log format are accepted with a one-line notice.
 3. ``${env.VAR}`` is substituted in every string value.
-4. The raw schema (pydantic models whose field names are the camelCase keys users write)
-   checks types and unknown keys; a typo gets a "did you mean" suggestion.
+4. The raw schema (:mod:`swapproxy.config_schema`: pydantic models whose field names are the
+   camelCase keys users write) checks types and unknown keys; a typo gets a "did you mean"
+   suggestion.
 5. Per model: macros (global, then the model's own; a macro may use those defined before it),
    ``${MODEL_ID}``, ``${PORT}`` (assigned from ``startPort`` upward in config order), ``cmd``
    split into argv, defaults applied. Then groups, aliases, ``preload`` and ``defaultModel``
    are cross-checked.
 
 Nothing stops at the first mistake: every problem is collected with ``file:line: key.path:``
-and raised together as one :class:`ConfigError`. :func:`json_schema` exposes the raw schema.
+and raised together as one :class:`ConfigError`. :func:`json_schema` (from the schema module)
+exposes the raw schema.
 
 Where swapproxy deliberately differs from llama-swap: unknown keys are errors (llama-swap
 ignores them); ``${PORT}`` follows config order (llama-swap sorts the ids); the default proxy
@@ -38,17 +40,16 @@ import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError
+
+from .config_schema import LogLevel, LogToStdout, RawCapabilities, RawConfig, RawFilters, RawModel, json_schema
 
 __all__ = ["DEFAULT_GROUP", "Config", "ConfigError", "FiltersConfig", "GroupConfig", "LogLevel",
            "LogToStdout", "ModelConfig", "Problem", "json_schema", "load_config", "parse_config"]
 
-LogLevel = Literal["debug", "info", "warn", "error"]
-LogToStdout = Literal["proxy", "upstream", "both", "none"]
-Modality = Literal["text", "audio", "image", "video"]
 
 #: Name of the implicit group holding every model that no configured group lists.
 DEFAULT_GROUP = "(default)"
@@ -217,158 +218,6 @@ class Config:
             return self._group_index[model_id]
         except KeyError:
             raise KeyError(f"model {model_id!r} is in no group") from None
-
-
-# --------------------------------------------------------------------------- raw YAML schema
-
-
-class _Raw(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_nulls(cls, data: Any) -> Any:
-        # `key:` with nothing after it means "the default", as it does for llama-swap
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None}
-        return data
-
-
-class _RawGroup(_Raw, title="group"):
-    """Models that swap together (llama-swap groups, see its issue #109)."""
-
-    swap: bool = Field(default=True, description="only one member runs at a time")
-    exclusive: bool = Field(default=True, description="running a member stops every other group")
-    persistent: bool = Field(default=False, description="other groups never stop these members")
-    members: list[str] = Field(description="model ids from `models`")
-
-
-class _RawRouterSettings(_Raw, title="router settings"):
-    groups: dict[str, _RawGroup] = Field(default_factory=dict)
-
-
-class _RawRouter(_Raw, title="router"):
-    use: Literal["group"] = "group"
-    settings: _RawRouterSettings = _RawRouterSettings()
-
-
-class _RawScheduler(_Raw, title="scheduler"):
-    use: Literal["fifo"] = "fifo"
-
-
-class _RawRouting(_Raw, title="routing"):
-    router: _RawRouter = _RawRouter()
-    scheduler: _RawScheduler = _RawScheduler()
-
-
-class _RawOnStartup(_Raw, title="on_startup"):
-    preload: list[str] = Field(default_factory=list, description="model ids or aliases")
-
-
-class _RawHooks(_Raw, title="hooks"):
-    on_startup: _RawOnStartup = _RawOnStartup()
-
-
-class _RawFilters(_Raw, title="filters"):
-    stripParams: str = Field(default="", description="comma-separated request keys to delete")
-    strip_params: str | None = Field(default=None, description="older spelling of stripParams")
-    setParams: dict[str, Any] = Field(default_factory=dict, description="request keys to force")
-
-
-class _RawTimeouts(_Raw, title="timeouts"):
-    """Upstream connection timeouts in seconds; 0 disables one."""
-
-    connect: float = Field(default=30.0, ge=0)
-    responseHeader: float = Field(default=0.0, ge=0)
-    keepalive: float | None = Field(default=None, ge=0, description="accepted, unused")
-    tlsHandshake: float | None = Field(default=None, ge=0, description="accepted, unused")
-    idleConn: float | None = Field(default=None, ge=0, description="accepted, unused")
-    expectContinue: float | None = Field(default=None, ge=0, description="accepted, unused")
-
-
-class _RawCapabilities(_Raw, title="capabilities"):
-    in_: list[Modality] = Field(default_factory=list, alias="in")
-    out: list[Modality] = Field(default_factory=list)
-    tools: bool = False
-    reranker: bool = False
-    context: int = Field(default=0, ge=0)
-
-
-class _RawAlias(_Raw, title="alias"):
-    """The mapping form of an alias: only ``id`` routes; the rest is display information."""
-
-    id: str
-    name: str | None = None
-    description: str | None = None
-    unlisted: bool | None = None
-
-
-class _RawModel(_Raw, title="model"):
-    """One model: the command that serves it and how to reach it."""
-
-    cmd: str = Field(description="command line; ${PORT}, ${MODEL_ID} and macros expand")
-    cmdStop: str = Field(default="", description="stop command; ${PID} is the process id")
-    proxy: str | None = Field(default=None, description="default http://127.0.0.1:${PORT}")
-    aliases: list[str | _RawAlias] = Field(default_factory=list, description="names, or {id, name, unlisted}")
-    env: list[str] = Field(default_factory=list, description="NAME=value entries")
-    checkEndpoint: str = Field(default="/health", description="readiness path, or none")
-    ttl: float = Field(default=-1.0, ge=-1, description="-1 = globalTTL, 0 = never")
-    unloadTimeout: float = Field(default=0.0, ge=0, description="0 = the global unloadTimeout")
-    unlisted: bool = False
-    useModelName: str = ""
-    name: str = ""
-    description: str = ""
-    concurrencyLimit: int = Field(default=0, ge=0, description="0 = 10")
-    filters: _RawFilters = _RawFilters()
-    macros: dict[str, Any] = Field(default_factory=dict)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    capabilities: dict[str, Any] | None = None
-    sendLoadingState: bool | None = None
-    timeouts: _RawTimeouts = _RawTimeouts()
-    apiKey: str = Field(default="", description="swapproxy: key sent to this upstream (Bearer and x-api-key)")
-
-
-class _RawBreaker(_Raw, title="circuitBreaker"):
-    """After ``failures`` start failures within ``window`` seconds, answer 503 at once."""
-
-    failures: int = Field(default=3, ge=0, description="0 disables the breaker")
-    window: float = Field(default=60.0, gt=0, description="seconds")
-
-
-class _RawConfig(_Raw, title="swapproxy config (llama-swap config.yaml format)"):
-    healthCheckTimeout: float = Field(default=120.0, gt=0, description="seconds to get ready")
-    logLevel: LogLevel = "info"
-    logToStdout: LogToStdout = "proxy"
-    startPort: int = Field(default=5800, ge=1, le=65535, description="first ${PORT}")
-    globalTTL: float = Field(default=0.0, ge=0, description="default model ttl; 0 = never unload")
-    unloadTimeout: float = Field(default=10.0, ge=0, description="seconds from stop to SIGKILL")
-    macros: dict[str, Any] = Field(default_factory=dict)
-    apiKeys: list[str] = Field(default_factory=list, description="keys for every route")
-    inferenceApiKeys: list[str] = Field(default_factory=list, description="swapproxy: keys for inference routes")
-    managementApiKeys: list[str] = Field(default_factory=list, description="swapproxy: keys for management routes")
-    sendLoadingState: bool = False
-    includeAliasesInList: bool = False
-    hooks: _RawHooks = _RawHooks()
-    groups: dict[str, _RawGroup] = Field(default_factory=dict)
-    routing: _RawRouting = _RawRouting()
-    models: dict[str, _RawModel]
-    defaultModel: str | None = Field(default=None, description="swapproxy: model if none named")
-    maxRequestBodyMB: float = Field(default=256.0, gt=0, description="swapproxy: body limit")
-    circuitBreaker: _RawBreaker = _RawBreaker()
-    stateDir: str | None = Field(default=None, description="swapproxy: pid records; default "
-                                 "$XDG_STATE_HOME/swapproxy; empty string = none")
-    logRequests: bool | None = Field(default=None, description="accepted, unused")
-    metricsMaxInMemory: int | None = Field(default=None, description="accepted, unused")
-    captureBuffer: float | None = Field(default=None, description="accepted, unused")
-    logTimeFormat: str | None = Field(default=None, description="accepted, unused")
-    performance: dict[str, Any] | None = Field(default=None, description="accepted, unused")
-    ui: dict[str, Any] | None = Field(default=None, description="accepted, unused")
-    store: dict[str, Any] | None = Field(default=None, description="accepted, unused")
-
-
-def json_schema() -> dict[str, Any]:
-    """JSON Schema of the YAML file as users write it (camelCase keys)."""
-    return _RawConfig.model_json_schema()
 
 
 # --------------------------------------------------------------------------- entry points
@@ -644,10 +493,10 @@ class _Loader:
 
     # ----- stage 4: schema
 
-    def validate(self, data: dict[Any, Any]) -> tuple[_RawConfig | None, dict[str, _RawModel],
+    def validate(self, data: dict[Any, Any]) -> tuple[RawConfig | None, dict[str, RawModel],
                                                       list[str]]:
         """Validate each model on its own, so one broken model hides nothing in the others."""
-        top, ids, models = dict(data), list[str](), dict[str, _RawModel]()
+        top, ids, models = dict(data), list[str](), dict[str, RawModel]()
         if isinstance(data.get("models"), dict):
             top["models"] = {}
             if not data["models"]:
@@ -657,9 +506,9 @@ class _Loader:
                     self.problem(("models", mid), "a model id must be a string; quote it")
                     continue
                 ids.append(mid)
-                if (checked := self.checked(_RawModel, model, ("models", mid))) is not None:
+                if (checked := self.checked(RawModel, model, ("models", mid))) is not None:
                     models[mid] = checked
-        return self.checked(_RawConfig, top, ()), models, ids
+        return self.checked(RawConfig, top, ()), models, ids
 
     def checked(self, schema: type[_M], data: Any, prefix: _KeyPath) -> _M | None:
         """Validate; on errors report them, then retry without the offending keys so that
@@ -731,7 +580,7 @@ class _Loader:
             done[name] = value
         return done
 
-    def build(self, raw: _RawConfig, raw_models: dict[str, _RawModel],
+    def build(self, raw: RawConfig, raw_models: dict[str, RawModel],
               ids: list[str]) -> Config | None:
         for key in _UI_ONLY_KEYS:
             if key in raw.model_fields_set:
@@ -803,7 +652,7 @@ class _Loader:
             self.environ.get("HOME") or os.path.expanduser("~"), ".local", "state")
         return os.path.join(base, "swapproxy")
 
-    def groups(self, raw: _RawConfig, ids: list[str]) -> tuple[list[GroupConfig],
+    def groups(self, raw: RawConfig, ids: list[str]) -> tuple[list[GroupConfig],
                                                                 list[tuple[_KeyPath, str]]]:
         """Both spellings of groups, then ``(default)`` for the models none of them lists."""
         newer = raw.routing.router.settings.groups
@@ -836,7 +685,7 @@ class _Loader:
             out.append(GroupConfig(DEFAULT_GROUP, members=rest))
         return out, unknown
 
-    def model(self, raw: _RawConfig, mid: str, m: _RawModel,
+    def model(self, raw: RawConfig, mid: str, m: RawModel,
               global_defs: Mapping[str, _MacroDef], next_port: int,
               group: str) -> tuple[ModelConfig, int]:
         base: _KeyPath = ("models", mid)
@@ -880,9 +729,9 @@ class _Loader:
         if m.capabilities is not None:
             capabilities = scope.value(m.capabilities, (*base, "capabilities"))
             try:
-                _RawCapabilities.model_validate(capabilities)
+                RawCapabilities.model_validate(capabilities)
             except ValidationError as exc:
-                self.translate(exc, (*base, "capabilities"), _RawCapabilities)
+                self.translate(exc, (*base, "capabilities"), RawCapabilities)
 
         model = ModelConfig(
             id=mid, cmd=cmd, cmd_stop=cmd_stop, proxy=self.proxy(scope, m, cmd, base),
@@ -922,7 +771,7 @@ class _Loader:
             self.problem(path, "the command is empty")
         return args
 
-    def proxy(self, scope: _Scope, m: _RawModel, cmd: tuple[str, ...], base: _KeyPath) -> str:
+    def proxy(self, scope: _Scope, m: RawModel, cmd: tuple[str, ...], base: _KeyPath) -> str:
         if m.proxy is not None:
             text = scope.user(m.proxy)
             if "${PORT}" in text and scope.port is None:
@@ -951,7 +800,7 @@ class _Loader:
             self.problem((*base, "proxy"), f"proxy must be an http(s):// URL (got {url!r})")
         return url.rstrip("/")
 
-    def filters(self, scope: _Scope, f: _RawFilters, base: _KeyPath) -> FiltersConfig:
+    def filters(self, scope: _Scope, f: RawFilters, base: _KeyPath) -> FiltersConfig:
         path = (*base, "stripParams")
         text = f.stripParams
         if f.strip_params is not None:

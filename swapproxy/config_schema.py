@@ -1,0 +1,173 @@
+"""The raw schema of swapproxy's config file: llama-swap's ``config.yaml`` keys as users write them.
+
+Pydantic models whose field names are the camelCase keys of the YAML file, with
+llama-swap's defaults. They only check types, ranges and unknown keys;
+:mod:`swapproxy.config` turns a validated :class:`RawConfig` into the resolved,
+frozen :class:`~swapproxy.config.Config` (macros, ports, groups, cross-checks).
+:func:`json_schema` is what ``swapproxy schema`` prints, for editors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["LogLevel", "LogToStdout", "Modality", "Raw", "RawAlias", "RawBreaker", "RawCapabilities", "RawConfig",
+           "RawFilters", "RawGroup", "RawHooks", "RawModel", "RawOnStartup", "RawRouter", "RawRouterSettings",
+           "RawRouting", "RawScheduler", "RawTimeouts", "json_schema"]
+
+LogLevel = Literal["debug", "info", "warn", "error"]
+LogToStdout = Literal["proxy", "upstream", "both", "none"]
+Modality = Literal["text", "audio", "image", "video"]
+
+
+class Raw(BaseModel):
+    """Base of every schema model: frozen, unknown keys refused, ``key:`` left empty means its default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        # `key:` with nothing after it means "the default", as it does for llama-swap
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+class RawGroup(Raw, title="group"):
+    """Models that swap together (llama-swap groups, see its issue #109)."""
+
+    swap: bool = Field(default=True, description="only one member runs at a time")
+    exclusive: bool = Field(default=True, description="running a member stops every other group")
+    persistent: bool = Field(default=False, description="other groups never stop these members")
+    members: list[str] = Field(description="model ids from `models`")
+
+
+class RawRouterSettings(Raw, title="router settings"):
+    groups: dict[str, RawGroup] = Field(default_factory=dict)
+
+
+class RawRouter(Raw, title="router"):
+    use: Literal["group"] = "group"
+    settings: RawRouterSettings = RawRouterSettings()
+
+
+class RawScheduler(Raw, title="scheduler"):
+    use: Literal["fifo"] = "fifo"
+
+
+class RawRouting(Raw, title="routing"):
+    router: RawRouter = RawRouter()
+    scheduler: RawScheduler = RawScheduler()
+
+
+class RawOnStartup(Raw, title="on_startup"):
+    preload: list[str] = Field(default_factory=list, description="model ids or aliases")
+
+
+class RawHooks(Raw, title="hooks"):
+    on_startup: RawOnStartup = RawOnStartup()
+
+
+class RawFilters(Raw, title="filters"):
+    stripParams: str = Field(default="", description="comma-separated request keys to delete")
+    strip_params: str | None = Field(default=None, description="older spelling of stripParams")
+    setParams: dict[str, Any] = Field(default_factory=dict, description="request keys to force")
+
+
+class RawTimeouts(Raw, title="timeouts"):
+    """Upstream connection timeouts in seconds; 0 disables one."""
+
+    connect: float = Field(default=30.0, ge=0)
+    responseHeader: float = Field(default=0.0, ge=0)
+    keepalive: float | None = Field(default=None, ge=0, description="accepted, unused")
+    tlsHandshake: float | None = Field(default=None, ge=0, description="accepted, unused")
+    idleConn: float | None = Field(default=None, ge=0, description="accepted, unused")
+    expectContinue: float | None = Field(default=None, ge=0, description="accepted, unused")
+
+
+class RawCapabilities(Raw, title="capabilities"):
+    in_: list[Modality] = Field(default_factory=list, alias="in")
+    out: list[Modality] = Field(default_factory=list)
+    tools: bool = False
+    reranker: bool = False
+    context: int = Field(default=0, ge=0)
+
+
+class RawAlias(Raw, title="alias"):
+    """The mapping form of an alias: only ``id`` routes; the rest is display information."""
+
+    id: str
+    name: str | None = None
+    description: str | None = None
+    unlisted: bool | None = None
+
+
+class RawModel(Raw, title="model"):
+    """One model: the command that serves it and how to reach it."""
+
+    cmd: str = Field(description="command line; ${PORT}, ${MODEL_ID} and macros expand")
+    cmdStop: str = Field(default="", description="stop command; ${PID} is the process id")
+    proxy: str | None = Field(default=None, description="default http://127.0.0.1:${PORT}")
+    aliases: list[str | RawAlias] = Field(default_factory=list, description="names, or {id, name, unlisted}")
+    env: list[str] = Field(default_factory=list, description="NAME=value entries")
+    checkEndpoint: str = Field(default="/health", description="readiness path, or none")
+    ttl: float = Field(default=-1.0, ge=-1, description="-1 = globalTTL, 0 = never")
+    unloadTimeout: float = Field(default=0.0, ge=0, description="0 = the global unloadTimeout")
+    unlisted: bool = False
+    useModelName: str = ""
+    name: str = ""
+    description: str = ""
+    concurrencyLimit: int = Field(default=0, ge=0, description="0 = 10")
+    filters: RawFilters = RawFilters()
+    macros: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    capabilities: dict[str, Any] | None = None
+    sendLoadingState: bool | None = None
+    timeouts: RawTimeouts = RawTimeouts()
+    apiKey: str = Field(default="", description="swapproxy: key sent to this upstream (Bearer and x-api-key)")
+
+
+class RawBreaker(Raw, title="circuitBreaker"):
+    """After ``failures`` start failures within ``window`` seconds, answer 503 at once."""
+
+    failures: int = Field(default=3, ge=0, description="0 disables the breaker")
+    window: float = Field(default=60.0, gt=0, description="seconds")
+
+
+class RawConfig(Raw, title="swapproxy config (llama-swap config.yaml format)"):
+    healthCheckTimeout: float = Field(default=120.0, gt=0, description="seconds to get ready")
+    logLevel: LogLevel = "info"
+    logToStdout: LogToStdout = "proxy"
+    startPort: int = Field(default=5800, ge=1, le=65535, description="first ${PORT}")
+    globalTTL: float = Field(default=0.0, ge=0, description="default model ttl; 0 = never unload")
+    unloadTimeout: float = Field(default=10.0, ge=0, description="seconds from stop to SIGKILL")
+    macros: dict[str, Any] = Field(default_factory=dict)
+    apiKeys: list[str] = Field(default_factory=list, description="keys for every route")
+    inferenceApiKeys: list[str] = Field(default_factory=list, description="swapproxy: keys for inference routes")
+    managementApiKeys: list[str] = Field(default_factory=list, description="swapproxy: keys for management routes")
+    sendLoadingState: bool = False
+    includeAliasesInList: bool = False
+    hooks: RawHooks = RawHooks()
+    groups: dict[str, RawGroup] = Field(default_factory=dict)
+    routing: RawRouting = RawRouting()
+    models: dict[str, RawModel]
+    defaultModel: str | None = Field(default=None, description="swapproxy: model if none named")
+    maxRequestBodyMB: float = Field(default=256.0, gt=0, description="swapproxy: body limit")
+    circuitBreaker: RawBreaker = RawBreaker()
+    stateDir: str | None = Field(default=None, description="swapproxy: pid records; default "
+                                 "$XDG_STATE_HOME/swapproxy; empty string = none")
+    logRequests: bool | None = Field(default=None, description="accepted, unused")
+    metricsMaxInMemory: int | None = Field(default=None, description="accepted, unused")
+    captureBuffer: float | None = Field(default=None, description="accepted, unused")
+    logTimeFormat: str | None = Field(default=None, description="accepted, unused")
+    performance: dict[str, Any] | None = Field(default=None, description="accepted, unused")
+    ui: dict[str, Any] | None = Field(default=None, description="accepted, unused")
+    store: dict[str, Any] | None = Field(default=None, description="accepted, unused")
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the YAML file as users write it (camelCase keys)."""
+    return RawConfig.model_json_schema()

@@ -453,15 +453,20 @@ def start_proxy(src: Path, config: Path, port: int, log: Path, profile: str | No
                                 stdin=subprocess.DEVNULL)
 
 
-def stop_proxy(proc: subprocess.Popen[bytes], upstream_pids: Sequence[int]) -> None:
-    """SIGTERM the proxy by pid (it stops its upstreams), SIGKILL what is left after a grace period."""
+def terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM ``proc`` by pid if it still runs; SIGKILL after ``grace`` seconds; always reaped."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def stop_proxy(proc: subprocess.Popen[bytes], upstream_pids: Sequence[int]) -> None:
+    """SIGTERM the proxy by pid (it stops its upstreams), SIGKILL what is left after a grace period."""
+    terminate(proc, 20)
     deadline = time.monotonic() + 5
     for pid in upstream_pids:
         while time.monotonic() < deadline:
@@ -1012,13 +1017,7 @@ def main() -> int:
         finally:
             stop_proxy(proc, list(pids.values()))
             for control in controls.values():
-                if control.poll() is None:
-                    control.send_signal(signal.SIGTERM)
-                    try:
-                        control.wait(timeout=5)
-                    except subprocess.TimeoutExpired:
-                        control.kill()
-                        control.wait()
+                terminate(control, 5)
         tail = log.read_text().strip()
 
     print(f"swapproxy bench_proxy ({plan.name} mode): direct vs through swapproxy, same upstream processes")

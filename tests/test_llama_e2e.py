@@ -84,8 +84,8 @@ async def test_openai_sdk_chat_stream_completions_embeddings(proxy_factory, llam
         await client.close()
 
 
-async def test_swap_between_chat_models_and_back(proxy_factory, llama) -> None:
-    proxy = await proxy_factory(e2e_config(llama))
+async def swap_there_and_back(proxy: Proxy) -> list[int | None]:
+    """chat-a, chat-b, chat-a through the SDK: each answers alone; the pids each one ran as."""
     client = sdk(proxy)
     try:
         pids = []
@@ -94,10 +94,16 @@ async def test_swap_between_chat_models_and_back(proxy_factory, llama) -> None:
             assert chat.choices[0].message.content is not None
             assert proxy.swapper.running() == [model]
             pids.append(proxy.pid(model))
-        assert len(set(pids)) == 3
-        assert pid_gone(pids[0]) and pid_gone(pids[1])
+        return pids
     finally:
         await client.close()
+
+
+async def test_swap_between_chat_models_and_back(proxy_factory, llama) -> None:
+    proxy = await proxy_factory(e2e_config(llama))
+    pids = await swap_there_and_back(proxy)
+    assert len(set(pids)) == 3
+    assert pid_gone(pids[0]) and pid_gone(pids[1])
 
 
 async def test_swap_with_fast_stop_as_in_the_example_config(proxy_factory, llama) -> None:
@@ -108,19 +114,11 @@ async def test_swap_with_fast_stop_as_in_the_example_config(proxy_factory, llama
     proxy = await proxy_factory(e2e_config(
         llama, **{"chat-a": {"cmd": f"{base} -c 1024", **fast}, "chat-b": {"cmd": f"{base} -c 768", **fast}}
     ))
-    client = sdk(proxy)
-    try:
-        pids = []
-        for name in ("chat-a", "chat-b", "chat-a"):
-            chat = await client.chat.completions.create(model=name, messages=USER, max_tokens=4)
-            assert chat.choices[0].message.content is not None
-            assert proxy.swapper.running() == [name]
-            pids.append(proxy.pid(name))
-        assert pid_gone(pids[0]) and pid_gone(pids[1])
-        # Killed by cmdStop's SIGKILL, not by SIGTERM after a wait.
-        assert proxy.swapper.slot("chat-b").process.exit_code == -9
-    finally:
-        await client.close()
+    pids = await swap_there_and_back(proxy)
+    assert len(set(pids)) == 3
+    assert pid_gone(pids[0]) and pid_gone(pids[1])
+    # Killed by cmdStop's SIGKILL, not by SIGTERM after a wait.
+    assert proxy.swapper.slot("chat-b").process.exit_code == -9
 
 
 async def test_native_completion_and_upstream_slots(proxy_factory, llama) -> None:

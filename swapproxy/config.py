@@ -158,6 +158,7 @@ class ModelConfig:
     send_loading_state: bool = False
     connect_timeout: float = 30.0  # 0 = none
     response_header_timeout: float = 0.0  # 0 = none
+    response_idle_timeout: float = 0.0  # swapproxy: 0 = none; no body progress for this long cuts the response
     port: int | None = None  # the ${PORT} assigned to this model
     group: str = DEFAULT_GROUP
     upstream_api_key: str | None = None  # swapproxy: sent upstream as Bearer / x-api-key
@@ -754,6 +755,7 @@ class _Loader:
                                 else m.sendLoadingState),
             connect_timeout=m.timeouts.connect,
             response_header_timeout=m.timeouts.responseHeader,
+            response_idle_timeout=m.timeouts.responseIdle,
             port=scope.port, group=group,
             upstream_api_key=scope.text(m.apiKey, (*base, "apiKey")) or None)
         return model, next_port

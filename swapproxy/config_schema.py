@@ -82,6 +82,8 @@ class RawTimeouts(Raw, title="timeouts"):
 
     connect: float = Field(default=30.0, ge=0)
     responseHeader: float = Field(default=0.0, ge=0)
+    responseIdle: float = Field(default=0.0, ge=0, description="swapproxy: once the response began, the longest "
+                                "the upstream may send nothing (or the client take nothing) before it is cut")
     keepalive: float | None = Field(default=None, ge=0, description="accepted, unused")
     tlsHandshake: float | None = Field(default=None, ge=0, description="accepted, unused")
     idleConn: float | None = Field(default=None, ge=0, description="accepted, unused")

@@ -295,7 +295,7 @@ async def _stream_with_loading_state(
                 complete = True
             else:
                 tap = TokenTap()
-                complete = await relay(upstream, resp, sse=True, on_chunk=tap)
+                complete = await relay(upstream, resp, sse=True, on_chunk=tap, idle=spec.response_idle_timeout)
                 _observe(request, spec, tap, True)
         finally:
             (upstream.release if complete else upstream.close)()

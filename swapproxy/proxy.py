@@ -162,21 +162,64 @@ def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
     return headers
 
 
+class _Stalled(Exception):
+    """No byte went from the upstream to the client within ``timeouts.responseIdle``."""
+
+
+async def _relay_watched(
+    upstream: aiohttp.ClientResponse, resp: web.StreamResponse, on_chunk: OnChunk | None, idle: float
+) -> None:
+    """:func:`relay`'s loop under an idle limit: each chunk passed on pushes the deadline back."""
+    loop = asyncio.get_running_loop()
+    deadline = asyncio.timeout(idle)
+    try:
+        async with deadline:
+            async for chunk in upstream.content.iter_any():
+                await resp.write(chunk)
+                if on_chunk is not None:
+                    on_chunk(chunk)
+                deadline.reschedule(loop.time() + idle)
+    except TimeoutError:
+        if not deadline.expired():  # an aiohttp timeout, not ours: handled as a broken upstream
+            raise
+        raise _Stalled(f"no data passed for {idle:g}s (timeouts.responseIdle)") from None
+
+
 async def relay(
-    upstream: aiohttp.ClientResponse, resp: web.StreamResponse, *, sse: bool, on_chunk: OnChunk | None = None
+    upstream: aiohttp.ClientResponse,
+    resp: web.StreamResponse,
+    *,
+    sse: bool,
+    on_chunk: OnChunk | None = None,
+    idle: float = 0.0,
 ) -> bool:
     """Copy the upstream body to ``resp`` chunk by chunk. False if the upstream broke off.
 
     ``on_chunk`` (e.g. the metrics' token tap) sees each chunk after it was written.
+    With ``idle`` > 0, a response that makes no progress for that many seconds (the
+    upstream sends nothing, or the client takes nothing) is cut, so that a hung
+    upstream does not hold its model, and every swap waiting on it, for ever.
     """
     try:
-        if on_chunk is None:  # two loops, so the common case pays nothing for the hook
+        if idle > 0:
+            await _relay_watched(upstream, resp, on_chunk, idle)
+        elif on_chunk is None:  # two loops, so the common case pays nothing for the hook
             async for chunk in upstream.content.iter_any():
                 await resp.write(chunk)
         else:
             async for chunk in upstream.content.iter_any():
                 await resp.write(chunk)
                 on_chunk(chunk)
+    except _Stalled as exc:
+        logger.warning("upstream %s: response cut, %s", upstream.url, exc)
+        if sse:
+            event = envelope(f"response cut: {exc}", "upstream_error", "upstream_timeout")
+            try:  # the client may be the one not reading: do not wait on it again
+                async with asyncio.timeout(1.0):
+                    await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            except (ConnectionError, TimeoutError):
+                pass
+        return False
     except ConnectionResetError:
         # Writing to our client failed: it went away (aiohttp's ClientConnectionResetError is
         # also a ClientConnectionError, so this must come first). Not the upstream's fault.
@@ -199,10 +242,20 @@ async def _small_response(
     upstream: aiohttp.ClientResponse, spec: ModelConfig, on_chunk: OnChunk | None
 ) -> web.Response:
     """A small body of known length goes out with its headers in one write, not two."""
+    idle = spec.response_idle_timeout
     try:
-        body = await upstream.read()
+        if idle > 0:
+            async with asyncio.timeout(idle):
+                body = await upstream.read()
+        else:
+            body = await upstream.read()
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
         upstream.close()
+        if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError):  # our own idle limit
+            raise UpstreamTimeout(
+                f"model '{spec.id}': upstream {spec.proxy} sent its headers, then not its whole body within "
+                f"{idle:g}s (timeouts.responseIdle)"
+            ) from None
         raise UpstreamUnreachable(
             f"model '{spec.id}': upstream {spec.proxy} broke off mid-response: {exc.__class__.__name__}"
         ) from None
@@ -235,7 +288,8 @@ async def forward(
         if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
             resp.content_length = upstream.content_length
         await resp.prepare(request)
-        complete = await relay(upstream, resp, sse=upstream.content_type == "text/event-stream", on_chunk=on_chunk)
+        complete = await relay(upstream, resp, sse=upstream.content_type == "text/event-stream", on_chunk=on_chunk,
+                               idle=spec.response_idle_timeout)
         if complete:
             await resp.write_eof()
         else:

@@ -142,6 +142,44 @@ async def test_client_disconnect_reaches_the_upstream(proxy_factory) -> None:
     await wait_until(lambda: proxy.swapper.slot("m").inflight == 0, what="lease released")
 
 
+async def test_a_stalled_stream_is_cut_after_response_idle(proxy_factory) -> None:
+    proxy = await proxy_factory(make_config(one("m", "--tokens", "50", timeouts={"responseIdle": 0.5})))
+    port = proxy.swapper.slot("m").process.spec.port
+    body = {"model": "m", "messages": [], "stream": True, "x_gate": True}
+    async with proxy.http.post(proxy.url + "/v1/chat/completions", json=body) as resp:
+        first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)
+        assert b'"choices"' in first
+        # The fake now waits at its gate and sends nothing: swapproxy cuts the stream.
+        last = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)
+        error = json.loads(last.removeprefix(b"data: "))["error"]
+        assert error["code"] == "upstream_timeout" and "responseIdle" in error["message"]
+        try:  # and the body is left unterminated: a broken response, not a short one
+            rest = await asyncio.wait_for(resp.content.read(), 5)
+            assert b"[DONE]" not in rest
+        except aiohttp.ClientPayloadError:
+            pass
+
+    async def upstream_saw_it() -> bool:
+        async with proxy.http.get(f"http://127.0.0.1:{port}/debug/stats") as r:
+            stats = await r.json()
+        return stats["cancelled_streams"] == 1 and stats["active_streams"] == 0
+
+    await wait_until(upstream_saw_it, 5, "the upstream to see its connection closed")
+    await wait_until(lambda: proxy.swapper.slot("m").inflight == 0, what="lease released")
+
+
+async def test_response_idle_counts_from_the_last_chunk_not_the_start(proxy_factory) -> None:
+    # 10 tokens at 5/s: the whole stream takes ~2 s, four times the idle limit, each gap 0.2 s.
+    proxy = await proxy_factory(make_config(one("m", "--tokens", "10", "--token-rate", "5",
+                                                timeouts={"responseIdle": 0.5})))
+    body = {"model": "m", "messages": [], "stream": True}
+    async with proxy.http.post(proxy.url + "/v1/chat/completions", json=body) as resp:
+        text = (await asyncio.wait_for(resp.read(), 15)).decode()
+    assert "upstream_timeout" not in text
+    assert text.rstrip().endswith("data: [DONE]")
+    assert all(f"tok{i} " in text for i in range(10))
+
+
 async def test_multipart_routes_by_form_field_and_streams_the_file(proxy_factory) -> None:
     proxy = await proxy_factory(make_config(one("whisper")))
     payload = os.urandom(3 * 1024 * 1024)

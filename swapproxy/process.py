@@ -59,13 +59,21 @@ _PR_SET_PDEATHSIG = 1
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
+#: prctl(2), looked up once here: the preexec_fn below runs in a child forked from a process
+#: with threads, where loading a library (dlopen's lock) is not safe; calling it is.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
 def _child_setup(parent_pid: int) -> Callable[[], None]:
-    """preexec_fn: die with the parent (Linux), and catch a parent already gone."""
+    """preexec_fn: die with the parent (Linux), and catch a parent already gone.
+
+    It only calls prctl and getppid: no imports, no library loading, no locks.
+    """
+    prctl = _prctl
 
     def setup() -> None:
-        if sys.platform.startswith("linux"):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent_pid:  # the parent died between fork and prctl
             os._exit(1)
 

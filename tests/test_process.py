@@ -194,37 +194,68 @@ from swapproxy.guardian import Guardian
 from swapproxy.process import ManagedProcess
 
 async def main():
-    guardian = Guardian(); await guardian.start()
+    guardian = None
+    if {with_guardian!r}:
+        guardian = Guardian(); await guardian.start()
     config = make_config({{"m": {{"cmd": fake_cmd("--fork-grandchild")}}}})
-    proc = ManagedProcess(config.models["m"], trackers=[guardian])
+    proc = ManagedProcess(config.models["m"], trackers=[guardian] if guardian else [])
     await proc.start()
     grand = [l for l in proc.log.tail() if l.startswith("grandchild pid ")][0].split()[-1]
-    print(json.dumps({{"child": proc.pid, "grandchild": int(grand), "guardian": guardian.pid}}), flush=True)
+    pids = {{"child": proc.pid, "grandchild": int(grand)}}
+    if guardian:
+        pids["guardian"] = guardian.pid
+    print(json.dumps(pids), flush=True)
     await asyncio.Event().wait()
 
 asyncio.run(main())
 """
 
 
-async def test_sigkilled_parent_leaves_no_orphan() -> None:
+def _start_parent(with_guardian: bool) -> subprocess.Popen[str]:
     tests = Path(__file__).resolve().parent
-    script = PARENT.format(root=str(tests.parent), tests=str(tests))
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    script = PARENT.format(root=str(tests.parent), tests=str(tests), with_guardian=with_guardian)
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+
+
+async def _parent_pids(parent: subprocess.Popen[str]) -> dict[str, int]:
+    assert parent.stdout is not None
+    line = await asyncio.wait_for(asyncio.to_thread(parent.stdout.readline), 20)
+    pids: dict[str, int] = json.loads(line)
+    for pid in pids.values():
+        assert psutil.pid_exists(pid)
+    return pids
+
+
+async def test_sigkilled_parent_leaves_no_orphan() -> None:
+    parent = _start_parent(with_guardian=True)
     try:
-        assert parent.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(parent.stdout.readline), 20)
-        pids = json.loads(line)
-        for pid in pids.values():
-            assert psutil.pid_exists(pid)
+        pids = await _parent_pids(parent)
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(5)
-        await wait_gone(pids["child"], 5)
-        await wait_gone(pids["grandchild"], 5)
-        await wait_gone(pids["guardian"], 5)
+        for pid in pids.values():  # child, grandchild and the guardian itself
+            await wait_gone(pid, 15)
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+async def test_parent_death_signal_alone_takes_the_child() -> None:
+    """Without a guardian, PR_SET_PDEATHSIG (set in the preexec hook) still kills the direct child."""
+    parent = _start_parent(with_guardian=False)
+    pids: dict[str, int] = {}
+    try:
+        pids = await _parent_pids(parent)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(5)
+        await wait_gone(pids["child"], 15)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in pids.values():  # whatever outlived the parent (the grandchild: no guardian here)
+            if not pid_gone(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 async def test_upstream_env_is_parents_plus_models_without_our_keys(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -116,6 +116,11 @@ async def running(request: web.Request) -> web.Response:
 
 
 # -- load / unload -----------------------------------------------------------------------------
+def _force(request: web.Request) -> bool:
+    """``?force=1`` (swapproxy addition): stop at once, cutting the requests in flight."""
+    return request.query.get("force", "").lower() in ("1", "true", "yes")
+
+
 def _exact_model(request: web.Request) -> str | None:
     """The model the whole ``{model}`` match names, or None (then it is a passthrough path)."""
     return request.app[SWAPPER].config.resolve(request.match_info["model"])
@@ -123,7 +128,7 @@ def _exact_model(request: web.Request) -> str | None:
 
 @api(tag="models")
 async def upstream_unload(request: web.Request) -> web.StreamResponse:
-    """Stop a model (after its in-flight requests finish).
+    """Stop a model (after its in-flight requests finish; at once with ?force=1).
 
     Not running: 200 with {"status": "error"} (llama-swap's shape). A path below a model
     (DELETE /upstream/{model}/x) is passed through to that model's server instead.
@@ -131,7 +136,7 @@ async def upstream_unload(request: web.Request) -> web.StreamResponse:
     model_id = _exact_model(request)
     if model_id is None:
         return await upstream_passthrough(request)
-    if await request.app[SWAPPER].unload(model_id, "unloaded via API"):
+    if await request.app[SWAPPER].unload(model_id, "unloaded via API", force=_force(request)):
         return web.json_response({"status": "ok", "message": f"{model_id} stopped"})
     return web.json_response({"status": "error", "message": f"{model_id} is not running"})
 
@@ -151,16 +156,16 @@ async def upstream_load(request: web.Request) -> web.StreamResponse:
 
 @api(tag="models")
 async def unload_all(request: web.Request) -> web.Response:
-    """Stop every model (llama-swap's GET /unload and POST /api/models/unload)."""
-    stopped = await request.app[SWAPPER].unload_all("unloaded via API")
+    """Stop every model (llama-swap's GET /unload and POST /api/models/unload); ?force=1: at once."""
+    stopped = await request.app[SWAPPER].unload_all("unloaded via API", force=_force(request))
     return web.json_response({"status": "ok", "message": f"stopped {len(stopped)} model(s)", "stopped": stopped})
 
 
 @api(tag="models")
 async def unload_one(request: web.Request) -> web.Response:
-    """Stop one model (llama-swap's POST /api/models/unload/{model})."""
+    """Stop one model (llama-swap's POST /api/models/unload/{model}); ?force=1: at once."""
     model_id = resolve_model(request.app[SWAPPER].config, request.match_info["model"])
-    if await request.app[SWAPPER].unload(model_id, "unloaded via API"):
+    if await request.app[SWAPPER].unload(model_id, "unloaded via API", force=_force(request)):
         return web.json_response({"status": "ok", "message": f"{model_id} stopped"})
     return web.json_response({"status": "error", "message": f"{model_id} is not running"})
 

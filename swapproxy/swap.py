@@ -275,16 +275,18 @@ class Swapper:
             if slot.evictors == 0:
                 slot.not_evicting.set()
 
-    async def _drain_and_stop(self, victims: list[ModelSlot], reason: str) -> None:
+    async def _drain_and_stop(self, victims: list[ModelSlot], reason: str, *, drain: bool = True) -> None:
         """Wait for the (marked) victims' in-flight requests, then stop them; unmark at the end.
 
-        Cancelling this (the client left) does not cancel a stop already under way; a
-        process still STOPPING counts as active, so the next swap waits for it too.
+        ``drain=False`` (a forced unload) stops them at once: their in-flight requests
+        see the upstream go and end with an error. Cancelling this (the client left)
+        does not cancel a stop already under way; a process still STOPPING counts as
+        active, so the next swap waits for it too.
         """
         if not victims:
             return
         try:
-            for slot in victims:
+            for slot in victims if drain else ():
                 await slot.idle.wait()
             logger.info("%s: stopping %s", reason, ", ".join(s.process.name for s in victims))
             await asyncio.gather(*(slot.process.stop(reason) for slot in victims))
@@ -295,8 +297,12 @@ class Swapper:
         for listener in self.swap_listeners:
             listener(reason, [s.process.name for s in victims])
 
-    async def unload(self, model_id: str, reason: str = "unload") -> bool:
-        """Stop one model once its in-flight requests finish. False if it was not running."""
+    async def unload(self, model_id: str, reason: str = "unload", *, force: bool = False) -> bool:
+        """Stop one model once its in-flight requests finish (at once with ``force``).
+
+        False if it was not running. A forced unload cuts the requests in flight: an
+        operator's way to free a GPU from a runaway generation now.
+        """
         slot = self.slot(model_id)
         if not slot.active and slot.process.state is not ProcessState.FAILED:
             return False
@@ -305,13 +311,15 @@ class Swapper:
                 await slot.process.stop(reason)
                 return True
             self._mark([slot])
-        await self._drain_and_stop([slot], reason)  # a long drain does not hold the lock
+        if force and slot.inflight:
+            logger.warning("%s: forced, cutting %d request(s) in flight on %s", reason, slot.inflight, model_id)
+        await self._drain_and_stop([slot], reason, drain=not force)  # a long drain does not hold the lock
         return True
 
-    async def unload_all(self, reason: str = "unload") -> list[str]:
+    async def unload_all(self, reason: str = "unload", *, force: bool = False) -> list[str]:
         stopped = []
         for model_id in list(self.slots):
-            if await self.unload(model_id, reason):
+            if await self.unload(model_id, reason, force=force):
                 stopped.append(model_id)
         return stopped
 

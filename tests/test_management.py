@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conftest import Proxy, fake_cmd, make_config, start_proxy
+from conftest import Proxy, fake_cmd, make_config, pid_gone, start_proxy, wait_until
 
 from swapproxy import __version__
 from swapproxy.app import CONFIG, EVENTS
@@ -143,6 +143,34 @@ async def test_llama_swap_unload_routes(proxy_factory) -> None:
     status, body = await call(proxy, "POST", "/api/models/unload")
     assert (status, body["stopped"]) == (200, ["a"])
     assert proxy.swapper.running() == []
+
+
+async def test_unload_waits_for_a_stream_unless_forced(proxy_factory) -> None:
+    proxy = await proxy_factory(make_config({"m": fake("m", "--tokens", "50")}))
+    port = proxy.swapper.slot("m").process.spec.port
+    body = {"model": "m", "messages": [], "stream": True, "x_gate": True}
+    async with proxy.http.post(proxy.url + "/v1/chat/completions", json=body) as resp:
+        await asyncio.wait_for(resp.content.readuntil(b"\n\n"), TIMEOUT)
+        pid = proxy.pid("m")
+        # A plain unload waits for the stream (parked at the fake's gate) to finish...
+        plain = asyncio.ensure_future(call(proxy, "POST", "/api/models/unload/m"))
+        await wait_until(lambda: proxy.swapper.slot("m").evicting, TIMEOUT, "the unload to be under way")
+        async with proxy.http.get(f"http://127.0.0.1:{port}/debug/stats") as r:
+            assert (await r.json())["active_streams"] == 1
+        assert not plain.done() and proxy.pid("m") == pid
+        # ...a forced one does not: the model stops and the stream is cut.
+        forced = await asyncio.wait_for(call(proxy, "POST", "/api/models/unload/m?force=1"), TIMEOUT)
+        assert forced == (200, {"status": "ok", "message": "m stopped"})
+        assert pid is not None and pid_gone(pid)
+        try:
+            rest = await asyncio.wait_for(resp.content.read(), TIMEOUT)
+            assert b"[DONE]" not in rest
+        except aiohttp.ClientPayloadError:
+            pass  # the body was left unterminated: a broken response, as after a crash
+    assert (await asyncio.wait_for(plain, TIMEOUT))[0] == 200
+    await wait_until(lambda: proxy.swapper.slot("m").inflight == 0, TIMEOUT, "the cut request's lease released")
+    assert proxy.swapper.running() == []
+    assert (await proxy.chat("m"))[0] == 200  # and the model starts again on demand
 
 
 # -- llama.cpp router mode ----------------------------------------------------------------------

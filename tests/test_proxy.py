@@ -131,14 +131,19 @@ async def test_client_disconnect_reaches_the_upstream(proxy_factory) -> None:
     resp = await proxy.http.post(proxy.url + "/v1/chat/completions", json=body)
     await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)
     resp.close()  # the client goes away mid-stream
+    # The fake is parked at its gate; only the closed connection can end its handler.
+    await upstream_sees_its_stream_cut(proxy, port)
+
+
+async def upstream_sees_its_stream_cut(proxy: Proxy, port: int) -> None:
+    """The fake on ``port`` saw its one stream's connection close, and model m's lease is back."""
 
     async def upstream_saw_it() -> bool:
         async with proxy.http.get(f"http://127.0.0.1:{port}/debug/stats") as r:
             stats = await r.json()
         return stats["cancelled_streams"] == 1 and stats["active_streams"] == 0
 
-    # The fake is parked at its gate; only the closed connection can end its handler.
-    await wait_until(upstream_saw_it, 5, "the upstream to see the client leave")
+    await wait_until(upstream_saw_it, 5, "the upstream to see its connection closed")
     await wait_until(lambda: proxy.swapper.slot("m").inflight == 0, what="lease released")
 
 
@@ -158,14 +163,7 @@ async def test_a_stalled_stream_is_cut_after_response_idle(proxy_factory) -> Non
             assert b"[DONE]" not in rest
         except aiohttp.ClientPayloadError:
             pass
-
-    async def upstream_saw_it() -> bool:
-        async with proxy.http.get(f"http://127.0.0.1:{port}/debug/stats") as r:
-            stats = await r.json()
-        return stats["cancelled_streams"] == 1 and stats["active_streams"] == 0
-
-    await wait_until(upstream_saw_it, 5, "the upstream to see its connection closed")
-    await wait_until(lambda: proxy.swapper.slot("m").inflight == 0, what="lease released")
+    await upstream_sees_its_stream_cut(proxy, port)
 
 
 async def test_response_idle_counts_from_the_last_chunk_not_the_start(proxy_factory) -> None:

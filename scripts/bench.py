@@ -87,6 +87,7 @@ from typing import Any
 
 import aiohttp
 import psutil  # type: ignore[import-untyped]
+from ports import free_ports  # scripts/ is on sys.path: this file's own directory
 
 from bench_proxy import (  # scripts/ is on sys.path: this file's own directory
     _CHAT_BODY,
@@ -396,20 +397,6 @@ def raw_req(data: bytes) -> Callable[[Pool], Awaitable[bool]]:
 # --------------------------------------------------------------------------- #
 # Process bookkeeping
 # --------------------------------------------------------------------------- #
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports that are free right now (held open together while choosing)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def tree(pid: int) -> list[psutil.Process]:

@@ -72,7 +72,6 @@ import math
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -85,6 +84,7 @@ from typing import Any
 
 import aiohttp
 import psutil  # type: ignore[import-untyped]
+from ports import free_port_block  # scripts/ is on sys.path: this file's own directory
 
 ROOT = Path(__file__).resolve().parents[1]
 THIS = Path(__file__).resolve()
@@ -382,23 +382,6 @@ def fake_cmd(*flags: str) -> str:
     """A model cmd running the fake llama-server on ${PORT} (as tests/conftest.py's fake_cmd)."""
     return " ".join([PY, str(FAKE), "--port", "${PORT}", *flags])
 
-
-def free_port_block(n: int) -> int:
-    """A first port with `n` consecutive ports free right now."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n >= 65000:
-            continue
-        try:
-            for port in range(base, base + n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no block of free ports")
 
 
 def write_config(plan: Plan, directory: Path) -> tuple[Path, int, dict[str, str]]:

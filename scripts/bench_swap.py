@@ -28,7 +28,6 @@ import asyncio
 import os
 import shlex
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -36,17 +35,12 @@ import time
 from pathlib import Path
 
 import aiohttp
+from ports import free_port, free_ports  # scripts/ is on sys.path: this file's own directory
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("SWAPPROXY_CACHE", Path.home() / ".cache" / "swapproxy"))
 SERVER = CACHE / "bin" / "llama-server"
 MODEL = CACHE / "models" / "gemma-3-270m-q4_k_m.gguf"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_http(http: aiohttp.ClientSession, url: str, timeout: float = 120) -> None:
@@ -123,7 +117,7 @@ async def bench(rounds: int, args: list[str], workdir: Path) -> None:
 
     cfg = write_config(workdir / "swapproxy.yaml", "")
     fast_cfg = write_config(workdir / "swapproxy-fast.yaml", "    cmdStop: kill -KILL ${PID}\n")
-    router_port, proxy_port, fast_port = free_port(), free_port(), free_port()
+    router_port, proxy_port, fast_port = free_ports(3)
     router = await spawn(
         str(SERVER), "--models-dir", str(models_dir), "--models-max", "1", "--host", "127.0.0.1",
         "--port", str(router_port), *args, log=workdir / "router.log",

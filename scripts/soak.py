@@ -61,7 +61,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -73,6 +72,7 @@ from typing import Any
 
 import aiohttp
 import psutil
+from ports import free_port, free_port_block  # scripts/ is on sys.path: this file's own directory
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "fake_llama_server.py"
@@ -178,28 +178,6 @@ def make_plan(opts: SoakOptions) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- #
 # swapproxy as a subprocess
 # --------------------------------------------------------------------------- #
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_block(n: int) -> int:
-    """A base port with ``n`` consecutive ports free right now."""
-    for _ in range(200):
-        base = free_port()
-        if base + n >= 65000:
-            continue
-        try:
-            for port in range(base, base + n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no block of free ports")
 
 
 def limits(opts: SoakOptions) -> tuple[int, int]:

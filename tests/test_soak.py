@@ -21,6 +21,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "soak.py"
 
 
 def _load_soak() -> ModuleType:
+    if str(SCRIPT.parent) not in sys.path:  # as when it runs as a script: its helpers sit beside it
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("swapproxy_soak_script", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

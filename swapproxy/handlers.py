@@ -33,7 +33,7 @@ from .config import Config, ModelConfig
 from .errors import BadRequest, ModelNotFound, NotFound, PayloadTooLarge, SwapProxyError, envelope
 from .metrics import TokenTap
 from .openapi import api
-from .proxy import forward, open_upstream, relay, request_headers
+from .proxy import drop_client, forward, open_upstream, relay, request_headers
 from .routing import (
     find_multipart_field,
     model_from_json,
@@ -299,7 +299,10 @@ async def _stream_with_loading_state(
                 _observe(request, spec, tap, True)
         finally:
             (upstream.release if complete else upstream.close)()
-        await resp.write_eof()
+        if complete:
+            await resp.write_eof()
+        else:
+            drop_client(request)  # never wait on a client that may be the one not reading
         return resp
     finally:
         lease.release()

@@ -116,9 +116,16 @@ async def running(request: web.Request) -> web.Response:
 
 
 # -- load / unload -----------------------------------------------------------------------------
+_FORCE_QUERY = [("force", "swapproxy: 1 = stop at once, cutting the requests in flight (default 0: wait for them)")]
+_TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
+
+
 def _force(request: web.Request) -> bool:
     """``?force=1`` (swapproxy addition): stop at once, cutting the requests in flight."""
-    return request.query.get("force", "").lower() in ("1", "true", "yes")
+    value = request.query.get("force", "").lower()
+    if value not in _TRUE + _FALSE:
+        raise BadRequest(f"force must be 1 or 0 (true/false), not {value!r}", param="force")
+    return value in _TRUE
 
 
 def _exact_model(request: web.Request) -> str | None:
@@ -126,7 +133,7 @@ def _exact_model(request: web.Request) -> str | None:
     return request.app[SWAPPER].config.resolve(request.match_info["model"])
 
 
-@api(tag="models")
+@api(tag="models", query=_FORCE_QUERY)
 async def upstream_unload(request: web.Request) -> web.StreamResponse:
     """Stop a model (after its in-flight requests finish; at once with ?force=1).
 
@@ -154,14 +161,14 @@ async def upstream_load(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok", "message": f"{model_id} is ready"})
 
 
-@api(tag="models")
+@api(tag="models", query=_FORCE_QUERY)
 async def unload_all(request: web.Request) -> web.Response:
     """Stop every model (llama-swap's GET /unload and POST /api/models/unload); ?force=1: at once."""
     stopped = await request.app[SWAPPER].unload_all("unloaded via API", force=_force(request))
     return web.json_response({"status": "ok", "message": f"stopped {len(stopped)} model(s)", "stopped": stopped})
 
 
-@api(tag="models")
+@api(tag="models", query=_FORCE_QUERY)
 async def unload_one(request: web.Request) -> web.Response:
     """Stop one model (llama-swap's POST /api/models/unload/{model}); ?force=1: at once."""
     model_id = resolve_model(request.app[SWAPPER].config, request.match_info["model"])

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import struct
 from collections.abc import AsyncIterable, Callable
 from typing import Any
 
@@ -29,7 +31,7 @@ from yarl import URL
 from .config import ModelConfig
 from .errors import BadRequest, UpstreamTimeout, UpstreamUnreachable, envelope
 
-__all__ = ["make_client_session", "open_upstream", "relay", "forward", "HOP_BY_HOP"]
+__all__ = ["make_client_session", "open_upstream", "relay", "forward", "drop_client", "HOP_BY_HOP"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ Body = bytes | AsyncIterable[bytes] | None
 #: (headers and body together); anything larger, or of unknown length, streams.
 SMALL_BODY = 64 * 1024
 OnChunk = Callable[[bytes], None]
+#: After a broken response, how long the client gets to read what is still buffered for it
+#: (the error event) before its connection is dropped anyway.
+FLUSH_GRACE = 5.0
 #: One ClientTimeout per connect limit in use (made once, not per request).
 _TIMEOUTS: dict[float | None, aiohttp.ClientTimeout] = {}
 
@@ -162,6 +167,32 @@ def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
     return headers
 
 
+def drop_client(request: web.Request) -> None:
+    """Close the client's connection with its body unterminated: a broken response, not a short one.
+
+    What is still buffered for the client (an error event) goes first if it reads it
+    within :data:`FLUSH_GRACE` seconds; one that does not read is then reset, not kept for ever.
+    """
+    transport = request.transport
+    if transport is None:
+        return
+    transport.close()
+    if transport.get_write_buffer_size():
+        asyncio.get_running_loop().call_later(FLUSH_GRACE, _reset, transport)
+
+
+def _reset(transport: asyncio.BaseTransport) -> None:
+    """Drop a connection now: RST, not a FIN that waits (in the kernel) behind unread data."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:  # already closed (the client read it all in time): nothing to reset
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (OSError, AttributeError):
+            pass
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+
+
 class _Stalled(Exception):
     """No byte went from the upstream to the client within ``timeouts.responseIdle``."""
 
@@ -243,15 +274,16 @@ async def _small_response(
 ) -> web.Response:
     """A small body of known length goes out with its headers in one write, not two."""
     idle = spec.response_idle_timeout
+    deadline = asyncio.timeout(idle) if idle > 0 else None  # none at all on the common path
     try:
-        if idle > 0:
-            async with asyncio.timeout(idle):
-                body = await upstream.read()
-        else:
+        if deadline is None:
             body = await upstream.read()
+        else:
+            async with deadline:
+                body = await upstream.read()
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
         upstream.close()
-        if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError):  # our own idle limit
+        if deadline is not None and deadline.expired():  # our own limit, not an aiohttp timeout
             raise UpstreamTimeout(
                 f"model '{spec.id}': upstream {spec.proxy} sent its headers, then not its whole body within "
                 f"{idle:g}s (timeouts.responseIdle)"
@@ -293,9 +325,7 @@ async def forward(
         if complete:
             await resp.write_eof()
         else:
-            # Leave the body unterminated so the client sees a broken response, not a short one.
-            if request.transport is not None:
-                request.transport.close()
+            drop_client(request)
         return resp
     finally:
         if complete:

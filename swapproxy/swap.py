@@ -301,16 +301,22 @@ class Swapper:
         """Stop one model once its in-flight requests finish (at once with ``force``).
 
         False if it was not running. A forced unload cuts the requests in flight: an
-        operator's way to free a GPU from a runaway generation now.
+        operator's way to free a GPU from a runaway generation now. It does not queue
+        for the swap lock either (a swap may hold it while it drains a long request);
+        marking needs no lock, as it does not wait. A request that had reserved the
+        model but not started it yet starts it again afterwards.
         """
         slot = self.slot(model_id)
         if not slot.active and slot.process.state is not ProcessState.FAILED:
             return False
-        async with self._lock:
-            if slot.process.state is ProcessState.FAILED:
-                await slot.process.stop(reason)
-                return True
+        if force:
             self._mark([slot])
+        else:
+            async with self._lock:
+                if slot.process.state is ProcessState.FAILED:
+                    await slot.process.stop(reason)
+                    return True
+                self._mark([slot])
         if force and slot.inflight:
             logger.warning("%s: forced, cutting %d request(s) in flight on %s", reason, slot.inflight, model_id)
         await self._drain_and_stop([slot], reason, drain=not force)  # a long drain does not hold the lock

@@ -63,6 +63,8 @@ Test hooks (not in llama-server):
   including 503s while loading), ``active_streams``, ``cancelled_streams``,
   ``completed_streams``, ``last_headers`` and a few more counters.
 * ``GET /debug/pid``: ``{"pid": ...}``.
+* ``POST /v1/debug/stall``: headers with ``Content-Length: 100``, the first 10
+  bytes of the body, then nothing until the client goes away.
 
 With ``--api-key`` every route needs ``Authorization: Bearer KEY`` except
 ``/health``, ``/v1/health`` and the control hooks ``/debug/stats``,
@@ -393,6 +395,7 @@ class FakeLlamaServer:
         r.add_route("*", "/debug/echo", self.echo)
         r.add_route("*", "/debug/echo/{tail:.*}", self.echo)
         r.add_post("/v1/debug/echo", self.echo)
+        r.add_post("/v1/debug/stall", self.stall)
         r.add_post("/debug/release", self.release)
         r.add_get("/debug/stats", self.debug_stats)
         r.add_get("/debug/pid", self.debug_pid)
@@ -873,6 +876,16 @@ class FakeLlamaServer:
             "body_b64": base64.b64encode(body).decode("ascii"),
             "pid": os.getpid(),
         })
+
+    async def stall(self, request: web.Request) -> web.StreamResponse:
+        """A small known-length body that stops after its first bytes (and never ends)."""
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = 100
+        await resp.prepare(request)
+        await resp.write(b'{"partial"')
+        await asyncio.Event().wait()  # until the client goes away (the handler is cancelled)
+        return resp
 
     async def release(self, request: web.Request) -> web.Response:
         """Give gated streams ``n`` (default 1) more events."""

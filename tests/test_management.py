@@ -171,6 +171,9 @@ async def test_unload_waits_for_a_stream_unless_forced(proxy_factory) -> None:
     await wait_until(lambda: proxy.swapper.slot("m").inflight == 0, TIMEOUT, "the cut request's lease released")
     assert proxy.swapper.running() == []
     assert (await proxy.chat("m"))[0] == 200  # and the model starts again on demand
+    status, body = await call(proxy, "POST", "/api/models/unload/m?force=maybe")
+    assert status == 400 and body["error"]["param"] == "force"
+    assert proxy.swapper.running() == ["m"]  # a value it does not understand stops nothing
 
 
 # -- llama.cpp router mode ----------------------------------------------------------------------
@@ -343,6 +346,9 @@ async def test_info_version_and_openapi_cover_every_route(proxy_factory) -> None
     assert ops["summary"].startswith("Start a model") and ops["parameters"][0]["name"] == "model"
     assert doc["paths"]["/models/load"]["post"]["requestBody"]["content"]["application/json"]["example"] == {
         "model": "my-model"}
+    unload = doc["paths"]["/api/models/unload/{model}"]["post"]
+    assert {"name": "force", "in": "query"}.items() <= next(
+        p for p in unload["parameters"] if p["name"] == "force").items()
 
     async with proxy.http.get(proxy.url + "/swagger") as resp:
         assert resp.status == 200 and resp.content_type == "text/html"

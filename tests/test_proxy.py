@@ -7,10 +7,15 @@ import base64
 import hashlib
 import json
 import os
+import socket
+from urllib.parse import urlsplit
 
 import aiohttp
+import pytest
 
 from conftest import PY, Proxy, fake_cmd, make_config, wait_until
+
+from swapproxy import proxy as proxy_module
 
 
 def one(model: str = "m", *flags: str, **extra: object) -> dict[str, dict[str, object]]:
@@ -164,6 +169,66 @@ async def test_a_stalled_stream_is_cut_after_response_idle(proxy_factory) -> Non
         except aiohttp.ClientPayloadError:
             pass
     await upstream_sees_its_stream_cut(proxy, port)
+
+
+async def test_a_small_body_that_stalls_gets_504_after_response_idle(proxy_factory) -> None:
+    proxy = await proxy_factory(make_config(one("m", timeouts={"responseIdle": 0.5})))
+    # The fake sends Content-Length: 100, ten bytes, then nothing.
+    async with proxy.http.post(proxy.url + "/v1/debug/stall", json={"model": "m"}) as resp:
+        assert resp.status == 504
+        error = (await resp.json())["error"]
+    assert error["code"] == "upstream_timeout" and "responseIdle" in error["message"]
+    await wait_until(lambda: proxy.swapper.slot("m").inflight == 0, what="lease released")
+
+
+TCP_ESTABLISHED = 1  # linux/tcp_states.h
+
+
+async def _stats(proxy: Proxy, port: int) -> dict[str, int]:
+    async with proxy.http.get(f"http://127.0.0.1:{port}/debug/stats") as r:
+        return await r.json()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("loading_state", [False, True], ids=["plain", "sendLoadingState"])
+async def test_a_client_that_stops_reading_is_cut_after_response_idle(
+    proxy_factory, monkeypatch: pytest.MonkeyPatch, loading_state: bool
+) -> None:
+    monkeypatch.setattr(proxy_module, "FLUSH_GRACE", 0.2)
+    proxy = await proxy_factory(make_config(one(
+        "m", "--tokens", "200000", timeouts={"responseIdle": 0.5}, sendLoadingState=loading_state
+    )))
+    port = proxy.swapper.slot("m").process.spec.port
+    assert port is not None
+    loop = asyncio.get_running_loop()
+    body = json.dumps({"model": "m", "messages": [], "stream": True}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills up after a few events
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", urlsplit(proxy.url).port))
+        await loop.sock_sendall(sock, head + body)
+        # This client never reads: swapproxy's writes back up and nothing passes for 0.5 s.
+        await wait_until(lambda: proxy.swapper.slot("m").inflight == 1, 10, "the stream to start")
+        await wait_until(lambda: proxy.swapper.slot("m").inflight == 0, 30, "the lease released")
+
+        async def upstream_saw_it() -> bool:
+            stats = await _stats(proxy, port)
+            return stats["cancelled_streams"] == 1 and stats["active_streams"] == 0
+
+        await wait_until(upstream_saw_it, 10, "the upstream to see its connection closed")
+
+        def client_connection_gone() -> bool:
+            # TCP_INFO's first byte is the state. A close() could never finish (it waits to
+            # flush to a client that does not read): only an abort (RST) ends this one.
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+            return state != TCP_ESTABLISHED
+
+        # And the client's connection is dropped FLUSH_GRACE later, not kept open for ever.
+        await wait_until(client_connection_gone, 10, "swapproxy to drop the client's connection")
+    finally:
+        sock.close()
 
 
 async def test_response_idle_counts_from_the_last_chunk_not_the_start(proxy_factory) -> None:

@@ -73,6 +73,29 @@ async def test_changed_model_restarts_when_next_needed_after_in_flight_finish(pr
     assert proxy.pid("a") not in (None, pid)
 
 
+async def test_forced_unload_does_not_queue_behind_a_reload_drain(proxy_factory) -> None:
+    """A request for a changed model drains the old process under the swap lock; a forced
+    unload must not wait for that lock (it is how an operator ends such a drain)."""
+    start = free_port_block(3)
+    old = load(doc({"a": fake("a")}, start))
+    proxy: Proxy = await proxy_factory(old)
+    stream = await open_gated_stream(proxy, "a")  # parked at the fake's gate: never ends by itself
+    pid = proxy.pid("a")
+    await proxy.swapper.apply_config(load(doc({"a": fake("a", "--tokens", "3")}, start), previous=old))
+    request = asyncio.ensure_future(proxy.chat("a"))
+    await wait_until(lambda: proxy.swapper.slot("a").evicting, what="old process draining")
+
+    async def force_unload() -> int:
+        async with proxy.http.post(proxy.url + "/api/models/unload/a?force=1") as resp:
+            return resp.status
+
+    assert await asyncio.wait_for(force_unload(), 10) == 200
+    await wait_until(lambda: proxy.pid("a") != pid, 5, "the old process gone")
+    stream.close()
+    status, data = await asyncio.wait_for(request, 15)  # the waiting request gets the new definition
+    assert status == 200 and data["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
+
+
 async def test_removed_model_stops_after_its_in_flight_requests(proxy_factory) -> None:
     start = free_port_block(3)
     old = load(doc({"a": fake("a"), "b": fake("b")}, start))

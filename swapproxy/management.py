@@ -214,11 +214,11 @@ async def models_load(request: web.Request) -> web.Response:
     return web.json_response({"success": True})
 
 
-@api(tag="llama.cpp router", body={"model": "my-model"})
+@api(tag="llama.cpp router", body={"model": "my-model"}, query=_FORCE_QUERY)
 async def models_unload(request: web.Request) -> web.Response:
     """llama.cpp router mode: stop a model; answers once it is stopped (400 when not running)."""
     model_id = await _router_model(request)
-    if not await request.app[SWAPPER].unload(model_id, "unloaded via API"):
+    if not await request.app[SWAPPER].unload(model_id, "unloaded via API", force=_force(request)):
         raise BadRequest("model is not running", param="model")
     return web.json_response({"success": True})
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from conftest import fake_cmd, make_config, wait_until
+from conftest import fake_cmd, make_config, pid_gone, wait_until
+from test_swap import open_gated_stream
 
 playwright_api = pytest.importorskip("playwright.async_api") if not os.environ.get(
     "SWAPPROXY_REQUIRE_BROWSER") else __import__("playwright.async_api", fromlist=["async_playwright"])
@@ -114,6 +115,25 @@ async def test_ui_lists_models_loads_unloads_and_shows_logs(proxy_factory, page)
 
     assert await page.evaluate("window.__noReload") == 1
     assert errors == []
+
+
+async def test_ui_stop_now_cuts_the_requests_in_flight(proxy_factory, page) -> None:  # type: ignore[no-untyped-def]
+    proxy = await proxy_factory(make_config({"chat": {"cmd": fake_cmd("--model-name", "chat", "--tokens", "50")}}))
+    await page.goto(proxy.url + "/ui")
+    await expect(page.locator("#conn")).to_have_text("live", timeout=STEP_MS)
+    chat = page.locator('tr[data-model="chat"]')
+    stop_now = chat.locator('button[data-action="force"]')
+    stream = await open_gated_stream(proxy, "chat")  # parked at the fake's gate: never ends by itself
+    try:
+        await expect(chat.locator(".inflight")).to_have_text("1", timeout=STEP_MS)
+        await expect(chat.locator("button.unload")).to_have_attribute("title", "waits for the requests in flight to finish")
+        pid = proxy.pid("chat")
+        await stop_now.click()
+        await expect(chat.locator(".state")).to_have_text("stopped", timeout=STEP_MS)
+        assert pid is not None and pid_gone(pid)
+        await expect(stop_now).to_have_count(0)  # only offered while requests are in flight
+    finally:
+        stream.close()
 
 
 async def test_ui_shows_a_refused_reload(proxy_factory, page, tmp_path) -> None:  # type: ignore[no-untyped-def]

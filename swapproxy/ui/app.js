@@ -66,7 +66,10 @@ function rowHtml(m) {
     <td class="actions">
       <button type="button" class="load" data-action="load" ${m.state === "ready" || busy ? "disabled" : ""}>Load</button>
       <button type="button" class="unload" data-action="unload"
-        ${m.state === "stopped" || m.state === "shutdown" || m.state === "stopping" ? "disabled" : ""}>${m.state === "failed" ? "Clear" : "Unload"}</button>
+        ${m.state === "stopped" || m.state === "shutdown" || m.state === "stopping" ? "disabled" : ""}
+        ${m.inflight ? 'title="waits for the requests in flight to finish"' : ""}>${m.state === "failed" ? "Clear" : "Unload"}</button>
+      ${m.state === "ready" && m.inflight ? `<button type="button" class="force" data-action="force"
+        title="stop it now, cutting the ${m.inflight} request(s) in flight">Stop now</button>` : ""}
       <button type="button" class="small" data-action="logs">Logs</button>
     </td>`;
 }
@@ -276,7 +279,8 @@ function reconnect() {
 async function act(action, id) {
   ui.notes.delete(id);
   try {
-    const resp = await fetch(`models/${action}`, {
+    // "force" is an unload that does not wait for the requests in flight (swapproxy's ?force=1)
+    const resp = await fetch(action === "force" ? "models/unload?force=1" : `models/${action}`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ model: id }),

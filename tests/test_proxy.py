@@ -232,15 +232,15 @@ async def test_a_client_that_stops_reading_is_cut_after_response_idle(
 
 
 async def test_response_idle_counts_from_the_last_chunk_not_the_start(proxy_factory) -> None:
-    # 10 tokens at 5/s: the whole stream takes ~2 s, four times the idle limit, each gap 0.2 s.
-    proxy = await proxy_factory(make_config(one("m", "--tokens", "10", "--token-rate", "5",
-                                                timeouts={"responseIdle": 0.5})))
+    # 8 tokens at 10/s: the whole stream takes ~0.8 s, twice the idle limit, each gap 0.1 s.
+    proxy = await proxy_factory(make_config(one("m", "--tokens", "8", "--token-rate", "10",
+                                                timeouts={"responseIdle": 0.4})))
     body = {"model": "m", "messages": [], "stream": True}
     async with proxy.http.post(proxy.url + "/v1/chat/completions", json=body) as resp:
         text = (await asyncio.wait_for(resp.read(), 15)).decode()
     assert "upstream_timeout" not in text
     assert text.rstrip().endswith("data: [DONE]")
-    assert all(f"tok{i} " in text for i in range(10))
+    assert all(f"tok{i} " in text for i in range(8))
 
 
 async def test_multipart_routes_by_form_field_and_streams_the_file(proxy_factory) -> None:

@@ -110,7 +110,9 @@ def _observe(request: web.Request, spec: ModelConfig, tap: TokenTap, sse: bool) 
 async def _forward(request: web.Request, spec: ModelConfig, **kwargs: Any) -> web.StreamResponse:
     """:func:`forward` with a token tap; metrics are taken after the last byte went out."""
     tap = TokenTap()
-    resp = await forward(request, request.app[SESSION], spec, on_chunk=tap, **kwargs)
+    metrics = request.app[METRICS]
+    resp = await forward(request, request.app[SESSION], spec, on_chunk=tap,
+                         on_cut=lambda reason: metrics.count_cut(spec.id, reason), **kwargs)
     _observe(request, spec, tap, resp.content_type == "text/event-stream")
     return resp
 
@@ -295,7 +297,10 @@ async def _stream_with_loading_state(
                 complete = True
             else:
                 tap = TokenTap()
-                complete = await relay(upstream, resp, sse=True, on_chunk=tap, idle=spec.response_idle_timeout)
+                cut = await relay(upstream, resp, sse=True, on_chunk=tap, idle=spec.response_idle_timeout)
+                complete = cut is None
+                if cut is not None:
+                    request.app[METRICS].count_cut(spec.id, cut)
                 _observe(request, spec, tap, True)
         finally:
             (upstream.release if complete else upstream.close)()

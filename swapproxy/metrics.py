@@ -269,6 +269,9 @@ class Metrics:
                                       registry=reg)
         self.tokens = Counter("swapproxy_tokens", "Tokens reported by upstream usage/timings",
                               ["model", "kind"], registry=reg)
+        self.cuts = Counter("swapproxy_responses_cut", "Response bodies broken off mid-way, by cause: "
+                            "upstream (it broke off: crash, forced unload), idle (timeouts.responseIdle), "
+                            "client (writing to it failed)", ["model", "reason"], registry=reg)
         reg.register(_LiveCollector(self))
         # The per-request feeds keep their labelled children: ``labels()`` (label checks, a
         # lock, a lookup) costs more than the inc/observe it precedes. The label sets are
@@ -326,6 +329,10 @@ class Metrics:
             self._token_child(label, "prompt").inc(prompt)
         if completion > 0:
             self._token_child(label, "completion").inc(completion)
+
+    def count_cut(self, model: str, reason: str) -> None:
+        """A response body was broken off (rare: no cached children)."""
+        self.cuts.labels(self.model_label(model), reason).inc()
 
     def _token_child(self, label: str, kind: str) -> Any:
         child = self._token_children.get((label, kind))

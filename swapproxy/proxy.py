@@ -223,10 +223,13 @@ async def relay(
     sse: bool,
     on_chunk: OnChunk | None = None,
     idle: float = 0.0,
-) -> bool:
-    """Copy the upstream body to ``resp`` chunk by chunk. False if the upstream broke off.
+) -> str | None:
+    """Copy the upstream body to ``resp`` chunk by chunk.
 
-    ``on_chunk`` (e.g. the metrics' token tap) sees each chunk after it was written.
+    Returns None when the whole body went through, else why it was cut: ``"upstream"``
+    (the upstream broke off), ``"idle"`` (``idle`` passed without progress) or
+    ``"client"`` (writing to the client failed). ``on_chunk`` (e.g. the metrics' token
+    tap) sees each chunk after it was written.
     With ``idle`` > 0, a response that makes no progress for that many seconds (the
     upstream sends nothing, or the client takes nothing) is cut, so that a hung
     upstream does not hold its model, and every swap waiting on it, for ever.
@@ -250,12 +253,12 @@ async def relay(
                     await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
             except (ConnectionError, TimeoutError):
                 pass
-        return False
+        return "idle"
     except ConnectionResetError:
         # Writing to our client failed: it went away (aiohttp's ClientConnectionResetError is
         # also a ClientConnectionError, so this must come first). Not the upstream's fault.
         logger.debug("client went away mid-response from %s", upstream.url)
-        return False
+        return "client"
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
         logger.warning("upstream %s broke off mid-response: %s", upstream.url, exc)
         if sse:
@@ -265,8 +268,8 @@ async def relay(
                 await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
             except ConnectionError:
                 pass
-        return False
-    return True
+        return "upstream"
+    return None
 
 
 async def _small_response(
@@ -308,8 +311,12 @@ async def forward(
     body: Body = None,
     headers: CIMultiDict[str] | None = None,
     on_chunk: OnChunk | None = None,
+    on_cut: Callable[[str], None] | None = None,
 ) -> web.StreamResponse:
-    """Proxy ``request`` to ``spec``'s upstream and stream the answer back."""
+    """Proxy ``request`` to ``spec``'s upstream and stream the answer back.
+
+    ``on_cut`` hears why (see :func:`relay`) when a streamed body is broken off.
+    """
     upstream = await open_upstream(request, session, spec, path_qs=path_qs, body=body, headers=headers)
     length = upstream.content_length
     if length is not None and length <= SMALL_BODY and upstream.content_type != "text/event-stream":
@@ -320,8 +327,11 @@ async def forward(
         if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
             resp.content_length = upstream.content_length
         await resp.prepare(request)
-        complete = await relay(upstream, resp, sse=upstream.content_type == "text/event-stream", on_chunk=on_chunk,
-                               idle=spec.response_idle_timeout)
+        cut = await relay(upstream, resp, sse=upstream.content_type == "text/event-stream", on_chunk=on_chunk,
+                          idle=spec.response_idle_timeout)
+        complete = cut is None
+        if cut is not None and on_cut is not None:
+            on_cut(cut)
         if complete:
             await resp.write_eof()
         else:

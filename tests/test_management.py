@@ -169,6 +169,8 @@ async def test_unload_waits_for_a_stream_unless_forced(proxy_factory) -> None:
             pass  # the body was left unterminated: a broken response, as after a crash
     assert (await asyncio.wait_for(plain, TIMEOUT))[0] == 200
     await wait_until(lambda: proxy.swapper.slot("m").inflight == 0, TIMEOUT, "the cut request's lease released")
+    async with proxy.http.get(proxy.url + "/metrics") as r:  # the upstream went away under the stream
+        assert 'swapproxy_responses_cut_total{model="m",reason="upstream"} 1.0' in await r.text()
     assert proxy.swapper.running() == []
     assert (await proxy.chat("m"))[0] == 200  # and the model starts again on demand
     status, body = await call(proxy, "POST", "/api/models/unload/m?force=maybe")

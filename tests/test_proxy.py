@@ -169,6 +169,8 @@ async def test_a_stalled_stream_is_cut_after_response_idle(proxy_factory) -> Non
         except aiohttp.ClientPayloadError:
             pass
     await upstream_sees_its_stream_cut(proxy, port)
+    async with proxy.http.get(proxy.url + "/metrics") as r:
+        assert 'swapproxy_responses_cut_total{model="m",reason="idle"} 1.0' in await r.text()
 
 
 async def test_a_small_body_that_stalls_gets_504_after_response_idle(proxy_factory) -> None:

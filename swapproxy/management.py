@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,7 +32,7 @@ from . import __version__
 from .app import BACKGROUND, METRICS, RELOAD, STARTED, STATE_SINCE, SWAPPER
 from .errors import BadRequest, ModelStartFailed, SwapProxyError
 from .handlers import publish_inflight, upstream_passthrough
-from .metrics import CONTENT_TYPE, process_tree_rss
+from .metrics import CONTENT_TYPE, tree_rss
 from .openapi import api, build_openapi
 from .routing import parse_json_body, resolve_model
 from .states import ProcessState
@@ -46,8 +47,13 @@ _UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css"
 
 
 # -- model state -------------------------------------------------------------------------------
-def model_snapshot(app: web.Application, model_id: str) -> dict[str, Any]:
-    """Everything a person or a UI wants to know about one model, right now."""
+def model_snapshot(app: web.Application, model_id: str, sizes: Mapping[int, int] | None = None) -> dict[str, Any]:
+    """Everything a person or a UI wants to know about one model, right now.
+
+    ``rss_bytes`` (the process tree's memory) is there only when ``sizes`` (from
+    :func:`~swapproxy.metrics.tree_rss`, one process-table pass for many models) is
+    given: state-change events leave it out, as that pass would stall every swap.
+    """
     swapper = app[SWAPPER]
     slot = swapper.slot(model_id)
     proc = slot.process
@@ -72,13 +78,14 @@ def model_snapshot(app: web.Application, model_id: str) -> dict[str, Any]:
         # since when it is in this state (how long has that start been going?), and the start's limit
         "state_since": app[STATE_SINCE].get(model_id, app[STARTED]),
         "health_check_timeout_s": spec.health_check_timeout,
-        "rss_bytes": process_tree_rss(proc.pid),
         "inflight": slot.inflight,
         "waiting": slot.waiting,
         "ttl_s": spec.ttl or None,
         "ttl_remaining_s": ttl_left,
         "exit_code": proc.exit_code,
     }
+    if sizes is not None:
+        snap["rss_bytes"] = sizes.get(proc.pid) if proc.pid is not None else None
     if proc.state is ProcessState.FAILED and proc.last_error is not None:
         snap["error"] = proc.last_error.reason
         snap["log_tail"] = list(proc.last_error.log_tail)
@@ -111,7 +118,9 @@ async def running(request: web.Request) -> web.Response:
     ids = request.app[SWAPPER].running()
     body: dict[str, Any] = {"running": ids}
     if request.query.get("details", "0") not in ("", "0", "false", "no"):
-        body["details"] = {mid: model_snapshot(request.app, mid) for mid in ids}
+        swapper = request.app[SWAPPER]
+        sizes = tree_rss(swapper.slot(mid).process.pid for mid in ids)
+        body["details"] = {mid: model_snapshot(request.app, mid, sizes) for mid in ids}
     return web.json_response(body)
 
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .process import ManagedProcess
     from .swap import Swapper
 
-__all__ = ["Metrics", "TokenTap", "usage_from_tail", "process_tree_rss", "CONTENT_TYPE"]
+__all__ = ["Metrics", "TokenTap", "usage_from_tail", "process_tree_rss", "tree_rss", "CONTENT_TYPE"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,22 +48,44 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 _START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300)
 
 
+def tree_rss(pids: Iterable[int | None]) -> dict[int, int]:
+    """Resident memory of each pid and all its descendants, in bytes; gone pids are left out.
+
+    One pass over the process table serves every pid: finding descendants means
+    reading every process's parent (~1 ms per pass here, more on a busy host), so
+    a pass per model would stall the event loop N times over.
+    """
+    roots = {pid for pid in pids if pid is not None}
+    if not roots:
+        return {}
+    children: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        ppid = proc.info["ppid"]
+        if ppid is not None:
+            children.setdefault(ppid, []).append(proc.pid)
+    sizes: dict[int, int] = {}
+    for root in roots:
+        total, stack, seen = 0, [root], set()
+        while stack:
+            pid = stack.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                total += psutil.Process(pid).memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                if pid == root:
+                    break  # the root itself is gone: no figure at all
+                continue  # a child that exited between the listing and the read
+            stack.extend(children.get(pid, ()))
+        else:
+            sizes[root] = total
+    return sizes
+
+
 def process_tree_rss(pid: int | None) -> int | None:
     """Resident memory of ``pid`` and all its descendants, in bytes (None when gone)."""
-    if pid is None:
-        return None
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue  # a child that exited between the listing and the read
-    return total
+    return tree_rss([pid]).get(pid) if pid is not None else None
 
 
 # -- token counting -----------------------------------------------------------------------
@@ -233,15 +255,16 @@ class _LiveCollector(Collector):
                                     labels=["model"])
         rss = GaugeMetricFamily("swapproxy_upstream_rss_bytes", "Resident memory of the model's process tree",
                                 labels=["model"])
+        sizes = tree_rss(slot.process.pid for slot in swapper.slots.values())
         for mid, slot in swapper.slots.items():
             current = slot.process.state
             for value in ProcessState:
                 state.add_metric([mid, value.value], 1.0 if value is current else 0.0)
             inflight.add_metric([mid], slot.inflight)
             waiting.add_metric([mid], slot.waiting)
-            size = process_tree_rss(slot.process.pid)
-            if size is not None:
-                rss.add_metric([mid], size)
+            pid = slot.process.pid
+            if pid is not None and pid in sizes:
+                rss.add_metric([mid], sizes[pid])
         depth = GaugeMetricFamily("swapproxy_queue_depth", "Requests waiting for a model, all models")
         depth.add_metric([], swapper.queue_depth())
         return [state, inflight, waiting, depth, rss]

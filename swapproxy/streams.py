@@ -28,6 +28,7 @@ from .app import ALL_LOG, CLOSING, EVENTS, PROXY_LOG, STARTED, SWAPPER, UPSTREAM
 from .errors import BadRequest
 from .logs import LogBuffer
 from .management import model_snapshot
+from .metrics import tree_rss
 from .openapi import api
 from .states import ProcessState
 
@@ -141,6 +142,7 @@ async def api_events(request: web.Request) -> web.StreamResponse:
     swapper = app[SWAPPER]
     with app[EVENTS].subscribe() as queue:
         # Snapshot and subscription in one synchronous step: no event is missed or doubled.
+        sizes = tree_rss(slot.process.pid for slot in swapper.slots.values())
         log_tails = {"proxy": app[PROXY_LOG].tail(n_lines)}
         log_tails.update({mid: slot.process.log.tail(n_lines) for mid, slot in swapper.slots.items()})
         snapshot = {
@@ -148,7 +150,7 @@ async def api_events(request: web.Request) -> web.StreamResponse:
             "version": __version__,
             "started": app[STARTED],
             "queue_depth": swapper.queue_depth(),
-            "models": [model_snapshot(app, mid) for mid in swapper.slots],
+            "models": [model_snapshot(app, mid, sizes) for mid in swapper.slots],
             "logs": log_tails,
         }
         resp = await _open_stream(request, _SSE_HEADERS)

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Proxy, fake_cmd, make_config, wait_until
 
-from swapproxy.metrics import TokenTap, usage_from_tail
+from swapproxy.metrics import TokenTap, process_tree_rss, tree_rss, usage_from_tail
 
 
 async def scrape(proxy: Proxy) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -166,3 +166,27 @@ def test_usage_from_a_json_body_whole_or_only_its_tail() -> None:
     assert usage_from_tail(tap.tail, sse=False, complete=False) == (30, 2)
     assert usage_from_tail(b"<html>not json</html>", sse=False, complete=True) is None
     assert usage_from_tail(b'..."timings":{"prompt_n":3,"predicted_n":8}}', sse=False, complete=False) == (3, 8)
+
+
+async def test_tree_rss_counts_descendants_in_one_pass_and_leaves_out_the_gone() -> None:
+    import psutil
+
+    from swapproxy.process import ManagedProcess
+
+    config = make_config({"m": {"cmd": fake_cmd("--fork-grandchild")}, "n": {"cmd": fake_cmd()}},
+                         groups={"g": {"swap": False, "exclusive": False, "members": ["m", "n"]}})
+    procs = [ManagedProcess(config.models[mid]) for mid in ("m", "n")]
+    try:
+        for proc in procs:
+            await proc.start()
+        m, n = (proc.pid for proc in procs)
+        assert m is not None and n is not None
+        grandchild = int(next(line for line in procs[0].log.tail() if line.startswith("grandchild pid ")).split()[-1])
+        sizes = tree_rss([m, n, None])
+        own = psutil.Process(m).memory_info().rss
+        assert sizes[m] >= own + psutil.Process(grandchild).memory_info().rss // 2  # the grandchild counts
+        assert sizes[n] > 1_000_000 and process_tree_rss(n) is not None
+    finally:
+        for proc in procs:
+            await proc.shutdown()
+    assert tree_rss([m, n]) == {} and process_tree_rss(m) is None  # gone: left out, not 0

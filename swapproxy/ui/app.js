@@ -220,7 +220,12 @@ function handle(ev) {
     }
     case "state": {
       const prev = ui.models.get(ev.model);
-      ui.models.set(ev.model, { ...prev, ...ev, _at: Date.now() / 1000 });
+      // State events carry no memory figure (reading it walks the process table): keep the
+      // last one for the same process, and ask for a fresh one once a model is running.
+      const next = { ...prev, ...ev, _at: Date.now() / 1000 };
+      if (!prev || prev.pid !== ev.pid) next.rss_bytes = null;
+      ui.models.set(ev.model, next);
+      if (ev.state === "ready") refreshDetails();
       if (ev.state !== "failed") ui.notes.delete(ev.model);
       appendLog(ev.model, `── swapproxy: ${ev.old} → ${ev.state}${ev.error ? `: ${ev.error}` : ""}`, "src");
       renderRow(ev.model);

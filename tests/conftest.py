@@ -40,23 +40,49 @@ def fake_cmd(*flags: str) -> str:
     return " ".join([PY, str(FAKE), "--port", "${PORT}", *flags])
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+#: Listening ports for the tests come from below the kernel's ephemeral range, where no
+#: outgoing connection (there are thousands in a run) can take one between our check and
+#: the server's bind; each xdist worker has its own slice, walked with a cursor, so two
+#: workers (or two tests in a row) never pick the same port.
+_SLICE = 1500  # 10 workers: 16000..31000 (scripts/ports.py takes 31000 and up)
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 10
+_SLICE_BASE = 16000 + _WORKER * _SLICE
+_USE_SLICES = _SLICE_BASE + _SLICE <= _ephemeral_low()
+_cursor = 0
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port_block(n: int) -> int:
-    """A start port with ``n`` consecutive ports free right now."""
+    """A start port with ``n`` consecutive ports free right now (see _SLICE)."""
+    global _cursor
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65000:
-            continue
-        ok = True
-        for port in range(base, base + n):
+        if _USE_SLICES:
+            if _cursor + n > _SLICE:
+                _cursor = 0
+            base = _SLICE_BASE + _cursor
+            _cursor += n
+        else:  # an unusual ephemeral range: ask the kernel for one
             with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
+                s.bind(("127.0.0.1", 0))
+                base = s.getsockname()[1]
+            if base + n >= 65000:
+                continue
+        if all(_bindable(port) for port in range(base, base + n)):
             return base
     raise RuntimeError("no free port block")
 

@@ -50,7 +50,7 @@ def free_ports(n: int) -> list[int]:
 def free_port_block(n: int) -> int:
     """A first port with ``n`` consecutive ports free right now (for ``startPort`` + ${PORT})."""
     for _ in range(500):
-        if _HIGH <= _ephemeral_low():
+        if _HIGH <= _ephemeral_low() and n < (_HIGH - _LOW) // 2:
             base = random.randrange(_LOW, _HIGH - n)
         else:  # an unusual ephemeral range: ask the kernel
             with socket.socket() as s:

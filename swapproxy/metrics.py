@@ -76,7 +76,8 @@ def tree_rss(pids: Iterable[int | None]) -> dict[int, int]:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 if pid == root:
                     break  # the root itself is gone: no figure at all
-                continue  # a child that exited between the listing and the read
+                # a child that exited since the listing, or one we may not read: its own
+                # children (a server under an unreadable wrapper) still count
             stack.extend(children.get(pid, ()))
         else:
             sizes[root] = total

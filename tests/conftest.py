@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import random
 import socket
 import sys
 import tempfile
@@ -49,13 +50,16 @@ def _ephemeral_low() -> int:
 
 #: Listening ports for the tests come from below the kernel's ephemeral range, where no
 #: outgoing connection (there are thousands in a run) can take one between our check and
-#: the server's bind; each xdist worker has its own slice, walked with a cursor, so two
-#: workers (or two tests in a row) never pick the same port.
-_SLICE = 1500  # 10 workers: 16000..31000 (scripts/ports.py takes 31000 and up)
-_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 10
-_SLICE_BASE = 16000 + _WORKER * _SLICE
-_USE_SLICES = _SLICE_BASE + _SLICE <= _ephemeral_low()
-_cursor = 0
+#: the server's bind. Each xdist worker walks its own slice of 16000..31000 with a cursor
+#: that starts at a random place, so two workers (or two tests in a row) do not pick the
+#: same port, and a second run beside this one rarely does.
+_REGION_LOW, _REGION_SIZE = 16000, 15000  # scripts/ports.py takes 31000 and up
+_WORKERS = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), 1)
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % _WORKERS
+_SLICE = _REGION_SIZE // _WORKERS
+_SLICE_BASE = _REGION_LOW + _WORKER * _SLICE
+_USE_SLICES = _REGION_LOW + _REGION_SIZE <= _ephemeral_low() and _SLICE >= 50
+_cursor = random.randrange(_SLICE) if _SLICE > 0 else 0
 
 
 def _bindable(port: int) -> bool:
@@ -71,7 +75,7 @@ def free_port_block(n: int) -> int:
     """A start port with ``n`` consecutive ports free right now (see _SLICE)."""
     global _cursor
     for _ in range(200):
-        if _USE_SLICES:
+        if _USE_SLICES and n <= _SLICE:
             if _cursor + n > _SLICE:
                 _cursor = 0
             base = _SLICE_BASE + _cursor

@@ -296,6 +296,7 @@ async def test_api_events_snapshot_then_state_log_and_inflight(proxy_factory) ->
         assert snap["type"] == "snapshot"
         assert [m["model"] for m in snap["models"]] == ["a", "b", "bad"]
         assert {m["model"]: m["state"] for m in snap["models"]} == {"a": "stopped", "b": "ready", "bad": "stopped"}
+        assert {m["model"]: m["rss_bytes"] for m in snap["models"]}["b"] > 1_000_000  # one process-table pass
         assert any("fake-llama: model loaded" in line for line in snap["logs"]["b"]) and len(snap["logs"]["b"]) <= 5
         assert "proxy" in snap["logs"]
 
@@ -306,6 +307,8 @@ async def test_api_events_snapshot_then_state_log_and_inflight(proxy_factory) ->
                             "a's request to finish")
         states = [(e["model"], e["state"]) for e in seen if e["type"] == "state"]
         assert states == [("b", "stopping"), ("b", "stopped"), ("a", "starting"), ("a", "ready")]
+        # no process-table pass inside a state change: it would sit on every swap's critical path
+        assert not any("rss_bytes" in e for e in seen if e["type"] == "state")
         ready = next(e for e in seen if e.get("state") == "ready")
         assert ready["pid"] == proxy.pid("a") and ready["old"] == "starting"
         assert any(e["type"] == "log" and e["source"] == "a" and "model loaded" in e["line"] for e in seen)

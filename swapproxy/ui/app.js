@@ -324,8 +324,10 @@ async function refreshDetails() {
     if (!resp.ok) return;
     const body = await resp.json();
     for (const [id, d] of Object.entries(body.details || {})) {
+      // Only the memory figure, and only for the very process shown: the event stream is
+      // the truth for states and counts, and may already be ahead of this answer.
       const m = ui.models.get(id);
-      if (m && m.state === d.state) ui.models.set(id, { ...m, ...d, _at: Date.now() / 1000 });
+      if (m && m.pid != null && m.pid === d.pid) m.rss_bytes = d.rss_bytes;
     }
     ui.order.forEach(renderRow);
   } catch (err) {

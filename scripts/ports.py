@@ -14,20 +14,22 @@ import random
 import socket
 from pathlib import Path
 
-__all__ = ["free_port", "free_ports", "free_port_block"]
+__all__ = ["free_port", "free_ports", "free_port_block", "bindable", "ephemeral_low"]
 
 #: tests/conftest.py hands out 16000..31000 to its workers; these scripts take the rest.
 _LOW, _HIGH = 31000, 32700
 
 
-def _ephemeral_low() -> int:
+def ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (where outgoing connections take theirs)."""
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 32768
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
+    """Whether a loopback socket can bind ``port`` right now."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -50,7 +52,7 @@ def free_ports(n: int) -> list[int]:
 def free_port_block(n: int) -> int:
     """A first port with ``n`` consecutive ports free right now (for ``startPort`` + ${PORT})."""
     for _ in range(500):
-        if _HIGH <= _ephemeral_low() and n < (_HIGH - _LOW) // 2:
+        if _HIGH <= ephemeral_low() and n < (_HIGH - _LOW) // 2:
             base = random.randrange(_LOW, _HIGH - n)
         else:  # an unusual ephemeral range: ask the kernel
             with socket.socket() as s:
@@ -58,6 +60,6 @@ def free_port_block(n: int) -> int:
                 base = int(s.getsockname()[1])
             if base + n >= 65000:
                 continue
-        if all(_bindable(port) for port in range(base, base + n)):
+        if all(bindable(port) for port in range(base, base + n)):
             return base
     raise RuntimeError(f"no block of {n} free ports found")

@@ -35,17 +35,13 @@ STATE_DIR = Path(tempfile.gettempdir()) / f"swapproxy-tests-{os.getpid()}"
 #: How often wait_until re-checks its condition (a poll with a deadline, not a fixed wait).
 POLL_INTERVAL = 0.005
 
+sys.path.insert(0, str(ROOT / "scripts"))  # the port helpers the bench scripts use too
+from ports import bindable, ephemeral_low  # noqa: E402
+
 
 def fake_cmd(*flags: str) -> str:
     """A model ``cmd`` that runs the fake llama-server on ${PORT}."""
     return " ".join([PY, str(FAKE), "--port", "${PORT}", *flags])
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
 
 
 #: Listening ports for the tests come from below the kernel's ephemeral range, where no
@@ -58,17 +54,8 @@ _WORKERS = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), 1)
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % _WORKERS
 _SLICE = _REGION_SIZE // _WORKERS
 _SLICE_BASE = _REGION_LOW + _WORKER * _SLICE
-_USE_SLICES = _REGION_LOW + _REGION_SIZE <= _ephemeral_low() and _SLICE >= 50
+_USE_SLICES = _REGION_LOW + _REGION_SIZE <= ephemeral_low() and _SLICE >= 50
 _cursor = random.randrange(_SLICE) if _SLICE > 0 else 0
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_port_block(n: int) -> int:
@@ -86,7 +73,7 @@ def free_port_block(n: int) -> int:
                 base = s.getsockname()[1]
             if base + n >= 65000:
                 continue
-        if all(_bindable(port) for port in range(base, base + n)):
+        if all(bindable(port) for port in range(base, base + n)):
             return base
     raise RuntimeError("no free port block")
 

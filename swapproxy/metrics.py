@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .process import ManagedProcess
     from .swap import Swapper
 
-__all__ = ["Metrics", "TokenTap", "usage_from_tail", "process_tree_rss", "tree_rss", "CONTENT_TYPE"]
+__all__ = ["Metrics", "TokenTap", "usage_from_tail", "tree_rss", "CONTENT_TYPE"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +82,6 @@ def tree_rss(pids: Iterable[int | None]) -> dict[int, int]:
         else:
             sizes[root] = total
     return sizes
-
-
-def process_tree_rss(pid: int | None) -> int | None:
-    """Resident memory of ``pid`` and all its descendants, in bytes (None when gone)."""
-    return tree_rss([pid]).get(pid) if pid is not None else None
 
 
 # -- token counting -----------------------------------------------------------------------

@@ -59,7 +59,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import PY, Proxy, fake_cmd, free_port_block, make_config
+from conftest import POLL_INTERVAL, PY, Proxy, fake_cmd, free_port_block, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_MB = 0.0625  # maxRequestBodyMB in these configs: 64 KiB
@@ -599,9 +599,7 @@ def live_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveProxy]:
     }
     config = tmp / "fuzz.yaml"
     config.write_text(json.dumps(doc))  # JSON is YAML
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port_block(1)  # below the ephemeral range, like every other test port
     log = tmp / "swapproxy.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with open(log, "wb") as out:
@@ -619,7 +617,7 @@ def live_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveProxy]:
             except OSError:
                 pass
             assert time.monotonic() < deadline, f"swapproxy not up: {log.read_text()}"
-            time.sleep(0.02)
+            time.sleep(POLL_INTERVAL)  # a poll of /health under the deadline above, as wait_until polls
         for model in MODELS:  # warm both: examples then never wait on a start
             reply = send(port, "POST", "/v1/chat/completions", [], jbody({"model": model, **CHAT}), timeout=30)
             assert reply.status == 200, reply

@@ -1,10 +1,10 @@
 """The raw schema of swapproxy's config file: llama-swap's ``config.yaml`` keys as users write them.
 
 Pydantic models whose field names are the camelCase keys of the YAML file, with
-llama-swap's defaults. They only check types, ranges and unknown keys;
-:mod:`swapproxy.config` turns a validated :class:`RawConfig` into the resolved,
-frozen :class:`~swapproxy.config.Config` (macros, ports, groups, cross-checks).
-:func:`json_schema` is what ``swapproxy schema`` prints, for editors.
+llama-swap's defaults. They only check types, ranges and unknown keys (stage 4 of the
+pipeline, run by :mod:`.loader`); :mod:`.resolve` turns a validated :class:`RawConfig`
+into the resolved, frozen :class:`~swapproxy.config.Config` (macros, ports, groups,
+cross-checks). :func:`json_schema` is what ``swapproxy schema`` prints, for editors.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .model import LogLevel, LogToStdout
+
 __all__ = ["LogLevel", "LogToStdout", "Modality", "Raw", "RawAlias", "RawBreaker", "RawCapabilities", "RawConfig",
            "RawFilters", "RawGroup", "RawHooks", "RawModel", "RawOnStartup", "RawRouter", "RawRouterSettings",
            "RawRouting", "RawScheduler", "RawTimeouts", "json_schema"]
 
-LogLevel = Literal["debug", "info", "warn", "error"]
-LogToStdout = Literal["proxy", "upstream", "both", "none"]
 Modality = Literal["text", "audio", "image", "video"]
 
 

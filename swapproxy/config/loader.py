@@ -1,0 +1,176 @@
+"""The front of a load: YAML with a line index, unsupported keys, ``${env.VAR}``, schema checks.
+
+:func:`parse_config` runs one :class:`_Loader` over the text: stage 1 composes the YAML
+into nodes and records every key path's line before constructing plain data; stage 2 reports
+the keys swapproxy does not implement yet (and drops them); stage 3 substitutes
+``${env.VAR}``; stage 4 validates against :mod:`.schema`, each model on its own. The
+validated data is then handed to :func:`~.resolve._resolve`. Every problem found by any
+stage is raised at the end as one :class:`~.problems.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .model import Config
+from .problems import ConfigError, Problem, _dotted, _KeyPath, _Report
+from .resolve import _resolve
+from .schema import RawConfig, RawModel
+from .validate import _checked
+
+__all__ = ["_Loader", "load_config", "parse_config"]
+
+_ENV_REF = re.compile(r"\$\{env\.([A-Za-z_][A-Za-z0-9_]*)\}")
+_NOT_YET = "not supported by swapproxy yet"
+# keys that change routing and that swapproxy does not implement yet; "*" is any model id
+_UNSUPPORTED = (("matrix",), ("peers",), ("profiles",), ("selectors",), ("upstream",),
+                ("routing", "router", "settings", "matrix"), ("routing", "scheduler", "settings"),
+                ("models", "*", "compat"), ("models", "*", "filters", "setParamsByID"))
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
+                previous: Config | None = None) -> Config:
+    """Read and resolve a config file; raises ConfigError listing every problem.
+
+    With ``previous`` (a reload), each model that uses ${PORT} keeps the port it
+    had, so an unchanged model's command stays unchanged."""
+    file = os.fspath(path)
+    try:
+        text = Path(file).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(file, 0, "(file)", f"cannot read the config: {exc}")]) from exc
+    return parse_config(text, file=file, environ=environ, previous=previous)
+
+
+def parse_config(text: str, file: str = "<config>", environ: Mapping[str, str] | None = None,
+                 previous: Config | None = None) -> Config:
+    """Resolve config text; ``file`` only labels problems. ``environ`` defaults to os.environ."""
+    loader = _Loader(file, os.environ if environ is None else environ)
+    if previous is not None:
+        loader.port_hints = {mid: m.port for mid, m in previous.models.items() if m.port is not None}
+    return loader.load(text)
+
+
+def _matches(data: Any, pattern: _KeyPath, path: _KeyPath = ()) -> Iterator[_KeyPath]:
+    """The key paths in ``data`` that ``pattern`` names ("*" matches any key)."""
+    if not pattern:
+        yield path
+    elif isinstance(data, dict):
+        for key in data if pattern[0] == "*" else [pattern[0]] if pattern[0] in data else []:
+            yield from _matches(data[key], pattern[1:], (*path, key))
+
+
+class _Loader(_Report):
+    """One load: the line index, problems and notices (from :class:`_Report`) and the stages."""
+
+    def __init__(self, file: str, environ: Mapping[str, str]) -> None:
+        super().__init__(file)
+        self.environ = environ
+        self.port_hints: dict[str, int] = {}  # model id -> ${PORT} it had before a reload
+
+    def load(self, text: str) -> Config:
+        data = self.parse(text)
+        if not isinstance(data, dict):
+            kind = type(data).__name__
+            raise ConfigError([Problem(self.file, 1, "(top)",
+                                       f"the top level must be a mapping of settings, not {kind}")])
+        data = self.substitute_env(data, (), self.find_unsupported(data))
+        raw, models, ids = self.validate(data)
+        config = (_resolve(self, raw, models, ids, self.environ, self.port_hints)
+                  if raw is not None else None)
+        if config is None or self.problems:
+            raise self.error()
+        return config
+
+    # ----- stage 1: YAML with line numbers
+
+    def parse(self, text: str) -> Any:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                raise ConfigError([Problem(self.file, 0, "(top)", "the config is empty")])
+            self.index(node, ())
+            return loader.construct_document(node)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            message = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+            raise ConfigError([Problem(self.file, mark.line + 1 if mark else 0, "(yaml)",
+                                       f"invalid YAML: {message}")]) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError([Problem(self.file, 0, "(yaml)", f"invalid YAML: {exc}")]) from None
+        finally:
+            loader.dispose()
+
+    def index(self, node: yaml.Node, path: _KeyPath) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.value == "<<":
+                    continue
+                sub = (*path, key.value)
+                if sub in self.lines:  # PyYAML would silently keep the last one
+                    self.problems.append(Problem(self.file, key.start_mark.line + 1, _dotted(sub),
+                                                 f"duplicate key; first on line {self.lines[sub]}"))
+                    continue
+                self.lines[sub] = key.start_mark.line + 1
+                self.index(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.lines[(*path, i)] = item.start_mark.line + 1
+                self.index(item, (*path, i))
+
+    # ----- stage 2 and 3: unsupported keys, ${env.VAR}
+
+    def find_unsupported(self, data: dict[Any, Any]) -> set[_KeyPath]:
+        """Report the keys swapproxy does not implement yet; return their paths, to drop."""
+        found = {path: f"'{path[-1]}' is {_NOT_YET}"
+                 for pattern in _UNSUPPORTED for path in _matches(data, pattern)}
+        for path in _matches(data, ("routing", "router", "use")):
+            if data["routing"]["router"]["use"] == "matrix":
+                found[path] = f"the matrix router is {_NOT_YET}"
+        for path, message in found.items():
+            self.problem(path, message)
+        return set(found)
+
+    def substitute_env(self, value: Any, path: _KeyPath, drop: set[_KeyPath]) -> Any:
+        """Copy ``value`` with ${env.VAR} replaced in strings and the ``drop`` paths left out."""
+        if isinstance(value, str):
+            return _ENV_REF.sub(lambda m: self.env_value(m, path), value)
+        if isinstance(value, dict):
+            return {k: self.substitute_env(v, (*path, k), drop)
+                    for k, v in value.items() if (*path, k) not in drop}
+        if isinstance(value, list):
+            return [self.substitute_env(v, (*path, i), drop) for i, v in enumerate(value)]
+        return value
+
+    def env_value(self, match: re.Match[str], path: _KeyPath) -> str:
+        value = self.environ.get(match[1])
+        if value is None:
+            self.problem(path, f"environment variable '{match[1]}' is not set (used as {match[0]})")
+            return match[0]
+        return value
+
+    # ----- stage 4: schema
+
+    def validate(self, data: dict[Any, Any]) -> tuple[RawConfig | None, dict[str, RawModel],
+                                                      list[str]]:
+        """Validate each model on its own, so one broken model hides nothing in the others."""
+        top, ids, models = dict(data), list[str](), dict[str, RawModel]()
+        if isinstance(data.get("models"), dict):
+            top["models"] = {}
+            if not data["models"]:
+                self.problem(("models",), "no models are defined")
+            for mid, model in data["models"].items():
+                if not isinstance(mid, str):
+                    self.problem(("models", mid), "a model id must be a string; quote it")
+                    continue
+                ids.append(mid)
+                if (checked := _checked(self, RawModel, model, ("models", mid))) is not None:
+                    models[mid] = checked
+        return _checked(self, RawConfig, top, ()), models, ids

@@ -1,0 +1,142 @@
+"""The resolved config: frozen objects with macros expanded, ports assigned and defaults applied.
+
+This is what the rest of swapproxy reads. The loading stages (:mod:`.loader`, :mod:`.resolve`)
+build these types from the raw schema; tests may build them by hand. Deliberately free of
+YAML and pydantic: the types say nothing of the file format they were read from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["DEFAULT_GROUP", "Config", "FiltersConfig", "GroupConfig", "LogLevel", "LogToStdout",
+           "ModelConfig", "_FrozenDict"]
+
+#: Name of the implicit group holding every model that no configured group lists.
+DEFAULT_GROUP = "(default)"
+
+LogLevel = Literal["debug", "info", "warn", "error"]
+LogToStdout = Literal["proxy", "upstream", "both", "none"]
+
+
+class _FrozenDict(dict[str, Any]):
+    """A read-only dict. Unlike MappingProxyType it still passes ``json.dumps``."""
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("config mappings are read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy/pickle must not go through __setitem__
+        return (_FrozenDict, (dict(self),))
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """A swap group: ``swap`` members replace each other, ``exclusive`` stops other groups,
+    ``persistent`` members are never stopped by other groups."""
+
+    name: str
+    swap: bool = True
+    exclusive: bool = True
+    persistent: bool = False
+    members: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FiltersConfig:
+    """Request-body rewrites: keys to delete and keys to force (never ``model``)."""
+
+    strip_params: tuple[str, ...] = ()
+    set_params: Mapping[str, Any] = field(default_factory=_FrozenDict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """One model, fully resolved: macros expanded, defaults applied, argv split."""
+
+    id: str
+    cmd: tuple[str, ...]
+    cmd_stop: tuple[str, ...] | None = None  # "${PID}" is left in for the process layer
+    proxy: str  # base URL, no trailing slash
+    check_endpoint: str | None = "/health"  # None: ready as soon as spawned
+    ttl: float = 0.0  # seconds idle before unload; 0 = never
+    unload_timeout: float = 10.0
+    health_check_timeout: float = 120.0
+    aliases: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=_FrozenDict)
+    use_model_name: str | None = None
+    unlisted: bool = False
+    name: str | None = None
+    description: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=_FrozenDict)
+    capabilities: Mapping[str, Any] | None = None
+    concurrency_limit: int = 10
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    send_loading_state: bool = False
+    connect_timeout: float = 30.0  # 0 = none
+    response_header_timeout: float = 0.0  # 0 = none
+    response_idle_timeout: float = 0.0  # swapproxy: 0 = none; no body progress for this long cuts the response
+    port: int | None = None  # the ${PORT} assigned to this model
+    group: str = DEFAULT_GROUP
+    upstream_api_key: str | None = None  # swapproxy: sent upstream as Bearer / x-api-key
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole resolved config. Built by :func:`load_config`; tests may build one by hand
+    (with no ``groups`` given, every model lands in the implicit ``(default)`` group)."""
+
+    file: str = "<config>"
+    health_check_timeout: float = 120.0
+    log_level: LogLevel = "info"
+    log_to_stdout: LogToStdout = "proxy"
+    start_port: int = 5800
+    global_ttl: float = 0.0
+    unload_timeout: float = 10.0
+    api_keys: tuple[str, ...] = ()  # llama-swap's: grant both tiers
+    inference_keys: tuple[str, ...] = ()  # swapproxy: /v1/... and native routes only
+    management_keys: tuple[str, ...] = ()  # swapproxy: load/unload, logs, events, metrics, UI only
+    send_loading_state: bool = False
+    include_aliases_in_list: bool = False
+    preload: tuple[str, ...] = ()
+    groups: tuple[GroupConfig, ...] = ()
+    default_model: str | None = None
+    max_request_body_mb: float = 256.0
+    breaker_failures: int = 3  # start failures within breaker_window that open the breaker; 0 = off
+    breaker_window: float = 60.0
+    state_dir: str | None = None  # where pid records live; None = no records
+    models: Mapping[str, ModelConfig]
+    notices: tuple[str, ...] = ()
+    _alias_index: Mapping[str, str] = field(init=False, repr=False, compare=False)
+    _group_index: Mapping[str, GroupConfig] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # frozen dataclass: indexes are computed once here, hence object.__setattr__
+        models = _FrozenDict(self.models)
+        object.__setattr__(self, "models", models)
+        if not self.groups and models:
+            object.__setattr__(self, "groups", (GroupConfig(DEFAULT_GROUP, members=tuple(models)),))
+        aliases = {a: m.id for m in models.values() for a in m.aliases}
+        object.__setattr__(self, "_alias_index", _FrozenDict(aliases))
+        groups = {member: g for g in self.groups for member in g.members}
+        object.__setattr__(self, "_group_index", _FrozenDict(groups))
+
+    @property
+    def all_keys(self) -> tuple[str, ...]:
+        """Every client key of every tier (to keep them out of upstream environments)."""
+        return (*self.api_keys, *self.inference_keys, *self.management_keys)
+
+    def resolve(self, name: str) -> str | None:
+        """Model id or alias -> model id; None when neither."""
+        return name if name in self.models else self._alias_index.get(name)
+
+    def group_of(self, model_id: str) -> GroupConfig:
+        """The group holding ``model_id``; KeyError for an unknown id."""
+        try:
+            return self._group_index[model_id]
+        except KeyError:
+            raise KeyError(f"model {model_id!r} is in no group") from None

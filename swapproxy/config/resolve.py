@@ -1,0 +1,102 @@
+"""Resolution: a validated :class:`~.schema.RawConfig` becomes the frozen :class:`~.model.Config`.
+
+The top-level settings are read here, and each section is resolved by its own module:
+:mod:`.macros` (the global ``macros``), :mod:`.resolve_groups` (swap groups) and
+:mod:`.resolve_models` (each ``models.<id>``, in config order since ``${PORT}`` follows it).
+Then the names that refer to models are cross-checked: aliases, group members, ``preload``
+and ``defaultModel``. A new top-level section gets its own ``resolve_<section>.py`` and one
+call here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from .macros import _expand_macros, _macro_defs
+from .model import DEFAULT_GROUP, Config, ModelConfig
+from .problems import _Report
+from .resolve_groups import _resolve_groups
+from .resolve_models import _resolve_model
+from .schema import RawConfig, RawModel
+
+__all__ = ["_resolve"]
+
+_UI_ONLY = "accepted; only tunes llama-swap's own UI/storage, swapproxy ignores it"
+_UI_ONLY_KEYS = ("logRequests", "metricsMaxInMemory", "captureBuffer", "logTimeFormat",
+                 "performance", "ui", "store")
+
+
+def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], ids: list[str],
+             environ: Mapping[str, str], port_hints: Mapping[str, int]) -> Config | None:
+    """The resolved Config; None when any stage so far (this one included) found a problem."""
+    for key in _UI_ONLY_KEYS:
+        if key in raw.model_fields_set:
+            report.notice((key,), _UI_ONLY)
+    global_defs = _macro_defs(report, raw.macros, ("macros",))
+    _expand_macros(report, global_defs, set())  # report bad references even if unused
+    groups, unknown_members = _resolve_groups(report, raw, ids)
+    group_of = {member: g.name for g in groups for member in g.members}
+    models: dict[str, ModelConfig] = {}
+    next_port = raw.startPort
+    for mid, raw_model in raw_models.items():
+        models[mid], next_port = _resolve_model(report, raw, mid, raw_model, global_defs, next_port,
+                                                group_of.get(mid, DEFAULT_GROUP), port_hints)
+    owner: dict[str, str] = {}
+    for mid, model in models.items():
+        for i, alias in enumerate(model.aliases):
+            path = ("models", mid, "aliases", i)
+            if not alias:
+                report.problem(path, "an alias must not be empty")
+            elif alias in ids:
+                report.problem(path, f"alias '{alias}' is also a model id")
+            elif alias in owner:
+                report.problem(path, f"alias '{alias}' is already used by model '{owner[alias]}'")
+            else:
+                owner[alias] = mid
+    for path, member in unknown_members:
+        hint = f" ('{member}' is an alias of '{owner[member]}')" if member in owner else ""
+        report.problem(path, f"'{member}' is not a model id defined in models{hint}")
+
+    def find(name: str) -> str | None:
+        return name if name in ids else owner.get(name)
+
+    preload: list[str] = []
+    for i, name in enumerate(raw.hooks.on_startup.preload):
+        target = find(name.strip())
+        if target is None:
+            report.problem(("hooks", "on_startup", "preload", i),
+                           f"'{name}' is not a model id or alias")
+        elif target not in preload:
+            preload.append(target)
+    default_model = find(raw.defaultModel) if raw.defaultModel is not None else None
+    if raw.defaultModel is not None and default_model is None:
+        report.problem(("defaultModel",), f"'{raw.defaultModel}' is not a model id or alias")
+    for field_name in ("apiKeys", "inferenceApiKeys", "managementApiKeys"):
+        for i, key in enumerate(getattr(raw, field_name)):
+            if not key or any(c.isspace() for c in key):
+                report.problem((field_name, i), "an API key must be non-empty, without whitespace")
+    if report.problems:
+        return None
+    notices = sorted(dict.fromkeys(report.notices), key=lambda p: p.line)
+    return Config(
+        file=report.file, health_check_timeout=raw.healthCheckTimeout, log_level=raw.logLevel,
+        log_to_stdout=raw.logToStdout, start_port=raw.startPort, global_ttl=raw.globalTTL,
+        unload_timeout=raw.unloadTimeout, api_keys=tuple(raw.apiKeys),
+        inference_keys=tuple(raw.inferenceApiKeys), management_keys=tuple(raw.managementApiKeys),
+        send_loading_state=raw.sendLoadingState,
+        include_aliases_in_list=raw.includeAliasesInList, preload=tuple(preload),
+        groups=tuple(groups), default_model=default_model,
+        max_request_body_mb=raw.maxRequestBodyMB, models=models,
+        breaker_failures=raw.circuitBreaker.failures, breaker_window=raw.circuitBreaker.window,
+        state_dir=_state_dir(environ, raw.stateDir),
+        notices=tuple(str(n) for n in notices))
+
+
+def _state_dir(environ: Mapping[str, str], value: str | None) -> str | None:
+    """stateDir as given; unset means $XDG_STATE_HOME/swapproxy (or ~/.local/state/swapproxy)."""
+    if value is not None:
+        return os.path.expanduser(value) or None
+    base = environ.get("XDG_STATE_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "swapproxy")

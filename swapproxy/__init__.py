@@ -9,7 +9,7 @@ Architecture, in the order a request meets it::
               process.py   ManagedProcess: spawn, health-probe, watch exit, stop
               proxy.py     forward(): stream bytes both ways, no buffering
 
-Configuration is read by config.py (llama-swap's format), process states are
+Configuration is read by config/ (llama-swap's format), process states are
 in states.py, errors and their OpenAI envelope in errors.py.
 """
 

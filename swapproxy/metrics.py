@@ -4,8 +4,8 @@ Each application owns a :class:`Metrics` with its own
 ``prometheus_client.CollectorRegistry`` (never the global default), so tests
 can run many apps in one process. What changes with every request or state
 change is counted as it happens; what is a *level* (state, in-flight, queue,
-RSS) is read from the :class:`~swapproxy.swap.Swapper` when ``/metrics`` is
-scraped, so it can never drift from the truth.
+RSS) is read from the scheduler's :class:`~swapproxy.status.ModelStatus`
+when ``/metrics`` is scraped, so it can never drift from the truth.
 
 Label sets are bounded: ``model`` only ever holds a configured model id (or
 ``""`` when a request named none); ``route`` is the matched route's canonical
@@ -24,19 +24,18 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .config import Config
+from .processes import ProcessLike
+from .scheduler import Scheduler
 from .states import ProcessState
-
-if TYPE_CHECKING:
-    from .config import Config
-    from .process import ManagedProcess
-    from .swap import Swapper
+from .status import all_statuses
 
 __all__ = ["Metrics", "TokenTap", "usage_from_tail", "tree_rss", "CONTENT_TYPE"]
 
@@ -235,14 +234,14 @@ def usage_from_tail(tail: bytes | bytearray, *, sse: bool, complete: bool) -> tu
 
 # -- the registry -------------------------------------------------------------------------------
 class _LiveCollector(Collector):
-    """Levels read from the swapper at scrape time."""
+    """Levels read from the scheduler at scrape time."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     def collect(self) -> Iterable[Metric]:
-        swapper = self._metrics.swapper
-        if swapper is None:
+        scheduler = self._metrics.scheduler
+        if scheduler is None:
             return []
         state = GaugeMetricFamily("swapproxy_model_state", "1 for the state each model is in, 0 for the others",
                                   labels=["model", "state"])
@@ -251,18 +250,18 @@ class _LiveCollector(Collector):
                                     labels=["model"])
         rss = GaugeMetricFamily("swapproxy_upstream_rss_bytes", "Resident memory of the model's process tree",
                                 labels=["model"])
-        sizes = tree_rss(slot.process.pid for slot in swapper.slots.values())
-        for mid, slot in swapper.slots.items():
-            current = slot.process.state
+        statuses = all_statuses(scheduler)
+        sizes = tree_rss(status.pid for status in statuses)
+        for status in statuses:
+            mid = status.model
             for value in ProcessState:
-                state.add_metric([mid, value.value], 1.0 if value is current else 0.0)
-            inflight.add_metric([mid], slot.inflight)
-            waiting.add_metric([mid], slot.waiting)
-            pid = slot.process.pid
-            if pid is not None and pid in sizes:
-                rss.add_metric([mid], sizes[pid])
+                state.add_metric([mid, value.value], 1.0 if value is status.state else 0.0)
+            inflight.add_metric([mid], status.inflight)
+            waiting.add_metric([mid], status.waiting)
+            if status.pid is not None and status.pid in sizes:
+                rss.add_metric([mid], sizes[status.pid])
         depth = GaugeMetricFamily("swapproxy_queue_depth", "Requests waiting for a model, all models")
-        depth.add_metric([], swapper.queue_depth())
+        depth.add_metric([], scheduler.queue_depth())
         return [state, inflight, waiting, depth, rss]
 
 
@@ -271,7 +270,7 @@ class Metrics:
 
     def __init__(self, config: Config) -> None:
         self.models = frozenset(config.models)
-        self.swapper: Swapper | None = None
+        self.scheduler: Scheduler | None = None
         self.registry = CollectorRegistry()
         reg = self.registry
         self.requests = Counter("swapproxy_requests", "HTTP requests answered", ["model", "route", "status"],
@@ -299,19 +298,19 @@ class Metrics:
         self._ttfb_children: dict[tuple[str, str], Any] = {}
         self._token_children: dict[tuple[str, str], Any] = {}
 
-    def bind(self, swapper: Swapper | None) -> None:
-        """Read live levels from ``swapper`` (None once it is gone)."""
-        self.swapper = swapper
+    def bind(self, scheduler: Scheduler | None) -> None:
+        """Read live levels from ``scheduler`` (None once it is gone)."""
+        self.scheduler = scheduler
 
     def model_label(self, model: str | None) -> str:
         """``model`` if it is a configured id (after reloads too), else ""."""
         if model is None:
             return ""
-        known = self.swapper.slots if self.swapper is not None else self.models
+        known = self.scheduler.slots if self.scheduler is not None else self.models
         return model if model in known else ""
 
     # -- feeds ------------------------------------------------------------------------
-    def on_state_change(self, proc: ManagedProcess, old: ProcessState, new: ProcessState) -> None:
+    def on_state_change(self, proc: ProcessLike, old: ProcessState, new: ProcessState) -> None:
         model = self.model_label(proc.name)
         if new is ProcessState.STARTING:
             self.swaps.labels(model).inc()

@@ -4,8 +4,9 @@ It spawns the model's command (never through a shell) in its own process
 group with the parent-death signal set, captures its output line by line,
 probes readiness, watches for exit and stops it — ``cmdStop`` or SIGTERM to
 the group, a grace period of ``unloadTimeout``, then SIGKILL to the group —
-always reaping. It knows nothing about HTTP routes or other models; the
-swap policy lives in :mod:`swapproxy.swap`.
+always reaping. It knows nothing about HTTP routes or other models; it is
+the real :class:`~swapproxy.processes.ProcessLike` the scheduler
+(:mod:`swapproxy.scheduler`) drives.
 
 Every state change goes through :meth:`ManagedProcess.change_state`, which
 checks the edge against :data:`swapproxy.states.TRANSITIONS`.
@@ -14,15 +15,12 @@ checks the edge against :data:`swapproxy.states.TRANSITIONS`.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -30,6 +28,7 @@ from .config import ModelConfig
 from .errors import HealthCheckTimeout, ModelStartFailed, ShuttingDown
 from .health import is_ready_hint, probe_intervals
 from .logs import LogBuffer
+from .spawn import check_port_free, child_setup, killpg, run_cmd_stop
 from .states import ProcessState, check_transition
 
 __all__ = ["ManagedProcess", "ProcessTracker", "StateListener", "LOG_TAIL_LINES"]
@@ -55,36 +54,6 @@ LOG_TAIL_LINES = 20
 KILL_WAIT = 10.0
 #: A line longer than this is cut into pieces rather than buffered whole.
 MAX_LINE_BYTES = 64 * 1024
-_PR_SET_PDEATHSIG = 1
-_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
-
-
-#: prctl(2), looked up once here: the preexec_fn below runs in a child forked from a process
-#: with threads, where loading a library (dlopen's lock) is not safe; calling it is.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-
-
-def _child_setup(parent_pid: int) -> Callable[[], None]:
-    """preexec_fn: die with the parent (Linux), and catch a parent already gone.
-
-    It only calls prctl and getppid: no imports, no library loading, no locks.
-    """
-    prctl = _prctl
-
-    def setup() -> None:
-        if prctl is not None:
-            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died between fork and prctl
-            os._exit(1)
-
-    return setup
-
-
-def _killpg(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class ManagedProcess:
@@ -97,7 +66,6 @@ class ManagedProcess:
         log: LogBuffer | None = None,
         trackers: Sequence[ProcessTracker] = (),
         session: aiohttp.ClientSession | None = None,
-        on_state_change: StateListener | None = None,
         on_line: LineListener | None = None,
         secrets: Collection[str] = (),
     ) -> None:
@@ -106,10 +74,11 @@ class ManagedProcess:
         self._trackers = tuple(trackers)
         self._session = session
         self._own_session: aiohttp.ClientSession | None = None
-        self._listeners: list[StateListener] = [on_state_change] if on_state_change else []
+        self._listeners: list[StateListener] = []
         self._on_line = on_line
         self._secrets = frozenset(secrets)
         self.state = ProcessState.STOPPED
+        self.state_since = time.time()  # wall time of the last state change
         self.last_error: ModelStartFailed | None = None
         self.exit_code: int | None = None
         self.spawned_at: float | None = None  # loop time
@@ -140,6 +109,7 @@ class ManagedProcess:
         old = self.state
         check_transition(self.name, old, new)
         self.state = new
+        self.state_since = time.time()
         logger.info("%s: %s -> %s%s", self.name, old.value, new.value, f" ({reason})" if reason else "")
         for listener in self._listeners:
             try:
@@ -192,23 +162,9 @@ class ManagedProcess:
             if self._starting is asyncio.current_task():
                 self._starting = None
 
-    async def _check_port_free(self) -> None:
-        parts = urlsplit(self.spec.proxy)
-        if parts.hostname not in _LOOPBACK or parts.port is None:
-            return
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port), 0.5)
-        except (OSError, asyncio.TimeoutError):
-            return  # nobody listening: good
-        writer.close()
-        raise ModelStartFailed(
-            f"{self.name}: port {parts.port} ({self.spec.proxy}) is already in use by another process; "
-            "stop that process or change startPort/proxy"
-        )
-
     async def _spawn(self) -> None:
         self._proc = None
-        await self._check_port_free()
+        await check_port_free(self.name, self.spec.proxy)
         self.log.clear()
         self._exited = asyncio.Event()
         self._wake = asyncio.Event()
@@ -227,7 +183,7 @@ class ManagedProcess:
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
                 start_new_session=True,  # own process group: stop() signals the whole tree
-                preexec_fn=_child_setup(os.getpid()),
+                preexec_fn=child_setup(os.getpid()),
             )
         except OSError as exc:
             raise ModelStartFailed(f"{self.name}: cannot run {argv[0]!r}: {exc.strerror or exc}") from None
@@ -271,7 +227,7 @@ class ManagedProcess:
         self.exit_code = code
         self._exited.set()
         self._wake.set()
-        _killpg(proc.pid, signal.SIGKILL)  # the leader is gone: take its stragglers too
+        killpg(proc.pid, signal.SIGKILL)  # the leader is gone: take its stragglers too
         for tracker in self._trackers:
             tracker.unwatch(proc.pid)
         if self.state is ProcessState.READY:
@@ -373,38 +329,21 @@ class ManagedProcess:
         grace = self.spec.unload_timeout
         if not self._exited.is_set():
             if self.spec.cmd_stop:
-                await self._run_cmd_stop(proc.pid, grace)
+                await run_cmd_stop(self.name, self.spec.cmd_stop, proc.pid, grace)
             else:
-                _killpg(proc.pid, signal.SIGTERM)
+                killpg(proc.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(self._exited.wait(), grace)
             except asyncio.TimeoutError:
                 logger.warning("%s: still running %gs after stop request; killing", self.name, grace)
         await self._kill_now()
 
-    async def _run_cmd_stop(self, pid: int, timeout: float) -> None:
-        assert self.spec.cmd_stop is not None
-        argv = [arg.replace("${PID}", str(pid)) for arg in self.spec.cmd_stop]
-        try:
-            stopper = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-            )
-        except OSError as exc:
-            logger.warning("%s: cmdStop failed to run (%s); sending SIGTERM", self.name, exc)
-            _killpg(pid, signal.SIGTERM)
-            return
-        try:
-            await asyncio.wait_for(stopper.wait(), timeout)
-        except asyncio.TimeoutError:
-            stopper.kill()
-            await stopper.wait()
-
     async def _kill_now(self) -> None:
         """SIGKILL the group (if anything is left) and reap."""
         proc = self._proc
         if proc is None:
             return
-        _killpg(proc.pid, signal.SIGKILL)
+        killpg(proc.pid, signal.SIGKILL)
         if proc.returncode is None:
             try:
                 proc.kill()  # the leader too, should it have left its own group

@@ -2,8 +2,9 @@
 
 An invalid new config changes nothing: the old one keeps serving and the
 problems (file:line: key: message) are logged and kept in :class:`ReloadState`
-for ``/info`` and the UI. A valid one goes to :meth:`Swapper.apply_config`,
-which keeps unchanged models running (same PID). ``--watch-config`` polls the
+for ``/info`` and the UI. A valid one goes to :meth:`Scheduler.apply_config
+<swapproxy.scheduler.Scheduler.apply_config>`, which keeps unchanged models
+running (same PID); what counts as unchanged is :mod:`swapproxy.config_diff`'s. ``--watch-config`` polls the
 file's size and mtime once a second — cheap, and it needs no dependency.
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import ConfigError, load_config
-from .swap import Swapper
+from .scheduler import Scheduler
 
 __all__ = ["ReloadState", "Reloader"]
 
@@ -38,18 +39,18 @@ class ReloadState:
 
 
 class Reloader:
-    """Reloads ``path`` into ``swapper``; one reload at a time."""
+    """Reloads ``path`` into ``scheduler``; one reload at a time."""
 
     def __init__(
         self,
         path: str,
-        swapper: Swapper,
+        scheduler: Scheduler,
         state: ReloadState,
         on_begin: Callable[[], None] = lambda: None,
         on_end: Callable[[], None] = lambda: None,
     ) -> None:
         self.path = path
-        self.swapper = swapper
+        self.scheduler = scheduler
         self.state = state
         self._on_begin = on_begin
         self._on_end = on_end
@@ -67,7 +68,7 @@ class Reloader:
     async def _reload(self) -> bool:
         began = time.time()
         try:
-            new = await asyncio.to_thread(load_config, self.path, None, self.swapper.config)
+            new = await asyncio.to_thread(load_config, self.path, None, self.scheduler.config)
         except ConfigError as err:
             for problem in err.problems:
                 logger.error("reload refused, the running config stays: %s", problem)
@@ -75,7 +76,7 @@ class Reloader:
             return False
         for notice in new.notices:
             logger.info("notice: %s", notice)
-        self._record(began, None, await self.swapper.apply_config(new))
+        self._record(began, None, await self.scheduler.apply_config(new))
         return True
 
     def _record(self, began: float, error: str | None, report: dict[str, list[str]]) -> None:

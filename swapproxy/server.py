@@ -15,22 +15,22 @@ import asyncio
 import gc
 import logging
 import signal
-import time
 from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from .app import RELOAD, SWAPPER, make_app
 from .config import Config
-from .process import ManagedProcess
+from .processes import ProcessLike
 from .reload import Reloader
 from .states import ProcessState
-from .swap import Swapper
+from .status import status_line
 from .systemd import Notifier
+from .web.app import make_app
+from .web.runtime import RUNTIME
 
-__all__ = ["parse_listen", "serve", "run", "loop_factory"]
+__all__ = ["parse_listen", "serve", "run", "loop_factory", "status_line"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +56,6 @@ def parse_listen(value: str) -> tuple[str | None, int]:
     return (host or None), port
 
 
-def status_line(swapper: Swapper) -> str:
-    """The one-line summary systemd shows in ``systemctl status``."""
-    running = [m for m, slot in swapper.slots.items() if slot.process.state is ProcessState.READY]
-    text = f"{len(running)} model(s) running" + (f": {', '.join(running)}" if running else "")
-    if swapper.last_swap is not None:
-        at, model = swapper.last_swap
-        text += f"; last swap {time.strftime('%H:%M:%S', time.localtime(at))} to {model}"
-    return text
-
-
 async def serve(
     config: Config, host: str | None, port: int, stop: asyncio.Event, *, watch_config: bool = False
 ) -> None:
@@ -85,25 +75,24 @@ async def serve(
         logger.info("swapproxy listening on http://%s with %d model(s)", where, len(config.models))
         if host not in ("127.0.0.1", "localhost", "::1") and not config.all_keys:
             logger.warning("listening on %s without any apiKeys: anyone who can reach this port can use it", where)
-        swapper = app[SWAPPER]
+        rt = app[RUNTIME]
+        scheduler = rt.scheduler
         notifier.start_watchdog()
         if config.preload:  # READY=1 means preloads are done, unless we are told to stop first
-            preloaded = asyncio.ensure_future(swapper.preloaded.wait())
+            preloaded = asyncio.ensure_future(scheduler.preloaded.wait())
             stopping = asyncio.ensure_future(stop.wait())
             await asyncio.wait({preloaded, stopping}, return_when=asyncio.FIRST_COMPLETED)
             preloaded.cancel()
             stopping.cancel()
 
-        def on_state(proc: ManagedProcess, old: ProcessState, new: ProcessState) -> None:
+        def on_state(proc: ProcessLike, old: ProcessState, new: ProcessState) -> None:
             if new in (ProcessState.READY, ProcessState.STOPPED, ProcessState.FAILED):
-                notifier.status(status_line(swapper))
+                notifier.status(status_line(scheduler))
 
-        for slot in swapper.slots.values():
-            slot.process.add_listener(on_state)
-        swapper.process_listeners.append(lambda proc: proc.add_listener(on_state))
+        scheduler.hub.add_listener(on_state)
         reloader = Reloader(
-            config.file, swapper, app[RELOAD],
-            on_begin=notifier.reloading, on_end=lambda: notifier.ready(status_line(swapper)),
+            config.file, scheduler, rt.reload,
+            on_begin=notifier.reloading, on_end=lambda: notifier.ready(status_line(scheduler)),
         )
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[bool]] = set()
@@ -115,7 +104,7 @@ async def serve(
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         watcher = asyncio.ensure_future(reloader.watch()) if watch_config else None
-        notifier.ready(status_line(swapper))
+        notifier.ready(status_line(scheduler))
         await stop.wait()
         loop.remove_signal_handler(signal.SIGHUP)
         if watcher is not None:

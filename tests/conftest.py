@@ -25,7 +25,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from swapproxy.app import SWAPPER, make_app
+from swapproxy.web.app import make_app
+from swapproxy.web.runtime import RUNTIME, Runtime
 from swapproxy.config import Config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,8 +157,13 @@ class Proxy:
         self.http = session
 
     @property
+    def runtime(self) -> Runtime:
+        return self.app[RUNTIME]
+
+    @property
     def swapper(self):  # type: ignore[no-untyped-def]
-        return self.app[SWAPPER]
+        """The scheduler (the name the tests were written with)."""
+        return self.app[RUNTIME].scheduler
 
     def pid(self, model: str) -> int | None:
         return self.swapper.slot(model).process.pid

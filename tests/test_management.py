@@ -17,7 +17,6 @@ import pytest
 from conftest import Proxy, fake_cmd, make_config, pid_gone, start_proxy, wait_until
 
 from swapproxy import __version__
-from swapproxy.app import CONFIG, EVENTS
 
 TIMEOUT = 10.0
 
@@ -92,7 +91,7 @@ async def test_health_liveness_and_running_details(proxy_factory) -> None:
     status, body = await get_json(proxy, "/running?details=1")
     detail = body["details"]["a"]
     assert detail["state"] == "ready" and detail["pid"] == proxy.pid("a")
-    assert detail["port"] == proxy.app[CONFIG].models["a"].port
+    assert detail["port"] == proxy.runtime.config.models["a"].port
     assert detail["rss_bytes"] > 1_000_000  # a real Python process tree
     assert 0 <= detail["uptime_s"] < 60
     assert detail["inflight"] == 0 and detail["waiting"] == 0
@@ -396,7 +395,7 @@ async def test_open_streams_do_not_hold_up_shutdown() -> None:
     try:
         streams = [await proxy.http.get(proxy.url + p) for p in ("/api/events", "/logs/stream", "/models/sse")]
         assert all(s.status == 200 for s in streams)
-        assert proxy.app[EVENTS].subscriber_count == 2  # subscribed before the headers went out
+        assert proxy.runtime.events.subscriber_count == 2  # subscribed before the headers went out
         began = time.monotonic()
         await runner.cleanup()
         assert time.monotonic() - began < 5  # aiohttp's own shutdown timeout is 60 s

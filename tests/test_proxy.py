@@ -15,7 +15,7 @@ import pytest
 
 from conftest import PY, Proxy, fake_cmd, make_config, wait_until
 
-from swapproxy import proxy as proxy_module
+from swapproxy.web import proxy as proxy_module
 
 
 def one(model: str = "m", *flags: str, **extra: object) -> dict[str, dict[str, object]]:
@@ -99,6 +99,16 @@ async def test_errors_are_openai_envelopes(proxy_factory) -> None:
     async with proxy.http.get(proxy.url + "/no/such/route") as resp:
         assert resp.status == 404
         assert "error" in await resp.json()
+
+
+async def test_a_get_on_a_post_route_is_405_with_allow(proxy_factory) -> None:
+    proxy = await proxy_factory(make_config(one()))
+    for path in ("/v1/chat/completions", "/completion"):
+        async with proxy.http.get(proxy.url + path) as resp:
+            assert resp.status == 405, path
+            assert resp.headers["Allow"] == "POST"
+            assert "not allowed" in (await resp.json())["error"]["message"]
+    assert proxy.swapper.running() == []  # nothing started for it
 
 
 async def test_body_over_limit_is_413(proxy_factory) -> None:

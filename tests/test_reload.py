@@ -74,8 +74,8 @@ async def test_changed_model_restarts_when_next_needed_after_in_flight_finish(pr
 
 
 async def test_forced_unload_does_not_queue_behind_a_reload_drain(proxy_factory) -> None:
-    """A request for a changed model drains the old process under the swap lock; a forced
-    unload must not wait for that lock (it is how an operator ends such a drain)."""
+    """A forced unload of a model whose reload drain waits on a stream that never ends
+    answers at once (it is how an operator ends such a drain)."""
     start = free_port_block(3)
     old = load(doc({"a": fake("a")}, start))
     proxy: Proxy = await proxy_factory(old)
@@ -93,6 +93,33 @@ async def test_forced_unload_does_not_queue_behind_a_reload_drain(proxy_factory)
     await wait_until(lambda: proxy.pid("a") != pid, 5, "the old process gone")
     stream.close()
     status, data = await asyncio.wait_for(request, 15)  # the waiting request gets the new definition
+    assert status == 200 and data["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
+
+
+async def test_a_reload_drain_holds_up_no_other_model(proxy_factory) -> None:
+    """A request for a changed model waits for the old process's stream to finish; meanwhile
+    the swap queue is not held: another model still unloads and starts again at once."""
+    start = free_port_block(4)
+    old = load(doc({"a": fake("a"), "b": fake("b")}, start, groups=SIDE))
+    proxy: Proxy = await proxy_factory(old)
+    assert (await proxy.chat("b"))[0] == 200
+    stream = await open_gated_stream(proxy, "a")  # held open until released
+    await proxy.swapper.apply_config(load(doc({"a": fake("a", "--tokens", "3"), "b": fake("b")}, start,
+                                              groups=SIDE), previous=old))
+    request = asyncio.ensure_future(proxy.chat("a"))
+    await wait_until(lambda: proxy.swapper.slot("a").evicting, what="old process draining")
+
+    async def unload_b() -> int:
+        async with proxy.http.delete(proxy.url + "/upstream/b") as resp:
+            return resp.status
+
+    assert await asyncio.wait_for(unload_b(), 10) == 200  # not queued behind a's drain
+    assert proxy.swapper.slot("b").process.state is ProcessState.STOPPED
+    status, _ = await asyncio.wait_for(proxy.chat("b"), 10)  # a start needs the swap queue too
+    assert status == 200
+    assert not request.done() and proxy.swapper.slot("a").evicting  # a's drain still waits on its stream
+    await release_all(proxy, "a", stream)
+    status, data = await asyncio.wait_for(request, 15)
     assert status == 200 and data["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
 
 

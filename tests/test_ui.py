@@ -137,7 +137,6 @@ async def test_ui_stop_now_cuts_the_requests_in_flight(proxy_factory, page) -> N
 
 
 async def test_ui_shows_a_refused_reload(proxy_factory, page, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from swapproxy.app import RELOAD
     from swapproxy.reload import Reloader
 
     proxy = await proxy_factory(make_config({"chat": {"cmd": fake_cmd("--model-name", "chat")}}))
@@ -146,7 +145,7 @@ async def test_ui_shows_a_refused_reload(proxy_factory, page, tmp_path) -> None:
     await expect(page.locator("#reload-error")).to_be_hidden()
     bad = tmp_path / "config.yaml"
     bad.write_text("models:\n  chat:\n    cmd: llama-server --port ${PORT}\n    ttll: 5\n")
-    reloader = Reloader(str(bad), proxy.swapper, proxy.app[RELOAD])
+    reloader = Reloader(str(bad), proxy.swapper, proxy.runtime.reload)
     assert await reloader.reload() is False
     await expect(page.locator("#reload-error")).to_be_visible(timeout=STEP_MS)
     await expect(page.locator("#reload-error-text")).to_contain_text(f"{bad}:4: models.chat.ttll:")

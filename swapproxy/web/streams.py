@@ -8,14 +8,13 @@
   ``model_status`` shape.
 
 Each stream subscribes before it sends anything, so nothing published after its
-first byte is missed, and ends when the app shuts down (``CLOSING``) instead of
+first byte is missed, and ends when the app shuts down (``Runtime.closing``) instead of
 holding the shutdown up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -23,16 +22,17 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from . import __version__
-from .app import ALL_LOG, CLOSING, EVENTS, PROXY_LOG, STARTED, SWAPPER, UPSTREAM_LOG
-from .errors import BadRequest
-from .logs import LogBuffer
-from .management import model_snapshot
-from .metrics import tree_rss
+from .. import __version__
+from ..errors import BadRequest
+from ..logs import LogBuffer
+from ..metrics import tree_rss
+from ..states import ProcessState
+from ..status import all_statuses
+from . import sse
 from .openapi import api
-from .states import ProcessState
+from .runtime import Tier, runtime, tag
 
-__all__ = ["logs", "logs_stream", "api_events", "models_sse"]
+__all__ = ["add_routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ _ROUTER_STATUS = {
     ProcessState.FAILED.value: "unloaded",
 }
 _HEARTBEAT_S = 15.0
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def _until_closed(
@@ -80,26 +79,22 @@ async def _open_stream(request: web.Request, headers: dict[str, str]) -> web.Str
     return resp
 
 
-def _sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-
 def _log_source(request: web.Request, source: str) -> LogBuffer:
-    app = request.app
+    rt = runtime(request)
     if source == "proxy":
-        return app[PROXY_LOG]
+        return rt.proxy_log
     if source == "upstream":
-        return app[UPSTREAM_LOG]
-    model_id = app[SWAPPER].config.resolve(source)
+        return rt.upstream_log
+    model_id = rt.config.resolve(source)
     if model_id is None:
         raise BadRequest(f"unknown log source '{source}': use proxy, upstream or a model id", param="source")
-    return app[SWAPPER].slot(model_id).process.log
+    return rt.scheduler.slot(model_id).process.log
 
 
 @api(tag="logs", content_type="text/plain")
 async def logs(request: web.Request) -> web.Response:
     """Recent log lines, swapproxy's and every model's (models' lines start with [model])."""
-    text = "".join(line + "\n" for line in request.app[ALL_LOG].tail())
+    text = "".join(line + "\n" for line in runtime(request).all_log.tail())
     return web.Response(text=text, content_type="text/plain")
 
 
@@ -112,14 +107,14 @@ async def logs_stream(request: web.Request) -> web.StreamResponse:
     every model's output; /logs/stream/{model}: one model's output (unknown id: 400).
     """
     source = request.match_info.get("source")
-    buffer = request.app[ALL_LOG] if source is None else _log_source(request, source)
+    buffer = runtime(request).all_log if source is None else _log_source(request, source)
     with buffer.subscribe() as queue:
         history = [] if "no-history" in request.query else buffer.tail()
         resp = await _open_stream(request, {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache",
                                             "X-Accel-Buffering": "no"})
         if history:
             await resp.write("".join(line + "\n" for line in history).encode())
-        live = _until_closed(queue, request.app[CLOSING], None)
+        live = _until_closed(queue, runtime(request).closing, None)
         async with aclosing(live) as lines:
             async for line in lines:
                 if line is not None:
@@ -134,31 +129,32 @@ async def api_events(request: web.Request) -> web.StreamResponse:
 
     Every event is one `data:` JSON object whose "type" is snapshot, state, log, inflight or swap.
     """
-    app = request.app
+    rt = runtime(request)
     try:
         n_lines = max(0, min(int(request.query.get("logs", "200")), 1000))
     except ValueError:
         raise BadRequest("logs must be a number of lines", param="logs") from None
-    swapper = app[SWAPPER]
-    with app[EVENTS].subscribe() as queue:
+    scheduler = rt.scheduler
+    with rt.events.subscribe() as queue:
         # Snapshot and subscription in one synchronous step: no event is missed or doubled.
-        sizes = tree_rss(slot.process.pid for slot in swapper.slots.values())
-        log_tails = {"proxy": app[PROXY_LOG].tail(n_lines)}
-        log_tails.update({mid: slot.process.log.tail(n_lines) for mid, slot in swapper.slots.items()})
+        statuses = all_statuses(scheduler)
+        sizes = tree_rss(status.pid for status in statuses)
+        log_tails = {"proxy": rt.proxy_log.tail(n_lines)}
+        log_tails.update({mid: slot.process.log.tail(n_lines) for mid, slot in scheduler.slots.items()})
         snapshot = {
             "type": "snapshot",
             "version": __version__,
-            "started": app[STARTED],
-            "queue_depth": swapper.queue_depth(),
-            "models": [model_snapshot(app, mid, sizes) for mid in swapper.slots],
+            "started": rt.started,
+            "queue_depth": scheduler.queue_depth(),
+            "models": [status.as_json(sizes) for status in statuses],
             "logs": log_tails,
         }
-        resp = await _open_stream(request, _SSE_HEADERS)
-        await resp.write(_sse(snapshot))
-        live = _until_closed(queue, app[CLOSING], _HEARTBEAT_S)
+        resp = await _open_stream(request, sse.HEADERS)
+        await resp.write(sse.event(snapshot))
+        live = _until_closed(queue, rt.closing, _HEARTBEAT_S)
         async with aclosing(live) as events:
             async for event in events:
-                await resp.write(b": ping\n\n" if event is None else _sse(event))
+                await resp.write(sse.PING if event is None else sse.event(event))
     return resp
 
 
@@ -175,14 +171,25 @@ def _router_event(event: dict[str, Any]) -> dict[str, Any]:
 @api(tag="llama.cpp router", content_type="text/event-stream")
 async def models_sse(request: web.Request) -> web.StreamResponse:
     """llama.cpp router mode: model_status events (loading, loaded, unloaded) as they happen."""
-    app = request.app
-    with app[EVENTS].subscribe() as queue:
-        resp = await _open_stream(request, _SSE_HEADERS)
-        live = _until_closed(queue, app[CLOSING], _HEARTBEAT_S)
+    rt = runtime(request)
+    with rt.events.subscribe() as queue:
+        resp = await _open_stream(request, sse.HEADERS)
+        live = _until_closed(queue, rt.closing, _HEARTBEAT_S)
         async with aclosing(live) as events:
             async for event in events:
                 if event is None:
-                    await resp.write(b": ping\n\n")
+                    await resp.write(sse.PING)
                 elif event.get("type") == "state" and event["state"] in _ROUTER_STATUS:
-                    await resp.write(_sse(_router_event(event)))
+                    await resp.write(sse.event(_router_event(event)))
     return resp
+
+
+def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
+    """Register the streaming routes (management tier)."""
+    r = app.router
+    tag(tiers, Tier.MANAGEMENT,
+        r.add_get("/models/sse", models_sse),
+        r.add_get("/logs", logs),
+        r.add_get("/logs/stream", logs_stream),
+        r.add_get("/logs/stream/{source:.+}", logs_stream),
+        r.add_get("/api/events", api_events))

@@ -15,7 +15,6 @@ no auto-added ``User-Agent``/``Accept-Encoding`` the client did not send.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import struct
@@ -28,8 +27,9 @@ from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
-from .config import ModelConfig
-from .errors import BadRequest, UpstreamTimeout, UpstreamUnreachable, envelope
+from ..config import ModelConfig
+from ..errors import BadRequest, UpstreamTimeout, UpstreamUnreachable
+from . import sse
 
 __all__ = ["make_client_session", "open_upstream", "relay", "forward", "drop_client", "HOP_BY_HOP"]
 
@@ -220,7 +220,7 @@ async def relay(
     upstream: aiohttp.ClientResponse,
     resp: web.StreamResponse,
     *,
-    sse: bool,
+    is_sse: bool,
     on_chunk: OnChunk | None = None,
     idle: float = 0.0,
 ) -> str | None:
@@ -246,11 +246,11 @@ async def relay(
                 on_chunk(chunk)
     except _Stalled as exc:
         logger.warning("upstream %s: response cut, %s", upstream.url, exc)
-        if sse:
-            event = envelope(f"response cut: {exc}", "upstream_error", "upstream_timeout")
+        if is_sse:
+            event = sse.error_event(f"response cut: {exc}", "upstream_error", "upstream_timeout")
             try:  # the client may be the one not reading: do not wait on it again
                 async with asyncio.timeout(1.0):
-                    await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                    await resp.write(event)
             except (ConnectionError, TimeoutError):
                 pass
         return "idle"
@@ -261,11 +261,11 @@ async def relay(
         return "client"
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
         logger.warning("upstream %s broke off mid-response: %s", upstream.url, exc)
-        if sse:
-            event = envelope(f"upstream connection lost mid-stream: {exc.__class__.__name__}", "upstream_error",
-                             "upstream_disconnected")
+        if is_sse:
+            event = sse.error_event(f"upstream connection lost mid-stream: {exc.__class__.__name__}",
+                                    "upstream_error", "upstream_disconnected")
             try:
-                await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                await resp.write(event)
             except ConnectionError:
                 pass
         return "upstream"
@@ -312,30 +312,44 @@ async def forward(
     headers: CIMultiDict[str] | None = None,
     on_chunk: OnChunk | None = None,
     on_cut: Callable[[str], None] | None = None,
+    into: web.StreamResponse | None = None,
 ) -> web.StreamResponse:
     """Proxy ``request`` to ``spec``'s upstream and stream the answer back.
 
     ``on_cut`` hears why (see :func:`relay`) when a streamed body is broken off.
+    ``into``: an event stream already sent to the client (200 and its headers, as the
+    loading state does); the upstream's events are relayed into it, and an upstream
+    error status becomes an error event there, as the status line is gone.
     """
     upstream = await open_upstream(request, session, spec, path_qs=path_qs, body=body, headers=headers)
     length = upstream.content_length
-    if length is not None and length <= SMALL_BODY and upstream.content_type != "text/event-stream":
+    if into is None and length is not None and length <= SMALL_BODY and upstream.content_type != "text/event-stream":
         return await _small_response(upstream, spec, on_chunk)
     complete = False
     try:
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=response_headers(upstream))
-        if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
-            resp.content_length = upstream.content_length
-        await resp.prepare(request)
-        cut = await relay(upstream, resp, sse=upstream.content_type == "text/event-stream", on_chunk=on_chunk,
-                          idle=spec.response_idle_timeout)
+        if into is not None:
+            resp, is_sse = into, True
+            if upstream.status != 200:
+                detail = (await upstream.read()).decode("utf-8", errors="replace")
+                await resp.write(sse.error_event(detail, "upstream_error", str(upstream.status)))
+                complete = True
+                await resp.write_eof()
+                return resp
+        else:
+            resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                      headers=response_headers(upstream))
+            if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
+                resp.content_length = upstream.content_length
+            await resp.prepare(request)
+            is_sse = upstream.content_type == "text/event-stream"
+        cut = await relay(upstream, resp, is_sse=is_sse, on_chunk=on_chunk, idle=spec.response_idle_timeout)
         complete = cut is None
         if cut is not None and on_cut is not None:
             on_cut(cut)
         if complete:
             await resp.write_eof()
         else:
-            drop_client(request)
+            drop_client(request)  # never wait on a client that may be the one not reading
         return resp
     finally:
         if complete:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from . import __version__
+from .. import __version__
 
 __all__ = ["api", "build_openapi", "ApiInfo"]
 
@@ -80,7 +80,7 @@ def _operation(path: str, method: str, handler: Callable[..., Any]) -> dict[str,
     op: dict[str, Any] = {
         "operationId": re.sub(r"[^A-Za-z0-9]+", "_", f"{method}{path}").strip("_") or method,
         "summary": summary or handler.__name__,
-        "tags": [info.tag if info else ("inference" if module == "handlers" else module)],
+        "tags": [info.tag if info else ("inference" if module in ("inference", "upstream") else module)],
     }
     if description:
         op["description"] = description

@@ -1,0 +1,178 @@
+"""make_app(config): the aiohttp application — its runtime, routes, middlewares and resources.
+
+Each resource is its own ``cleanup_ctx``, set up in this order and torn down
+in the reverse one, so a failure half-way tears down exactly what started:
+
+1. the shared client session;
+2. leftovers of an earlier run (upstreams its pid records list) are stopped;
+3. the guardian process (kills upstream process groups should swapproxy die);
+4. this run's pid record;
+5. the log handler that copies swapproxy's own records into the ``proxy`` buffer;
+6. the scheduler and, through its :class:`~swapproxy.processes.ProcessHub`, every
+   model's process — its teardown stops them all;
+7. the preload of ``hooks.on_startup.preload``.
+
+Observability is wired in (6): every process state change is counted in the
+metrics and published on the event bus as the model's
+:class:`~swapproxy.status.ModelStatus`; every upstream output line goes to the
+log buffers and the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ..config import Config, ModelConfig
+from ..guardian import Guardian
+from ..logs import BufferHandler
+from ..metrics import Metrics
+from ..process import ManagedProcess, ProcessTracker
+from ..processes import ProcessHub, ProcessLike
+from ..scheduler import Scheduler, StopEvent
+from ..statefile import RunRecord, reap_leftovers
+from ..states import ProcessState
+from ..status import model_status
+from . import inference, management, streams, upstream
+from .middleware import MIDDLEWARES, use_expect_handler
+from .proxy import make_client_session
+from .runtime import RUNTIME, Runtime
+
+__all__ = ["make_app"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Resources:
+    """The cleanup contexts of one app; what they share (trackers) is kept here until it starts."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.trackers: list[ProcessTracker] = []
+
+    async def session(self, app: web.Application) -> AsyncIterator[None]:
+        self.rt._session = make_client_session()
+        try:
+            yield
+        finally:
+            await self.rt.session.close()
+
+    async def leftovers(self, app: web.Application) -> AsyncIterator[None]:
+        state_dir = self.rt.initial_config.state_dir
+        if state_dir:  # upstreams an earlier run left behind would hold our ports: stop them first
+            await asyncio.to_thread(reap_leftovers, state_dir)
+        yield
+
+    async def guardian(self, app: web.Application) -> AsyncIterator[None]:
+        guardian = Guardian()
+        await guardian.start()
+        self.trackers.append(guardian)
+        try:
+            yield
+        finally:
+            await guardian.close()
+
+    async def pid_record(self, app: web.Application) -> AsyncIterator[None]:
+        state_dir = self.rt.initial_config.state_dir
+        record = RunRecord(state_dir) if state_dir else None
+        if record is not None:
+            self.trackers.append(record)
+        try:
+            yield
+        finally:
+            if record is not None:
+                record.close()
+
+    async def log_handler(self, app: web.Application) -> AsyncIterator[None]:
+        rt = self.rt
+        handler = BufferHandler(
+            rt.proxy_log, rt.all_log, on_line=lambda line: rt.events.publish({"type": "log", "source": "proxy",
+                                                                               "line": line})
+        )
+        package_logger = logging.getLogger("swapproxy")
+        package_logger.addHandler(handler)
+        try:
+            yield
+        finally:
+            package_logger.removeHandler(handler)
+
+    async def scheduler(self, app: web.Application) -> AsyncIterator[None]:
+        rt = self.rt
+        echo_upstream = rt.initial_config.log_to_stdout in ("upstream", "both")
+
+        def on_line(model: str, line: str) -> None:
+            tagged = f"[{model}] {line}"
+            rt.upstream_log.append(tagged)
+            rt.all_log.append(tagged)
+            rt.events.publish({"type": "log", "source": model, "line": line})
+            if echo_upstream:
+                sys.stdout.write(tagged + "\n")
+
+        def new_process(spec: ModelConfig) -> ManagedProcess:
+            # the keys of the config in force when it is made: they stay out of its environment
+            return ManagedProcess(spec, trackers=self.trackers, session=rt.session, on_line=on_line,
+                                  secrets=rt.config.all_keys)
+
+        scheduler = Scheduler(rt.initial_config, ProcessHub(new_process), rt.background)
+
+        def on_state(proc: ProcessLike, old: ProcessState, new: ProcessState) -> None:
+            if not scheduler.is_current(proc):
+                return  # a process a reload retired or replaced: the model's row is another process now
+            rt.metrics.on_state_change(proc, old, new)
+            if rt.events.subscriber_count:
+                rt.events.publish({"type": "state", "old": old.value, **model_status(scheduler, proc.name).as_json()})
+
+        def on_stop(event: StopEvent) -> None:
+            rt.events.publish({"type": "swap", "reason": event.reason, "stopped": list(event.stopped)})
+
+        scheduler.hub.add_listener(on_state)
+        scheduler.swap_listeners.append(on_stop)
+        rt._scheduler = scheduler
+        rt.metrics.bind(scheduler)
+        try:
+            yield
+        finally:
+            await scheduler.shutdown()
+            rt.metrics.bind(None)
+
+    async def preload(self, app: web.Application) -> AsyncIterator[None]:
+        models = self.rt.initial_config.preload
+        task = self.rt.background.spawn(self.rt.scheduler.preload(models)) if models else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    # Runs before aiohttp waits for open connections: log and event streams end now
+    # instead of holding the shutdown for its whole timeout; no model starts any more.
+    rt = app[RUNTIME]
+    rt.closing.set()
+    if rt._scheduler is not None:
+        rt.scheduler.close()
+
+
+def make_app(config: Config) -> web.Application:
+    """Build the application for ``config`` (its resources start with the app)."""
+    max_size = int(config.max_request_body_mb * 1024 * 1024)
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=max_size)
+    rt = Runtime(initial_config=config, metrics=Metrics(config), max_body=max_size)
+    app[RUNTIME] = rt
+    resources = _Resources(rt)
+    app.cleanup_ctx.extend([resources.session, resources.leftovers, resources.guardian, resources.pid_record,
+                            resources.log_handler, resources.scheduler, resources.preload])
+    app.on_shutdown.append(_on_shutdown)
+    # Specific routes first: the /upstream/ passthrough and the inference catch-all come last.
+    management.add_routes(app, rt.tiers)
+    streams.add_routes(app, rt.tiers)
+    upstream.add_routes(app, rt.tiers)
+    inference.add_routes(app, rt.tiers)
+    inference.add_catch_all(app, rt.tiers)
+    use_expect_handler(app)
+    return app

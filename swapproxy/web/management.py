@@ -1,0 +1,235 @@
+"""Management routes: health, running models, unload, router-mode load/unload, metrics, info, UI.
+
+Three families of clients meet here:
+
+* llama-swap users: ``/health``, ``/running``, ``/unload``,
+  ``/api/models/unload[/{model}]`` — the shapes of llama-swap's API reference
+  (its load and unload on ``/upstream/{model}`` are in :mod:`.upstream`, its
+  ``/logs`` in :mod:`.streams`);
+* llama.cpp router-mode clients (Open WebUI's llama.cpp connection):
+  ``POST /models/load``, ``POST /models/unload`` (the model list itself, with
+  its ``status`` objects, is in :mod:`.inference`; ``/models/sse`` in :mod:`.streams`);
+* people and monitoring: ``/ui``, ``/metrics``, ``/info``, ``/swagger`` and
+  ``/openapi.json`` (generated from the registered routes).
+
+Every model's state shown here is a :class:`~swapproxy.status.ModelStatus`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from ..errors import BadRequest, ModelStartFailed, SwapProxyError
+from ..metrics import CONTENT_TYPE, tree_rss
+from ..routing import parse_json_body, resolve_model
+from ..states import ProcessState
+from ..status import model_status
+from .forward import publish_inflight
+from .openapi import api, build_openapi
+from .runtime import Runtime, Tier, runtime, tag
+from .upstream import FORCE_QUERY, force_param
+
+__all__ = ["add_routes"]
+
+logger = logging.getLogger(__name__)
+
+_ACTIVE = (ProcessState.STARTING, ProcessState.READY)
+_UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css",
+             "swagger.html": "text/html"}
+
+
+@api(tag="health")
+async def health(request: web.Request) -> web.Response:
+    """Health of swapproxy and of each running model (never needs an API key)."""
+    scheduler = runtime(request).scheduler
+    models = {
+        mid: {"status": "running", "pid": slot.process.pid}
+        for mid, slot in scheduler.slots.items()
+        if slot.process.state is ProcessState.READY
+    }
+    return web.json_response({"status": "ok", "models": models})
+
+
+@api(tag="health")
+async def liveness(request: web.Request) -> web.Response:
+    """Liveness probe for orchestrators: answers while the event loop runs."""
+    return web.json_response({"status": "alive"})
+
+
+@api(tag="models", query=[("details", "1: add state, pid, port, uptime, RSS, in-flight, TTL left per model")])
+async def running(request: web.Request) -> web.Response:
+    """The models that are running or starting."""
+    scheduler = runtime(request).scheduler
+    ids = scheduler.running()
+    body: dict[str, Any] = {"running": ids}
+    if request.query.get("details", "0") not in ("", "0", "false", "no"):
+        statuses = [model_status(scheduler, mid) for mid in ids]
+        sizes = tree_rss(status.pid for status in statuses)
+        body["details"] = {status.model: status.as_json(sizes) for status in statuses}
+    return web.json_response(body)
+
+
+# -- load / unload -----------------------------------------------------------------------------
+@api(tag="models", query=FORCE_QUERY)
+async def unload_all(request: web.Request) -> web.Response:
+    """Stop every model (llama-swap's GET /unload and POST /api/models/unload); ?force=1: at once."""
+    stopped = await runtime(request).scheduler.unload_all("unloaded via API", force=force_param(request))
+    return web.json_response({"status": "ok", "message": f"stopped {len(stopped)} model(s)", "stopped": stopped})
+
+
+@api(tag="models", query=FORCE_QUERY)
+async def unload_one(request: web.Request) -> web.Response:
+    """Stop one model (llama-swap's POST /api/models/unload/{model}); ?force=1: at once."""
+    scheduler = runtime(request).scheduler
+    model_id = resolve_model(scheduler.config, request.match_info["model"])
+    if await scheduler.unload(model_id, "unloaded via API", force=force_param(request)):
+        return web.json_response({"status": "ok", "message": f"{model_id} stopped"})
+    return web.json_response({"status": "error", "message": f"{model_id} is not running"})
+
+
+async def _router_model(request: web.Request) -> str:
+    obj = parse_json_body(await request.read())
+    name = obj.get("model")
+    if not isinstance(name, str) or not name:
+        raise BadRequest('the body must name a model: {"model": "<id>"}', param="model")
+    return resolve_model(runtime(request).config, name)
+
+
+def _load_in_background(rt: Runtime, model_id: str) -> None:
+    def done(t: asyncio.Task[None]) -> None:
+        publish_inflight(rt, model_id)  # the load's own lease is over
+        if not t.cancelled() and t.exception() is not None:
+            err = t.exception()
+            if isinstance(err, ModelStartFailed):
+                logger.warning("load of %s failed: %s", model_id, err.reason)  # its output is in its log
+            else:
+                logger.warning("load of %s failed: %s", model_id,
+                               err.message if isinstance(err, SwapProxyError) else err)
+
+    rt.background.spawn(rt.scheduler.load(model_id), on_done=done)
+
+
+@api(tag="llama.cpp router", body={"model": "my-model"})
+async def models_load(request: web.Request) -> web.Response:
+    """llama.cpp router mode: start loading a model; answers at once, progress on /models/sse."""
+    model_id = await _router_model(request)
+    rt = runtime(request)
+    if rt.scheduler.slot(model_id).process.state not in _ACTIVE:
+        _load_in_background(rt, model_id)
+    return web.json_response({"success": True})
+
+
+@api(tag="llama.cpp router", body={"model": "my-model"}, query=FORCE_QUERY)
+async def models_unload(request: web.Request) -> web.Response:
+    """llama.cpp router mode: stop a model; answers once it is stopped (400 when not running)."""
+    model_id = await _router_model(request)
+    if not await runtime(request).scheduler.unload(model_id, "unloaded via API", force=force_param(request)):
+        raise BadRequest("model is not running", param="model")
+    return web.json_response({"success": True})
+
+
+# -- metrics, info, docs, UI -------------------------------------------------------------------
+@api(tag="monitoring", content_type="text/plain")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics (text exposition format)."""
+    return web.Response(body=runtime(request).metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+@api(tag="monitoring")
+async def info(request: web.Request) -> web.Response:
+    """Version, config file, the address this request came in on, uptime."""
+    rt = runtime(request)
+    sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    listen = None
+    if isinstance(sock, tuple) and len(sock) >= 2:
+        host = f"[{sock[0]}]" if ":" in str(sock[0]) else str(sock[0])
+        listen = f"{host}:{sock[1]}"
+    config = rt.config
+    return web.json_response({
+        "name": "swapproxy",
+        "version": __version__,
+        "config_file": config.file,
+        "listen": listen,
+        "pid": os.getpid(),
+        "started": rt.started,
+        "uptime_s": round(time.time() - rt.started, 3),
+        "models": len(config.models),
+        "reload": rt.reload.as_json(),
+    })
+
+
+@api(tag="monitoring")
+async def version(request: web.Request) -> web.Response:
+    """swapproxy's version."""
+    return web.json_response({"name": "swapproxy", "version": __version__})
+
+
+@api(tag="docs")
+async def openapi_json(request: web.Request) -> web.Response:
+    """This API's OpenAPI 3.1 document, generated from the registered routes."""
+    return web.json_response(build_openapi(request.app))
+
+
+def _ui_file(name: str) -> web.Response:
+    try:
+        body = resources.files("swapproxy").joinpath("ui", name).read_bytes()
+    except (FileNotFoundError, KeyError):
+        raise web.HTTPNotFound() from None
+    return web.Response(body=body, content_type=_UI_FILES[name], headers={"Cache-Control": "no-cache"})
+
+
+@api(tag="docs", content_type="text/html")
+async def swagger(request: web.Request) -> web.Response:
+    """Interactive API page (works offline): every operation of /openapi.json, with a Try button."""
+    return _ui_file("swagger.html")
+
+
+@api(tag="ui", content_type="text/html")
+async def root(request: web.Request) -> web.Response:
+    """Redirects to the UI."""
+    raise web.HTTPFound("ui")  # relative: works behind a path-prefixing reverse proxy too
+
+
+@api(tag="ui", content_type="text/html")
+async def ui(request: web.Request) -> web.Response:
+    """The web UI: models, their state, load/unload, live logs."""
+    return _ui_file("index.html")
+
+
+@api(tag="ui", content_type="text/plain")
+async def ui_asset(request: web.Request) -> web.Response:
+    """The UI's script and style sheet."""
+    name = request.match_info["name"]
+    if name not in _UI_FILES:
+        raise web.HTTPNotFound()
+    return _ui_file(name)
+
+
+def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
+    """Register the management routes (management tier, but /health and /health/liveness, which are open)."""
+    r = app.router
+    tag(tiers, Tier.MANAGEMENT,
+        r.add_get("/", root),
+        r.add_get("/ui", ui),
+        r.add_get("/ui/{name}", ui_asset),
+        r.add_get("/health", health),
+        r.add_get("/health/liveness", liveness),
+        r.add_get("/running", running),
+        r.add_get("/unload", unload_all),
+        r.add_post("/api/models/unload", unload_all),
+        r.add_post("/api/models/unload/{model:.+}", unload_one),
+        r.add_post("/models/load", models_load),
+        r.add_post("/models/unload", models_unload),
+        r.add_get("/metrics", metrics),
+        r.add_get("/info", info),
+        r.add_get("/api/version", version),
+        r.add_get("/openapi.json", openapi_json),
+        r.add_get("/swagger", swagger))

@@ -1,0 +1,169 @@
+"""Middlewares, outermost first: metrics (sees the final status), errors (the OpenAI envelope), auth.
+
+Also the ``Expect`` handler, which aiohttp runs before any middleware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from base64 import b64decode
+from collections.abc import Awaitable, Callable
+
+from aiohttp import HttpVersion11, web
+from aiohttp.web_protocol import RequestPayloadError
+
+from ..errors import (
+    BadRequest,
+    ExpectationFailed,
+    NotFound,
+    SwapProxyError,
+    Unauthorized,
+    envelope,
+    error_response,
+)
+from .runtime import MODEL_KEY, START_KEY, Tier, route_label, runtime
+from .spool import too_large
+
+__all__ = ["MIDDLEWARES", "use_expect_handler"]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_OPEN_PATHS = frozenset({"/health", "/health/liveness"})
+_BROWSER_PATHS = ("/ui", "/swagger")  # a 401 here asks the browser for credentials (Basic)
+
+
+def _presented_key(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value:
+        return value.strip()
+    if scheme.lower() == "basic" and value:
+        try:
+            return b64decode(value.strip()).decode("utf-8").partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return request.headers.get("x-api-key")
+
+
+def _key_ok(presented: str | None, keys: tuple[str, ...]) -> bool:
+    if presented is None:
+        return False
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates: encode them back, never fail.
+    given = presented.encode("utf-8", "surrogateescape")
+    ok = False
+    for key in keys:  # compare against every key: timing does not reveal which matched
+        ok |= hmac.compare_digest(given, key.encode())
+    return ok
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error swapproxy itself produces leaves as an OpenAI envelope, never a traceback."""
+    try:
+        return await handler(request)
+    except SwapProxyError as err:
+        return error_response(err)
+    except RequestPayloadError as exc:
+        return error_response(BadRequest(f"request body could not be read: {exc}"))
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(too_large(runtime(request).max_body))
+    except web.HTTPNotFound:
+        return error_response(NotFound(f"no route for {request.method} {request.path}"))
+    except web.HTTPMethodNotAllowed as exc:
+        resp = error_response(SwapProxyError(f"method {request.method} not allowed on {request.path}"))
+        resp.set_status(405)
+        resp.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return resp
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        body = envelope(exc.reason, "invalid_request_error" if exc.status < 500 else "server_error", str(exc.status))
+        return web.json_response(body, status=exc.status)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        logger.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(SwapProxyError("internal error in swapproxy; see its log"))
+
+
+def _keys_for(request: web.Request) -> tuple[str, ...] | None:
+    """The keys that open this request's route; None when no key is configured at all.
+
+    Two tiers: management routes (load and unload, logs, events, metrics, info, the
+    UI) take management keys; every other route (/v1/..., native llama-server routes,
+    /upstream passthrough) takes inference keys. llama-swap's ``apiKeys`` open both.
+    Read from the live config, so a reload changes keys at once.
+    """
+    rt = runtime(request)
+    config = rt.config
+    if not (config.api_keys or config.inference_keys or config.management_keys):
+        return None
+    resource = request.match_info.route.resource
+    if resource is not None and rt.tiers.get(resource) is Tier.MANAGEMENT:
+        return (*config.api_keys, *config.management_keys)
+    return (*config.api_keys, *config.inference_keys)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    keys = _keys_for(request)
+    if keys is not None and request.path not in _OPEN_PATHS and not _key_ok(_presented_key(request), keys):
+        if request.path == "/" or request.path.startswith(_BROWSER_PATHS):
+            # Pages a person opens: let the browser ask (any user name, the key as password);
+            # it then sends the same credentials with the page's own fetch/EventSource calls.
+            resp = error_response(Unauthorized("invalid or missing API key"))
+            resp.headers["WWW-Authenticate"] = 'Basic realm="swapproxy", charset="UTF-8"'
+            return resp
+        raise Unauthorized("invalid or missing API key")
+    return await handler(request)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every request by model, route and final status (499: the client went away)."""
+    started = time.perf_counter()
+    request[START_KEY] = started
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        status = 499
+        raise
+    finally:
+        runtime(request).metrics.observe_request(
+            request.get(MODEL_KEY), route_label(request), status, time.perf_counter() - started
+        )
+
+
+MIDDLEWARES = (metrics_middleware, error_middleware, auth_middleware)
+
+
+async def _expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` is honoured; anything else gets 417 in the envelope.
+
+    aiohttp's default handler echoes the header's value into a text response and
+    fails with a bare 500 (outside every middleware) when that value is not UTF-8.
+    """
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the main response has not started yet
+        return None
+    return error_response(ExpectationFailed("only 'Expect: 100-continue' is supported"))
+
+
+def use_expect_handler(app: web.Application) -> None:
+    """Put :func:`_expect_handler` on every route registered so far."""
+    for route in app.router.routes():
+        # No public setter exists; the attribute is what add_route(expect_handler=...) fills.
+        route._expect_handler = _expect_handler  # type: ignore[attr-defined]

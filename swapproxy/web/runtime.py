@@ -1,0 +1,101 @@
+"""Runtime: the one typed object every route reads, under one AppKey. A leaf of the web layer.
+
+:func:`swapproxy.web.app.make_app` creates it; the resources that need a
+running loop (the client session, the scheduler) are filled in when the app
+starts. The config is never kept here on its own: :attr:`Runtime.config` is
+the scheduler's, so a reload is seen by the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..background import Background
+from ..config import Config
+from ..events import EventBus
+from ..logs import LogBuffer
+from ..metrics import Metrics
+from ..reload import ReloadState
+from ..scheduler import Scheduler
+
+__all__ = ["Runtime", "Tier", "RUNTIME", "MODEL_KEY", "START_KEY", "runtime", "route_label", "tag"]
+
+
+class Tier(enum.Enum):
+    """Which API keys open a route (see the auth middleware)."""
+
+    INFERENCE = "inference"  # /v1/..., native llama-server routes, /upstream passthrough
+    MANAGEMENT = "management"  # load/unload, logs, events, metrics, info, the UI
+
+
+@dataclass(eq=False)
+class Runtime:
+    """What the running app holds: the scheduler, the shared session, logs, events, metrics."""
+
+    initial_config: Config
+    metrics: Metrics
+    max_body: int
+    events: EventBus = field(default_factory=EventBus)
+    proxy_log: LogBuffer = field(default_factory=lambda: LogBuffer("proxy"))  # swapproxy's own records
+    upstream_log: LogBuffer = field(default_factory=lambda: LogBuffer("upstream"))  # "[model] line"
+    all_log: LogBuffer = field(default_factory=lambda: LogBuffer("all", maxlen=2000))  # both, in order
+    reload: ReloadState = field(default_factory=ReloadState)
+    background: Background = field(default_factory=Background)  # loads started by the API, TTL unloads, ...
+    closing: asyncio.Event = field(default_factory=asyncio.Event)  # set at shutdown: long streams end
+    started: float = field(default_factory=time.time)
+    tiers: dict[web.AbstractResource, Tier] = field(default_factory=dict)  # by route: which keys open it
+    _scheduler: Scheduler | None = None
+    _session: aiohttp.ClientSession | None = None
+
+    @property
+    def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            raise RuntimeError("swapproxy's app has not started")
+        return self._scheduler
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("swapproxy's app has not started")
+        return self._session
+
+    @property
+    def config(self) -> Config:
+        """The config in force now (after reloads)."""
+        return self._scheduler.config if self._scheduler is not None else self.initial_config
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+#: request keys: the model a handler resolved (the metrics' model label), when the request arrived
+if hasattr(web, "RequestKey"):  # aiohttp >= 3.13: typed request storage
+    MODEL_KEY: Any = web.RequestKey("swapproxy_model", str)
+    START_KEY: Any = web.RequestKey("swapproxy_started", float)
+else:  # pragma: no cover - older aiohttp
+    MODEL_KEY = "swapproxy.model"
+    START_KEY = "swapproxy.started"
+
+
+def runtime(request: web.Request) -> Runtime:
+    """The request's app's :class:`Runtime`."""
+    return request.app[RUNTIME]
+
+
+def route_label(request: web.Request) -> str:
+    """The matched route's canonical path (a fixed set), never the raw URL."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else ""
+
+
+def tag(tiers: dict[web.AbstractResource, Tier], tier: Tier, *routes: web.AbstractRoute) -> None:
+    """Record that ``routes`` (and every other method on their paths) belong to ``tier``."""
+    for route in routes:
+        if route.resource is not None:
+            tiers[route.resource] = tier

@@ -24,9 +24,6 @@ from swapproxy.config import (
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "configs"
-COMPAT = Path(__file__).resolve().parents[2] / "shared" / "compat"
-FULL_EXAMPLE_ENV = {"HOME": "/home/u", "API_KEY_1": "key-one", "API_KEY_2": "key-two",
-                    "OPENROUTER_API_KEY": "sk-or"}
 FIXTURE_ENV = {"SWAP_KEY": "secret", "LLAMA_BIN": "/opt/llama", "HOME": "/home/tester"}
 FULL_STYLE_ENV = {"WEIGHTS_HOME": "/srv", "FIXTURE_KEY_A": "key-a", "FIXTURE_KEY_B": "key-b",
                   "FIXTURE_PEER_KEY": "peer-key"}
@@ -40,14 +37,6 @@ def problems(text: str, environ: dict[str, str] | None = None) -> list[Problem]:
     with pytest.raises(ConfigError) as info:
         parse(text, environ)
     return info.value.problems
-
-
-@pytest.fixture(scope="module")
-def compat() -> Path:
-    if not COMPAT.is_dir():
-        pytest.fail(f"llama-swap compat configs not found at {COMPAT}; the tests expect the "
-                    f"shared/ folder checked out beside the repository")
-    return COMPAT
 
 
 # --------------------------------------------------------------------------- loading
@@ -250,7 +239,7 @@ def test_json_schema_uses_the_keys_users_write() -> None:
 
 # --------------------------------------------------------------------------- llama-swap files
 # Whole files in llama-swap's format, written for these tests in the shapes of llama-swap's own
-# examples (the compat files below are those real ones, checked the same way).
+# examples (tests/test_llama_swap_real.py, -m compat, checks those real files the same way).
 
 
 def test_llama_swap_docker_style_loads_with_notices() -> None:
@@ -371,107 +360,6 @@ def test_llama_swap_full_style_rest_resolves() -> None:
                     "models.thinker-70b.timeouts.keepalive",
                     "models.thinker-70b.timeouts.tlsHandshake",
                     "models.thinker-70b.timeouts.idleConn"]
-
-
-# --------------------------------------------------------------------------- compat files
-
-
-def test_llama_swap_docker_example_loads_with_notices(compat: Path) -> None:
-    file = compat / "llama-swap-docker.yaml"
-    config = load_config(file, environ={})
-    assert list(config.models) == ["qwen2.5", "smollm2", "z-image"]
-    assert config.health_check_timeout == 300.0
-    # z-image has neither proxy nor ${PORT}: the port its cmd listens on is used, with a notice
-    assert config.models["z-image"].proxy == "http://127.0.0.1:9999"
-    assert config.resolve("dall-e-3") == "z-image"
-    assert config.notices == (
-        f"{file}:2: logRequests: {UI_ONLY}",
-        f"{file}:3: metricsMaxInMemory: {UI_ONLY}",
-        f"{file}:20: models.z-image: {guessed_port_notice('http://127.0.0.1:9999')}")
-
-
-def test_llama_swap_unified_example_loads_with_notices(compat: Path) -> None:
-    config = load_config(compat / "llama-swap-unified.yaml", environ={})
-    assert {mid: m.port for mid, m in config.models.items()} == {
-        "llama": 5800, "whisper": 5801, "audio": 5802, "image": None}
-    assert config.models["whisper"].cmd[-2:] == ("--inference-path", "")
-    assert config.models["whisper"].check_endpoint == "/v1/audio/transcriptions/"
-    assert config.models["image"].proxy == "http://127.0.0.1:9999"
-    assert [n.split(": ", 2)[1:] for n in config.notices] == [
-        ["logRequests", UI_ONLY],
-        ["models.image", guessed_port_notice("http://127.0.0.1:9999")]]
-
-
-# every key of the full example that swapproxy does not implement yet, with its line
-FULL_EXAMPLE_UNSUPPORTED = [
-    (168, "upstream"),
-    (187, "profiles"),
-    (201, "selectors"),
-    (311, "models.gpt-oss-120b.compat"),
-    (354, "models.gpt-oss-120b.filters.setParamsByID"),
-    (608, "routing.router.settings.matrix"),
-    (662, "routing.scheduler.settings"),
-    (682, "peers"),
-]
-# genuine mistakes in the example itself: names that are not models (the example says its
-# group members are illustrative), and a model with a fixed port but no proxy
-FULL_EXAMPLE_MISTAKES = [
-    (458, "models.unlisted-model", "proxy is required when cmd does not use ${PORT}"),
-    (502, "hooks.on_startup.preload[0]", "'llama' is not a model id or alias"),
-    (556, "routing.router.settings.groups.group1.members[0]", "'llama' is not a model id"),
-    (557, "routing.router.settings.groups.group1.members[1]", "'qwen-unlisted' is not a model"),
-    (570, "routing.router.settings.groups.group2.members[1]", "'modelA' is not a model id"),
-    (571, "routing.router.settings.groups.group2.members[2]", "'modelB' is not a model id"),
-    (585, "routing.router.settings.groups.forever.members[0]", "'forever-modelA' is not a"),
-    (586, "routing.router.settings.groups.forever.members[1]", "'forever-modelB' is not a"),
-    (587, "routing.router.settings.groups.forever.members[2]", "'forever-modelc' is not a"),
-]
-
-
-def test_llama_swap_full_example_reports_each_unsupported_key_once(compat: Path) -> None:
-    assert_refused(compat / "llama-swap-full-example.yaml", FULL_EXAMPLE_ENV,
-                   FULL_EXAMPLE_UNSUPPORTED, FULL_EXAMPLE_MISTAKES)
-
-
-def test_llama_swap_full_example_rest_resolves(compat: Path) -> None:
-    """Everything in the full example that swapproxy does support resolves as documented."""
-    text = supported_part(compat / "llama-swap-full-example.yaml",
-                          groups={"group2": ["docker-llama"]}, model="gpt-oss-120b",
-                          no_port="unlisted-model")
-    config = parse_config(text, environ=FULL_EXAMPLE_ENV)
-
-    model = config.models["gpt-oss-120b"]
-    assert model.cmd == ("/path/to/llama-server/llama-server-ec9e0301", "--port", "10001",
-                         "--model", "path/to/gpt-oss-120B.gguf", "--ctx-size", "16384",
-                         "--temperature", "0.7")
-    assert (model.port, model.proxy, model.check_endpoint) == (
-        10001, "http://127.0.0.1:8999", "/custom-endpoint")
-    assert model.metadata == {
-        "port": 10001, "temperature": 0.7,
-        "note": "The gpt-oss-120b is running on port 10001 temp=0.7, context=16384",
-        "a_list": (1, 1.23, "macros are OK in list and dictionary types: gpt-oss-120b"),
-        "an_obj": {"a": "1", "b": 2, "c": (0.7, False, "model: gpt-oss-120b")}}
-    assert model.filters.strip_params == ("temperature", "top_p", "top_k")
-    assert model.filters.set_params == {"temperature": 0.7, "top_p": 0.9}
-    assert (model.ttl, model.unload_timeout, model.concurrency_limit) == (60.0, 10.0, 10)
-    assert (model.connect_timeout, model.response_header_timeout) == (30.0, 60.0)
-    assert model.send_loading_state is False and config.send_loading_state is True
-    assert model.env == {"CUDA_VISIBLE_DEVICES": "0,1,2"} and model.aliases == ("gpt-4o-mini",)
-    assert model.use_model_name == "openai/gpt-oss-120B" and model.name == "gpt-oss 120B"
-    assert model.capabilities is not None and model.capabilities["context"] == 32000
-    docker = config.models["docker-llama"]
-    assert docker.port == 10002 and docker.proxy == "http://127.0.0.1:10002"
-    assert docker.cmd_stop == ("docker", "stop", "docker-llama")
-    assert docker.cmd[:6] == ("docker", "run", "--name", "docker-llama", "--init", "--rm")
-    assert config.models["unlisted-model"].unlisted is True
-    assert config.health_check_timeout == 500.0 and config.start_port == 10001
-    assert config.api_keys[2:] == ("key-one", "key-two")
-    assert [g.name for g in config.groups] == ["group2", DEFAULT_GROUP]
-    keys = [n.split(": ")[1] for n in config.notices]
-    assert keys == ["logTimeFormat", "metricsMaxInMemory", "captureBuffer", "ui", "performance",
-                    "models.gpt-oss-120b.timeouts.keepalive",
-                    "models.gpt-oss-120b.timeouts.tlsHandshake",
-                    "models.gpt-oss-120b.timeouts.idleConn"]
 
 
 # --------------------------------------------------------------------------- problems

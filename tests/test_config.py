@@ -6,11 +6,10 @@ import dataclasses
 import json
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
+from llama_swap_checks import UI_ONLY, assert_refused, guessed_port_notice, supported_part, where
 from swapproxy.config import (
     DEFAULT_GROUP,
     Config,
@@ -25,10 +24,9 @@ from swapproxy.config import (
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "configs"
-COMPAT = Path(__file__).resolve().parents[2] / "shared" / "compat"
-FULL_EXAMPLE_ENV = {"HOME": "/home/u", "API_KEY_1": "key-one", "API_KEY_2": "key-two",
-                    "OPENROUTER_API_KEY": "sk-or"}
 FIXTURE_ENV = {"SWAP_KEY": "secret", "LLAMA_BIN": "/opt/llama", "HOME": "/home/tester"}
+FULL_STYLE_ENV = {"WEIGHTS_HOME": "/srv", "FIXTURE_KEY_A": "key-a", "FIXTURE_KEY_B": "key-b",
+                  "FIXTURE_PEER_KEY": "peer-key"}
 
 
 def parse(text: str, environ: dict[str, str] | None = None) -> Config:
@@ -39,18 +37,6 @@ def problems(text: str, environ: dict[str, str] | None = None) -> list[Problem]:
     with pytest.raises(ConfigError) as info:
         parse(text, environ)
     return info.value.problems
-
-
-def where(found: list[Problem]) -> list[tuple[int, str]]:
-    return [(p.line, p.key_path) for p in found]
-
-
-@pytest.fixture(scope="module")
-def compat() -> Path:
-    if not COMPAT.is_dir():
-        pytest.fail(f"llama-swap compat configs not found at {COMPAT}; the tests expect the "
-                    f"shared/ folder checked out beside the repository")
-    return COMPAT
 
 
 # --------------------------------------------------------------------------- loading
@@ -251,127 +237,129 @@ def test_json_schema_uses_the_keys_users_write() -> None:
     assert model["additionalProperties"] is False
 
 
-# --------------------------------------------------------------------------- compat files
+# --------------------------------------------------------------------------- llama-swap files
+# Whole files in llama-swap's format, written for these tests in the shapes of llama-swap's own
+# examples (tests/test_llama_swap_real.py, -m compat, checks those real files the same way).
 
 
-def test_llama_swap_docker_example_loads_with_notices(compat: Path) -> None:
-    file = compat / "llama-swap-docker.yaml"
+def test_llama_swap_docker_style_loads_with_notices() -> None:
+    file = FIXTURES / "llamaswap_docker_style.yaml"
     config = load_config(file, environ={})
-    assert list(config.models) == ["qwen2.5", "smollm2", "z-image"]
-    assert config.health_check_timeout == 300.0
-    # z-image has neither proxy nor ${PORT}: the port its cmd listens on is used, with a notice
-    assert config.models["z-image"].proxy == "http://127.0.0.1:9999"
-    assert config.resolve("dall-e-3") == "z-image"
+    assert list(config.models) == ["tinychat-1.5", "minichat", "painter"]
+    assert config.health_check_timeout == 240.0
+    assert {m.proxy for m in config.models.values()} == {"http://127.0.0.1:8800"}
+    # painter has neither proxy nor ${PORT}: the port its cmd listens on is used, with a notice
+    assert config.models["painter"].port is None
+    assert config.models["painter"].cmd[1:3] == ("--listen-port", "8800")
+    assert config.models["painter"].check_endpoint == "/"
+    assert config.resolve("sketch-2.5") == config.resolve("painter.large") == "painter"
     assert config.notices == (
-        f"{file}:2: logRequests: accepted; only tunes llama-swap's own UI/storage, swapproxy "
-        f"ignores it",
-        f"{file}:3: metricsMaxInMemory: accepted; only tunes llama-swap's own UI/storage, "
-        f"swapproxy ignores it",
-        f"{file}:20: models.z-image: no proxy and no ${{PORT}} in cmd; using "
-        f"http://127.0.0.1:9999 from the cmd's port option (set proxy to make it explicit)")
+        f"{file}:6: logRequests: {UI_ONLY}",
+        f"{file}:7: metricsMaxInMemory: {UI_ONLY}",
+        f"{file}:24: models.painter: {guessed_port_notice('http://127.0.0.1:8800')}")
 
 
-def test_llama_swap_unified_example_loads_with_notices(compat: Path) -> None:
-    config = load_config(compat / "llama-swap-unified.yaml", environ={})
+def test_llama_swap_unified_style_loads_with_notices() -> None:
+    config = load_config(FIXTURES / "llamaswap_unified_style.yaml", environ={})
     assert {mid: m.port for mid, m in config.models.items()} == {
-        "llama": 5800, "whisper": 5801, "audio": 5802, "image": None}
-    assert config.models["whisper"].cmd[-2:] == ("--inference-path", "")
-    assert config.models["whisper"].check_endpoint == "/v1/audio/transcriptions/"
-    assert config.models["image"].proxy == "http://127.0.0.1:9999"
+        "chat": 5800, "transcribe": 5801, "speech": 5802, "draw": None}
+    assert config.models["transcribe"].cmd[-2:] == ("--inference-path", "")
+    assert config.models["transcribe"].check_endpoint == "/v1/audio/transcriptions/"
+    speech = config.models["speech"]  # a comment line and backslash continuations
+    assert speech.cmd == ("tts-server", "--voices", "/data/voices.json", "--port", "5802")
+    assert speech.cmd_stop == ("kill", "-INT", "${PID}")
+    assert config.models["draw"].proxy == "http://127.0.0.1:8801"
+    assert config.models["chat"].aliases == ("chat-small", "chat-default")
+    assert config.resolve("chat-default") == "chat"
+    assert config.groups == (GroupConfig("audio", False, False, False, ("transcribe", "speech")),
+                             GroupConfig(DEFAULT_GROUP, members=("chat", "draw")))
     assert [n.split(": ", 2)[1:] for n in config.notices] == [
-        ["logRequests", "accepted; only tunes llama-swap's own UI/storage, swapproxy ignores it"],
-        ["models.image", "no proxy and no ${PORT} in cmd; using http://127.0.0.1:9999 from the "
-                         "cmd's port option (set proxy to make it explicit)"]]
+        ["logRequests", UI_ONLY],
+        ["store", UI_ONLY],
+        ["models.chat.aliases[1]", "alias name/description/unlisted are accepted; swapproxy "
+                                   "lists an alias like its model"],
+        ["models.draw", guessed_port_notice("http://127.0.0.1:8801")]]
 
 
-# every key of the full example that swapproxy does not implement yet, with its line
-FULL_EXAMPLE_UNSUPPORTED = [
-    (168, "upstream"),
-    (187, "profiles"),
-    (201, "selectors"),
-    (311, "models.gpt-oss-120b.compat"),
-    (354, "models.gpt-oss-120b.filters.setParamsByID"),
-    (608, "routing.router.settings.matrix"),
-    (662, "routing.scheduler.settings"),
-    (682, "peers"),
+# every key of the full-style fixture that swapproxy does not implement yet, with its line
+FULL_STYLE_UNSUPPORTED = [
+    (44, "upstream"),
+    (49, "profiles"),
+    (57, "selectors"),
+    (102, "models.thinker-70b.compat"),
+    (110, "models.thinker-70b.filters.setParamsByID"),
+    (196, "routing.router.settings.matrix"),
+    (210, "routing.scheduler.settings"),
+    (216, "peers"),
 ]
-# genuine mistakes in the example itself: names that are not models (the example says its
-# group members are illustrative), and a model with a fixed port but no proxy
-FULL_EXAMPLE_MISTAKES = [
-    (458, "models.unlisted-model", "proxy is required when cmd does not use ${PORT}"),
-    (502, "hooks.on_startup.preload[0]", "'llama' is not a model id or alias"),
-    (556, "routing.router.settings.groups.group1.members[0]", "'llama' is not a model id"),
-    (557, "routing.router.settings.groups.group1.members[1]", "'qwen-unlisted' is not a model"),
-    (570, "routing.router.settings.groups.group2.members[1]", "'modelA' is not a model id"),
-    (571, "routing.router.settings.groups.group2.members[2]", "'modelB' is not a model id"),
-    (585, "routing.router.settings.groups.forever.members[0]", "'forever-modelA' is not a"),
-    (586, "routing.router.settings.groups.forever.members[1]", "'forever-modelB' is not a"),
-    (587, "routing.router.settings.groups.forever.members[2]", "'forever-modelc' is not a"),
+# the mistakes it makes on purpose, as llama-swap's full example does: names that are not
+# models (a selector's, or none at all), and a model with neither proxy nor port
+FULL_STYLE_MISTAKES = [
+    (151, "models.hidden-helper", "proxy is required when cmd does not use ${PORT}"),
+    (168, "hooks.on_startup.preload[0]", "'pool' is not a model id or alias"),
+    (179, "routing.router.settings.groups.solo.members[0]", "'pool' is not a model id"),
+    (180, "routing.router.settings.groups.solo.members[1]", "'ghost-model' is not a model id"),
+    (186, "routing.router.settings.groups.pair.members[1]", "'phantom-a' is not a model id"),
+    (187, "routing.router.settings.groups.pair.members[2]", "'phantom-b' is not a model id"),
+    (193, "routing.router.settings.groups.pinned.members[0]", "'pinned-a' is not a model id"),
+    (194, "routing.router.settings.groups.pinned.members[1]", "'pinned-b' is not a model id"),
+    (195, "routing.router.settings.groups.pinned.members[2]", "'pinned-c' is not a model id"),
 ]
 
 
-def test_llama_swap_full_example_reports_each_unsupported_key_once(compat: Path) -> None:
-    file = compat / "llama-swap-full-example.yaml"
-    with pytest.raises(ConfigError) as info:
-        load_config(file, environ=FULL_EXAMPLE_ENV)
-    lines = str(info.value).splitlines()
-    assert len(lines) == len(info.value.problems) == 17
-    unsupported = [p for p in info.value.problems if "not supported by swapproxy yet" in p.message]
-    assert where(unsupported) == FULL_EXAMPLE_UNSUPPORTED
-    for line, key_path in FULL_EXAMPLE_UNSUPPORTED:
-        assert sum(f"{file}:{line}: {key_path}: " in text for text in lines) == 1
-    others = [p for p in info.value.problems if p not in unsupported]
-    assert where(others) == [(line, path) for line, path, _ in FULL_EXAMPLE_MISTAKES]
-    for problem, (_, _, message) in zip(others, FULL_EXAMPLE_MISTAKES):
-        assert problem.message.startswith(message)
+def test_llama_swap_full_style_reports_each_unsupported_key_once() -> None:
+    assert_refused(FIXTURES / "llamaswap_full_style.yaml", FULL_STYLE_ENV,
+                   FULL_STYLE_UNSUPPORTED, FULL_STYLE_MISTAKES)
 
 
-def test_llama_swap_full_example_rest_resolves(compat: Path) -> None:
-    """Everything in the full example that swapproxy does support resolves as documented."""
-    data: dict[str, Any] = yaml.safe_load((compat / "llama-swap-full-example.yaml").read_text())
-    for key in ("upstream", "profiles", "selectors", "peers", "hooks"):
-        del data[key]
-    del data["routing"]["router"]["settings"]["matrix"], data["routing"]["scheduler"]["settings"]
-    data["routing"]["router"]["settings"]["groups"]["group2"]["members"] = ["docker-llama"]
-    for group in ("group1", "forever"):
-        del data["routing"]["router"]["settings"]["groups"][group]
-    gpt = data["models"]["gpt-oss-120b"]
-    del gpt["compat"], gpt["filters"]["setParamsByID"]
-    data["models"]["unlisted-model"]["proxy"] = "http://127.0.0.1:7777"
-    config = parse_config(yaml.safe_dump(data, sort_keys=False), environ=FULL_EXAMPLE_ENV)
+def test_llama_swap_full_style_rest_resolves() -> None:
+    """Everything in the full-style fixture that swapproxy does support resolves."""
+    text = supported_part(FIXTURES / "llamaswap_full_style.yaml",
+                          groups={"pair": ["boxed-llama"]}, model="thinker-70b",
+                          no_port="hidden-helper")
+    config = parse_config(text, environ=FULL_STYLE_ENV)
 
-    model = config.models["gpt-oss-120b"]
-    assert model.cmd == ("/path/to/llama-server/llama-server-ec9e0301", "--port", "10001",
-                         "--model", "path/to/gpt-oss-120B.gguf", "--ctx-size", "16384",
-                         "--temperature", "0.7")
+    model = config.models["thinker-70b"]
+    assert model.cmd == ("/opt/llama/build-b4500/bin/llama-server", "--port", "12000",
+                         "--model", "/data/thinker-70b-Q4_K_M.gguf", "--ctx-size", "32768",
+                         "--temperature", "0.6")
     assert (model.port, model.proxy, model.check_endpoint) == (
-        10001, "http://127.0.0.1:8999", "/custom-endpoint")
+        12000, "http://127.0.0.1:8990", "/ready")
     assert model.metadata == {
-        "port": 10001, "temperature": 0.7,
-        "note": "The gpt-oss-120b is running on port 10001 temp=0.7, context=16384",
-        "a_list": (1, 1.23, "macros are OK in list and dictionary types: gpt-oss-120b"),
-        "an_obj": {"a": "1", "b": 2, "c": (0.7, False, "model: gpt-oss-120b")}}
-    assert model.filters.strip_params == ("temperature", "top_p", "top_k")
-    assert model.filters.set_params == {"temperature": 0.7, "top_p": 0.9}
-    assert (model.ttl, model.unload_timeout, model.concurrency_limit) == (60.0, 10.0, 10)
-    assert (model.connect_timeout, model.response_header_timeout) == (30.0, 60.0)
+        "port": 12000, "temperature": 0.6,
+        "summary": "thinker-70b listens on 12000 at temp 0.6, with 32768 tokens",
+        "numbers": (7, 2.5, "lists take macros too: thinker-70b"),
+        "nested": {"x": "7", "y": 3, "z": (0.6, True, "id=thinker-70b")}}
+    assert model.filters.strip_params == ("top_k", "min_p", "typical_p")
+    assert model.filters.set_params == {"top_k": 40, "min_p": 0.05}
+    assert (model.ttl, model.unload_timeout, model.concurrency_limit) == (300.0, 20.0, 10)
+    assert (model.connect_timeout, model.response_header_timeout) == (12.0, 90.0)
     assert model.send_loading_state is False and config.send_loading_state is True
-    assert model.env == {"CUDA_VISIBLE_DEVICES": "0,1,2"} and model.aliases == ("gpt-4o-mini",)
-    assert model.use_model_name == "openai/gpt-oss-120B" and model.name == "gpt-oss 120B"
-    assert model.capabilities is not None and model.capabilities["context"] == 32000
-    docker = config.models["docker-llama"]
-    assert docker.port == 10002 and docker.proxy == "http://127.0.0.1:10002"
-    assert docker.cmd_stop == ("docker", "stop", "docker-llama")
-    assert docker.cmd[:6] == ("docker", "run", "--name", "docker-llama", "--init", "--rm")
-    assert config.models["unlisted-model"].unlisted is True
-    assert config.health_check_timeout == 500.0 and config.start_port == 10001
-    assert config.api_keys[2:] == ("key-one", "key-two")
-    assert [g.name for g in config.groups] == ["group2", DEFAULT_GROUP]
+    assert model.env == {"CUDA_VISIBLE_DEVICES": "1,0"} and model.aliases == ("gpt-4.1",)
+    assert model.use_model_name == "vendor/thinker-70B" and model.name == "Thinker 70B"
+    assert model.description == "A large reasoning model"
+    assert model.capabilities == {"in": ("text", "image"), "out": ("text",), "tools": True,
+                                  "reranker": False, "context": 32768}
+    boxed = config.models["boxed-llama"]
+    assert boxed.port == 12001 and boxed.proxy == "http://127.0.0.1:12001"
+    assert boxed.cmd_stop == ("podman", "stop", "boxed-llama")
+    assert boxed.cmd[:6] == ("podman", "run", "--name", "boxed-llama", "--rm", "-p")
+    assert boxed.cmd[-2:] == ("--model", "/models/Small Coder Q4.gguf")
+    helper = config.models["hidden-helper"]
+    assert helper.unlisted is True and helper.port is None
+    assert helper.cmd == ("helper-daemon", "--root", "/srv/weights", "--verbose")
+    assert config.health_check_timeout == 400.0 and config.start_port == 12000
+    assert (config.log_level, config.log_to_stdout) == ("debug", "both")
+    assert config.include_aliases_in_list is True
+    assert (config.global_ttl, config.unload_timeout) == (0.0, 15.0)
+    assert config.api_keys == ("sk-fixture-one", "sk-fixture-two-9f8e7d6c5b4a", "key-a", "key-b")
+    assert config.groups == (GroupConfig("pair", False, False, False, ("boxed-llama",)),
+                             GroupConfig(DEFAULT_GROUP, members=("thinker-70b", "hidden-helper")))
     keys = [n.split(": ")[1] for n in config.notices]
     assert keys == ["logTimeFormat", "metricsMaxInMemory", "captureBuffer", "ui", "performance",
-                    "models.gpt-oss-120b.timeouts.keepalive",
-                    "models.gpt-oss-120b.timeouts.tlsHandshake",
-                    "models.gpt-oss-120b.timeouts.idleConn"]
+                    "models.thinker-70b.timeouts.keepalive",
+                    "models.thinker-70b.timeouts.tlsHandshake",
+                    "models.thinker-70b.timeouts.idleConn"]
 
 
 # --------------------------------------------------------------------------- problems

@@ -1,16 +1,29 @@
 """swapproxy: a model-swap reverse proxy for llama-server and OpenAI-compatible upstreams.
 
-Architecture, in the order a request meets it::
+One request, in the order it meets the files::
 
-    client ─▶ app.py       routes, middlewares (auth, error envelope), resources
-              handlers.py  the route handlers: inference, model list, management
-              routing.py   which model does this request name? (body / form / ?model= / path)
-              swap.py      Swapper: evictions by group, FIFO queue, drain, TTL, limits
-              process.py   ManagedProcess: spawn, health-probe, watch exit, stop
-              proxy.py     forward(): stream bytes both ways, no buffering
+    client ─▶ web/app.py         the app: middlewares, routes, resources (one cleanup_ctx each)
+              web/middleware.py  metrics, the OpenAI error envelope, API keys
+              web/inference.py   an OpenAI or native route; routing.py finds the model it names
+              web/forward.py     lease the model, forward, record metrics, release
+              scheduler.py       acquire(): make the model ready (below), count the request in flight
+              web/proxy.py       forward(): stream bytes both ways, no buffering
 
-Configuration is read by config/ (llama-swap's format), process states are
-in states.py, errors and their OpenAI envelope in errors.py.
+One swap, when the model a request names is not running::
+
+    scheduler.py   under the FIFO lock: ask the policy, mark the victims, reserve the model
+    policy.py      evictions(): which running models must stop (groups) — a pure function
+    scheduler.py   outside the lock: wait for the victims' requests to finish, stop them
+    process.py     ManagedProcess: stop (cmdStop or SIGTERM → SIGKILL), spawn, probe /health
+    processes.py   ProcessHub: every state change reaches its listeners — failures.py
+                   (circuit breaker, persistent restarts), metrics.py, the event bus
+                   (status.py's ModelStatus), systemd's STATUS line
+
+Around them: config/ reads llama-swap's format into frozen types; states.py is
+the process state table; errors.py the error tree and its envelope; reload.py
+and config_diff.py apply a changed config as a diff; web/runtime.py holds what
+the running app shares; web/management.py, web/streams.py and web/upstream.py
+the management, event and /upstream routes; server.py and cli.py start it all.
 """
 
 __all__ = ["__version__"]

@@ -12,7 +12,6 @@ The tree::
     ├── Unauthorized                    401 authentication_error
     ├── NotFound                        404 not_found_error
     │   └── ModelNotFound               404 model_not_found
-    ├── Conflict                        409 conflict
     ├── PayloadTooLarge                 413 request_too_large
     ├── ExpectationFailed               417 expectation_failed
     ├── TooManyRequests                 429 rate_limit_exceeded  (+ Retry-After)
@@ -38,7 +37,6 @@ __all__ = [
     "Unauthorized",
     "NotFound",
     "ModelNotFound",
-    "Conflict",
     "PayloadTooLarge",
     "ExpectationFailed",
     "TooManyRequests",
@@ -87,10 +85,6 @@ class ModelNotFound(NotFound):
     def __init__(self, model: str) -> None:
         super().__init__(f"model '{model}' not found in config", param="model")
         self.model = model
-
-
-class Conflict(SwapProxyError):
-    status, type, code = 409, "conflict_error", "conflict"
 
 
 class PayloadTooLarge(SwapProxyError):

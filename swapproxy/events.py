@@ -9,13 +9,14 @@ resynchronise (re-read ``/running?details=1``).
 
 Event shapes (``type`` says which)::
 
-    {"type": "state", "model": id, "state": "starting", "old": "stopped", "pid": 123,
-     "reason": "...", "log_tail": [...]}        # reason/log_tail only on "failed"
+    {"type": "state", "old": "stopped", "model": id, "state": "starting", "pid": 123, ...,
+     "error": "...", "log_tail": [...]}         # the model's ModelStatus; error/log_tail on "failed"
     {"type": "log", "source": "proxy" | model id, "line": "..."}
-    {"type": "inflight", "model": id, "inflight": 2, "waiting": 0, "queue_depth": 0}
+    {"type": "inflight", "model": id, "inflight": 2, "waiting": 0, "queue_depth": 0, "ttl_remaining_s": None}
+    {"type": "swap", "reason": "swap to b", "stopped": ["a"]}
 
 ``GET /api/events`` (SSE) and ``GET /models/sse`` (llama.cpp router shape) are
-both fed from here; see :mod:`swapproxy.management`.
+both fed from here; see :mod:`swapproxy.web.streams`.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def tree_rss(pids: Iterable[int | None]) -> dict[int, int]:
 
 # -- token counting -----------------------------------------------------------------------
 class TokenTap:
-    """``on_chunk`` callback for :func:`swapproxy.proxy.forward`: keeps the response's tail.
+    """``on_chunk`` callback for :func:`swapproxy.web.proxy.forward`: keeps the response's tail.
 
     Also notes when the first body byte went out (time to first byte).
     """

@@ -57,6 +57,17 @@ class SwapProxyError(Exception):
     type: str = "internal_error"
     code: str = "internal_error"
 
+    def __init_subclass__(cls, status: int | None = None, type: str | None = None, code: str | None = None,
+                          **kwargs: object) -> None:
+        """``class X(SwapProxyError, status=400, type="...", code="...")``: what X answers with."""
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if type is not None:
+            cls.type = type
+        if code is not None:
+            cls.code = code
+
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -67,36 +78,36 @@ class SwapProxyError(Exception):
         return {}
 
 
-class BadRequest(SwapProxyError):
-    status, type, code = 400, "invalid_request_error", "invalid_request"
+class BadRequest(SwapProxyError, status=400, type="invalid_request_error", code="invalid_request"):
+    """The request is malformed: bad JSON, no model, a bad parameter."""
 
 
-class Unauthorized(SwapProxyError):
-    status, type, code = 401, "authentication_error", "invalid_api_key"
+class Unauthorized(SwapProxyError, status=401, type="authentication_error", code="invalid_api_key"):
+    """No API key, or not one that opens this route."""
 
 
-class NotFound(SwapProxyError):
-    status, type, code = 404, "not_found_error", "not_found"
+class NotFound(SwapProxyError, status=404, type="not_found_error", code="not_found"):
+    """No such route, or no such thing."""
 
 
-class ModelNotFound(NotFound):
-    code = "model_not_found"
+class ModelNotFound(NotFound, code="model_not_found"):
+    """The request names a model the config does not have."""
 
     def __init__(self, model: str) -> None:
         super().__init__(f"model '{model}' not found in config", param="model")
         self.model = model
 
 
-class PayloadTooLarge(SwapProxyError):
-    status, type, code = 413, "invalid_request_error", "request_too_large"
+class PayloadTooLarge(SwapProxyError, status=413, type="invalid_request_error", code="request_too_large"):
+    """The body passed maxRequestBodyMB."""
 
 
-class ExpectationFailed(SwapProxyError):
-    status, type, code = 417, "invalid_request_error", "expectation_failed"
+class ExpectationFailed(SwapProxyError, status=417, type="invalid_request_error", code="expectation_failed"):
+    """An Expect header other than 100-continue."""
 
 
-class TooManyRequests(SwapProxyError):
-    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+class TooManyRequests(SwapProxyError, status=429, type="rate_limit_error", code="rate_limit_exceeded"):
+    """The model's concurrencyLimit is reached; the client may retry after ``retry_after`` s."""
 
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
@@ -106,14 +117,12 @@ class TooManyRequests(SwapProxyError):
         return {"Retry-After": str(self.retry_after)}
 
 
-class UpstreamUnreachable(SwapProxyError):
-    status, type, code = 502, "upstream_error", "upstream_unreachable"
+class UpstreamUnreachable(SwapProxyError, status=502, type="upstream_error", code="upstream_unreachable"):
+    """The upstream could not be reached, or broke off before its response began."""
 
 
-class ModelStartFailed(SwapProxyError):
+class ModelStartFailed(SwapProxyError, status=503, type="upstream_error", code="model_start_failed"):
     """The model's process failed to become ready; ``log_tail`` holds its last output."""
-
-    status, type, code = 503, "upstream_error", "model_start_failed"
 
     def __init__(self, message: str, *, log_tail: Sequence[str] = ()) -> None:
         self.log_tail = tuple(log_tail)
@@ -124,16 +133,16 @@ class ModelStartFailed(SwapProxyError):
         self.reason = message
 
 
-class HealthCheckTimeout(ModelStartFailed):
-    code = "health_check_timeout"
+class HealthCheckTimeout(ModelStartFailed, code="health_check_timeout"):
+    """The model's process did not become healthy within healthCheckTimeout."""
 
 
-class ShuttingDown(SwapProxyError):
-    status, type, code = 503, "server_error", "shutting_down"
+class ShuttingDown(SwapProxyError, status=503, type="server_error", code="shutting_down"):
+    """swapproxy is stopping: no new work."""
 
 
-class UpstreamTimeout(SwapProxyError):
-    status, type, code = 504, "upstream_error", "upstream_timeout"
+class UpstreamTimeout(SwapProxyError, status=504, type="upstream_error", code="upstream_timeout"):
+    """The upstream did not answer, or finish its body, in time."""
 
 
 def envelope(message: str, type_: str, code: str, param: str | None = None) -> dict[str, object]:

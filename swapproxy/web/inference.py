@@ -23,7 +23,7 @@ from .forward import leased_forward
 from .loading import stream_with_loading_state
 from .openapi import api
 from .proxy import request_headers
-from .runtime import Tier, runtime, tag
+from .runtime import Tier, register, runtime
 from .spool import spool_body
 
 __all__ = ["add_routes", "OPENAI_POST", "NATIVE_POST", "NATIVE_GET"]
@@ -164,13 +164,13 @@ async def list_models(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
     """Register the inference routes (named ones; the catch-all comes last, see :func:`add_catch_all`)."""
-    r = app.router
-    routes = [r.add_get("/v1/models", list_models), r.add_get("/models", list_models)]
-    routes += [r.add_post(path, inference) for path in (*OPENAI_POST, *sorted(NATIVE_POST))]
-    routes += [r.add_get(path, native_get) for path in sorted(NATIVE_GET)]
-    tag(tiers, Tier.INFERENCE, *routes)
+    register(app, tiers, Tier.INFERENCE, [
+        ("GET", "/v1/models", list_models), ("GET", "/models", list_models),
+        *(("POST", path, inference) for path in (*OPENAI_POST, *sorted(NATIVE_POST))),
+        *(("GET", path, native_get) for path in sorted(NATIVE_GET)),
+    ])
 
 
 def add_catch_all(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
     """Any other POST /v1/... (and a clear 404 or 405 for everything else): registered last."""
-    tag(tiers, Tier.INFERENCE, app.router.add_route("*", "/{tail:.*}", inference))
+    register(app, tiers, Tier.INFERENCE, [("*", "/{tail:.*}", inference)])

@@ -34,7 +34,7 @@ from ..states import ProcessState
 from ..status import model_status
 from .forward import publish_inflight
 from .openapi import api, build_openapi
-from .runtime import Runtime, Tier, runtime, tag
+from .runtime import Runtime, Tier, register, runtime
 from .upstream import FORCE_QUERY, force_param
 
 __all__ = ["add_routes"]
@@ -215,21 +215,12 @@ async def ui_asset(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
     """Register the management routes (management tier, but /health and /health/liveness, which are open)."""
-    r = app.router
-    tag(tiers, Tier.MANAGEMENT,
-        r.add_get("/", root),
-        r.add_get("/ui", ui),
-        r.add_get("/ui/{name}", ui_asset),
-        r.add_get("/health", health),
-        r.add_get("/health/liveness", liveness),
-        r.add_get("/running", running),
-        r.add_get("/unload", unload_all),
-        r.add_post("/api/models/unload", unload_all),
-        r.add_post("/api/models/unload/{model:.+}", unload_one),
-        r.add_post("/models/load", models_load),
-        r.add_post("/models/unload", models_unload),
-        r.add_get("/metrics", metrics),
-        r.add_get("/info", info),
-        r.add_get("/api/version", version),
-        r.add_get("/openapi.json", openapi_json),
-        r.add_get("/swagger", swagger))
+    register(app, tiers, Tier.MANAGEMENT, [
+        ("GET", "/", root), ("GET", "/ui", ui), ("GET", "/ui/{name}", ui_asset),
+        ("GET", "/health", health), ("GET", "/health/liveness", liveness), ("GET", "/running", running),
+        ("GET", "/unload", unload_all), ("POST", "/api/models/unload", unload_all),
+        ("POST", "/api/models/unload/{model:.+}", unload_one),
+        ("POST", "/models/load", models_load), ("POST", "/models/unload", models_unload),
+        ("GET", "/metrics", metrics), ("GET", "/info", info), ("GET", "/api/version", version),
+        ("GET", "/openapi.json", openapi_json), ("GET", "/swagger", swagger),
+    ])

@@ -19,7 +19,7 @@ import logging
 import socket
 import struct
 from collections.abc import AsyncIterable, Callable
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import aiohttp
 from aiohttp import web
@@ -31,7 +31,7 @@ from ..config import ModelConfig
 from ..errors import BadRequest, UpstreamTimeout, UpstreamUnreachable
 from . import sse
 
-__all__ = ["make_client_session", "open_upstream", "relay", "forward", "drop_client", "HOP_BY_HOP"]
+__all__ = ["make_client_session", "open_upstream", "relay", "forward", "drop_client", "HOP_BY_HOP", "Outgoing"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,14 @@ def request_headers(request: web.Request) -> CIMultiDict[str]:
     return headers
 
 
+class Outgoing(TypedDict, total=False):
+    """How the request going upstream differs from the client's (each key optional)."""
+
+    path_qs: str | None  # path and query to ask for (default: the client's, as it came)
+    body: Body  # the body to send (default: none)
+    headers: CIMultiDict[str] | None  # the headers to send (default: the client's, hop-by-hop dropped)
+
+
 async def open_upstream(
     request: web.Request,
     session: aiohttp.ClientSession,
@@ -107,7 +115,7 @@ async def open_upstream(
     body: Body = None,
     headers: CIMultiDict[str] | None = None,
 ) -> aiohttp.ClientResponse:
-    """Send the request upstream and return once the response headers are in."""
+    """Send the request upstream (as :class:`Outgoing` describes) and return once the response headers are in."""
     url = URL(spec.proxy + (path_qs if path_qs is not None else request.raw_path), encoded=True)
     if headers is None:
         headers = request_headers(request)
@@ -307,12 +315,10 @@ async def forward(
     session: aiohttp.ClientSession,
     spec: ModelConfig,
     *,
-    path_qs: str | None = None,
-    body: Body = None,
-    headers: CIMultiDict[str] | None = None,
     on_chunk: OnChunk | None = None,
     on_cut: Callable[[str], None] | None = None,
     into: web.StreamResponse | None = None,
+    **outgoing: Unpack[Outgoing],
 ) -> web.StreamResponse:
     """Proxy ``request`` to ``spec``'s upstream and stream the answer back.
 
@@ -321,7 +327,7 @@ async def forward(
     loading state does); the upstream's events are relayed into it, and an upstream
     error status becomes an error event there, as the status line is gone.
     """
-    upstream = await open_upstream(request, session, spec, path_qs=path_qs, body=body, headers=headers)
+    upstream = await open_upstream(request, session, spec, **outgoing)
     length = upstream.content_length
     if into is None and length is not None and length <= SMALL_BODY and upstream.content_type != "text/event-stream":
         return await _small_response(upstream, spec, on_chunk)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,8 @@ from ..metrics import Metrics
 from ..reload import ReloadState
 from ..scheduler import Scheduler
 
-__all__ = ["Runtime", "Tier", "RUNTIME", "MODEL_KEY", "START_KEY", "runtime", "route_label", "tag"]
+__all__ = ["Runtime", "Tier", "RUNTIME", "MODEL_KEY", "START_KEY", "RouteTable", "runtime", "route_label", "tag",
+           "register"]
 
 
 class Tier(enum.Enum):
@@ -99,3 +101,14 @@ def tag(tiers: dict[web.AbstractResource, Tier], tier: Tier, *routes: web.Abstra
     for route in routes:
         if route.resource is not None:
             tiers[route.resource] = tier
+
+
+#: (method, path, handler) rows; a GET also answers HEAD.
+RouteTable = Sequence[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]]
+
+
+def register(app: web.Application, tiers: dict[web.AbstractResource, Tier], tier: Tier, table: RouteTable) -> None:
+    """Add every route of ``table`` to ``app``, in order, and tag it with ``tier``."""
+    r = app.router
+    for method, path, handler in table:
+        tag(tiers, tier, r.add_get(path, handler) if method == "GET" else r.add_route(method, path, handler))

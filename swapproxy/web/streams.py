@@ -30,7 +30,7 @@ from ..states import ProcessState
 from ..status import all_statuses
 from . import sse
 from .openapi import api
-from .runtime import Tier, runtime, tag
+from .runtime import Tier, register, runtime
 
 __all__ = ["add_routes"]
 
@@ -186,10 +186,7 @@ async def models_sse(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
     """Register the streaming routes (management tier)."""
-    r = app.router
-    tag(tiers, Tier.MANAGEMENT,
-        r.add_get("/models/sse", models_sse),
-        r.add_get("/logs", logs),
-        r.add_get("/logs/stream", logs_stream),
-        r.add_get("/logs/stream/{source:.+}", logs_stream),
-        r.add_get("/api/events", api_events))
+    register(app, tiers, Tier.MANAGEMENT, [
+        ("GET", "/models/sse", models_sse), ("GET", "/logs", logs), ("GET", "/logs/stream", logs_stream),
+        ("GET", "/logs/stream/{source:.+}", logs_stream), ("GET", "/api/events", api_events),
+    ])

@@ -20,7 +20,7 @@ from ..config import Config
 from ..errors import BadRequest, ModelNotFound
 from .forward import leased_forward, publish_inflight
 from .openapi import api
-from .runtime import Tier, runtime, tag
+from .runtime import Tier, register, runtime
 from .spool import spool_body, too_large
 
 __all__ = ["add_routes", "upstream_passthrough", "FORCE_QUERY", "force_param"]
@@ -122,7 +122,6 @@ async def upstream_load(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
     """Register the family: load and unload (management tier) before the passthrough (inference tier)."""
-    r = app.router
-    tag(tiers, Tier.MANAGEMENT, r.add_get("/upstream/{model:.+}/load", upstream_load),
-        r.add_delete("/upstream/{model:.+}", upstream_unload))
-    tag(tiers, Tier.INFERENCE, r.add_route("*", "/upstream/{tail:.+}", upstream_passthrough))
+    register(app, tiers, Tier.MANAGEMENT, [("GET", "/upstream/{model:.+}/load", upstream_load),
+                                           ("DELETE", "/upstream/{model:.+}", upstream_unload)])
+    register(app, tiers, Tier.INFERENCE, [("*", "/upstream/{tail:.+}", upstream_passthrough)])

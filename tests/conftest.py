@@ -25,6 +25,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from support import bindable, ephemeral_low
 from swapproxy.app import SWAPPER, make_app
 from swapproxy.config import Config, parse_config
 
@@ -34,9 +35,6 @@ PY = sys.executable
 STATE_DIR = Path(tempfile.gettempdir()) / f"swapproxy-tests-{os.getpid()}"
 #: How often wait_until re-checks its condition (a poll with a deadline, not a fixed wait).
 POLL_INTERVAL = 0.005
-
-sys.path.insert(0, str(ROOT / "scripts"))  # the port helpers the bench scripts use too
-from ports import bindable, ephemeral_low  # noqa: E402
 
 
 def fake_cmd(*flags: str) -> str:

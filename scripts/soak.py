@@ -48,9 +48,10 @@ Usage::
     python scripts/soak.py                      # 10,000 requests, 64 concurrent
     python scripts/soak.py --quick              # 600 requests
     python scripts/soak.py --requests 2000 --concurrency 32 --seed 7
+    python scripts/soak.py --json out.json      # ... and the counts as JSON (tests/test_soak.py)
 
 Exit status: 0 when there were no failures, no hangs, no orphans and RSS
-stayed within 10 %; 1 otherwise. ``tests/test_soak.py`` imports :func:`soak`.
+stayed within 10 %; 1 otherwise.
 """
 
 from __future__ import annotations
@@ -552,7 +553,8 @@ def format_table(r: SoakResult) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> SoakOptions:
+def parse_args(argv: list[str] | None = None) -> tuple[SoakOptions, Path | None]:
+    """The run's options, and where to write its counts as JSON (None: nowhere)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=64)
@@ -564,8 +566,10 @@ def parse_args(argv: list[str] | None = None) -> SoakOptions:
     p.add_argument("--cross", type=float, default=0.003, help="share of requests for the cold swap model")
     p.add_argument("--startup-delay", type=float, default=0.05)
     p.add_argument("--retry-after-scale", type=float, default=1.0)
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--json", metavar="FILE", type=Path, help="also write the counts to FILE as JSON")
     args = p.parse_args(argv)
-    return SoakOptions(
+    opts = SoakOptions(
         requests=600 if args.quick else args.requests,
         concurrency=args.concurrency,
         seed=args.seed,
@@ -575,13 +579,27 @@ def parse_args(argv: list[str] | None = None) -> SoakOptions:
         cross=args.cross,
         startup_delay=args.startup_delay,
         retry_after_scale=args.retry_after_scale,
+        quiet=args.quiet,
     )
+    return opts, args.json
+
+
+def as_json(r: SoakResult, seconds: float) -> dict[str, Any]:
+    """The counts a caller checks; ``seconds`` is the whole soak (start, load, stop, orphan check)."""
+    return {"ok": r.ok, "done": r.done, "requests": r.options.requests, "failures": r.failures, "hangs": r.hangs,
+            "failure_samples": r.failure_samples, "statuses": dict(r.statuses), "kinds": dict(r.kinds),
+            "model_starts": r.model_starts, "orphans": r.orphans, "proxy_exit_code": r.proxy_exit_code,
+            "rss_growth": r.rss_growth, "duration": r.duration, "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = parse_args(argv)
+    opts, json_path = parse_args(argv)
+    began = time.monotonic()
     result = asyncio.run(soak(opts))
+    seconds = time.monotonic() - began
     print(format_table(result))
+    if json_path is not None:
+        json_path.write_text(json.dumps(as_json(result, seconds), indent=2) + "\n")
     return 0 if result.ok else 1
 
 

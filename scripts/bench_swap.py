@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-from ports import free_port, free_ports  # scripts/ is on sys.path: this file's own directory
+from bench.ports import free_port, free_ports  # scripts/ is on sys.path: this file's own directory
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("SWAPPROXY_CACHE", Path.home() / ".cache" / "swapproxy"))

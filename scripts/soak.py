@@ -73,7 +73,7 @@ from typing import Any
 
 import aiohttp
 import psutil
-from ports import free_port, free_port_block  # scripts/ is on sys.path: this file's own directory
+from bench.ports import free_port, free_port_block  # scripts/ is on sys.path: this file's own directory
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "fake_llama_server.py"

@@ -47,7 +47,7 @@ def fake_cmd(*flags: str) -> str:
 #: the server's bind. Each xdist worker walks its own slice of 16000..31000 with a cursor
 #: that starts at a random place, so two workers (or two tests in a row) do not pick the
 #: same port, and a second run beside this one rarely does.
-_REGION_LOW, _REGION_SIZE = 16000, 15000  # scripts/ports.py takes 31000 and up
+_REGION_LOW, _REGION_SIZE = 16000, 15000  # scripts/bench/ports.py takes 31000 and up
 _WORKERS = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), 1)
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % _WORKERS
 _SLICE = _REGION_SIZE // _WORKERS

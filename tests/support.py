@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 # -- ports ---------------------------------------------------------------------------------------
-# The same two checks as scripts/ports.py (the benchmarks' copy): conftest.py hands out
+# The same two checks as scripts/bench/ports.py (the benchmarks' copy): conftest.py hands out
 # ports from 16000..31000, below the kernel's ephemeral range; the benchmarks take 31000 and up.
 def ephemeral_low() -> int:
     """The first port of the kernel's ephemeral range (where outgoing connections take theirs)."""

@@ -11,8 +11,15 @@ What each one measures, and how to run it (from the checkout's root; each
     python scripts/bench_proxy.py [--quick]
         proxy.py: added latency, max req/s and SSE per-event delay, direct vs through
         swapproxy, with CONTROL rows (an L4 relay, a bare aiohttp forwarder).
-
-The other scripts in scripts/ (bench_swap.py, bench_readiness.py, soak.py) share its ports.py.
+    python scripts/bench_swap.py [--rounds 5]
+        swap.py: swap time with the real llama-server (scripts/install_llama.py):
+        swapproxy vs llama-server's router mode vs a bare start.
+    python scripts/bench_readiness.py [--starts 20] [--delay 0.3]
+        readiness.py: how soon after an upstream turns healthy swapproxy notices,
+        against llama-swap's probing schedule.
+    python scripts/soak.py [--quick | --requests N] [--json FILE]
+        soak.py: many mixed requests over three swapping models; every request must
+        end 200 or an explicit 429/503, none may hang, RSS must stay flat.
 
 ``python -m scripts.bench.<module>`` runs the same. The shared parts:
 

@@ -1,4 +1,12 @@
-"""What the benchmarks measure with: percentiles, SSE lateness, CPU time and RSS of processes."""
+"""What the benchmarks measure with: percentiles, SSE lateness, CPU time and RSS of processes.
+
+Three percentile rules are in use, each kept as the benchmark that prints it has
+always computed it (so figures stay comparable with earlier runs):
+
+* :func:`pct`: linear interpolation between the closest ranks (perf, proxy);
+* :func:`pct_nearest`: the nearest rank of ``q * (n - 1)`` (readiness);
+* :func:`pct_rank`: the rank ``int(q * n)``, 0.0 for no values (soak).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,7 @@ from dataclasses import dataclass, field
 
 import psutil  # type: ignore[import-untyped]
 
-__all__ = ["pct", "lateness", "machine_busy_seconds", "Meter", "cpu_diff", "Tally",
+__all__ = ["pct", "pct_nearest", "pct_rank", "lateness", "machine_busy_seconds", "Meter", "cpu_diff", "Tally",
            "tree", "rss_bytes", "rss_mb"]
 
 
@@ -23,6 +31,20 @@ def pct(values: Sequence[float], q: float) -> float:
     lo = math.floor(k)
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def pct_nearest(values: Sequence[float], q: float) -> float:
+    """The value at the rank nearest ``q * (n - 1)``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def pct_rank(values: Sequence[float], q: float) -> float:
+    """The value at rank ``int(q * n)``; 0.0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # -- SSE -----------------------------------------------------------------------------------------

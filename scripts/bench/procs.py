@@ -165,6 +165,25 @@ def stop_proxy(proc: subprocess.Popen[bytes], upstream_pids: Sequence[int]) -> N
         print(f"warning: upstream pid {pid} outlived swapproxy; killed it", file=sys.stderr)
 
 
+async def spawn(*argv: str, log: Path) -> asyncio.subprocess.Process:
+    """``argv`` in a session (process group) of its own, output appended to ``log``."""
+    out = open(log, "ab")  # noqa: SIM115 - lives as long as the child
+    return await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out, start_new_session=True)
+
+
+async def stop_group(proc: asyncio.subprocess.Process, grace: float = 30) -> float:
+    """SIGTERM a :func:`spawn`-ed process group, SIGKILL after ``grace``; seconds until it exited."""
+    began = time.monotonic()
+    if proc.returncode is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except asyncio.TimeoutError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    return time.monotonic() - began
+
+
 # -- this process ------------------------------------------------------------------------------
 def sigterm_as_interrupt() -> None:
     """From now on SIGTERM raises KeyboardInterrupt, as Ctrl-C does: the finally blocks stop what was started."""

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from support import bindable, ephemeral_low
 from swapproxy.web.app import make_app
 from swapproxy.web.runtime import RUNTIME, Runtime
 from swapproxy.config import Config, parse_config
@@ -35,9 +36,6 @@ PY = sys.executable
 STATE_DIR = Path(tempfile.gettempdir()) / f"swapproxy-tests-{os.getpid()}"
 #: How often wait_until re-checks its condition (a poll with a deadline, not a fixed wait).
 POLL_INTERVAL = 0.005
-
-sys.path.insert(0, str(ROOT / "scripts"))  # the port helpers the bench scripts use too
-from ports import bindable, ephemeral_low  # noqa: E402
 
 
 def fake_cmd(*flags: str) -> str:
@@ -50,7 +48,7 @@ def fake_cmd(*flags: str) -> str:
 #: the server's bind. Each xdist worker walks its own slice of 16000..31000 with a cursor
 #: that starts at a random place, so two workers (or two tests in a row) do not pick the
 #: same port, and a second run beside this one rarely does.
-_REGION_LOW, _REGION_SIZE = 16000, 15000  # scripts/ports.py takes 31000 and up
+_REGION_LOW, _REGION_SIZE = 16000, 15000  # scripts/bench/ports.py takes 31000 and up
 _WORKERS = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), 1)
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % _WORKERS
 _SLICE = _REGION_SIZE // _WORKERS

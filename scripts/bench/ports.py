@@ -1,11 +1,10 @@
-"""Free local ports for the benchmark and soak scripts (one copy, imported by each).
+"""Free local ports for the benchmarks and the soak.
 
-The scripts run as ``python scripts/<name>.py``, so this folder is first on
-``sys.path`` and ``import ports`` finds this file. Ports come from below the
-kernel's ephemeral range (where outgoing connections take theirs: a benchmark
-opens thousands), from a region the test suite does not use, and are checked
-free just before they are handed out. Someone may still take one before it is
-used: callers that start servers on them check that their servers came up.
+Ports come from below the kernel's ephemeral range (where outgoing connections
+take theirs: a benchmark opens thousands), from a region the test suite does not
+use (tests/conftest.py takes 16000..31000), and are checked free just before they
+are handed out. Someone may still take one before it is used: callers that start
+servers on them check that their servers came up.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import base64
 from pathlib import Path
 
 
-from conftest import Proxy, fake_cmd, free_port_block, make_config, start_cli
+from support import Proxy, fake_cmd, free_port_block, make_config, start_cli
 
 BOTH, INF, MGMT = "sk-both-1234", "sk-inference-5678", "sk-management-9012"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from conftest import fake_cmd, free_port_block, start_cli, wait_gone
+from support import fake_cmd, free_port_block, start_cli, wait_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 

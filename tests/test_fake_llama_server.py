@@ -7,122 +7,15 @@ import base64
 import hashlib
 import json
 import os
-import re
 import signal
 import socket
-import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-from conftest import wait_until
+from support import FAKE_TIMEOUT, LISTENING_RE, Spawn, wait_until
 
-SCRIPT = Path(__file__).with_name("fake_llama_server.py")
-LISTENING_RE = re.compile(r"server is listening on http://(\[[^\]]+\]|[^:/\s]+):(\d+)")
-TIMEOUT = 5.0  # upper bound for anything we wait on; tests normally take milliseconds
-
-
-class FakeServer:
-    """One fake llama-server child process, with its output collected line by line."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self.port: int | None = None
-        self._new_line = asyncio.Event()
-        assert proc.stdout is not None and proc.stderr is not None
-        self._readers = [
-            asyncio.create_task(self._pump(proc.stdout, self.stdout)),
-            asyncio.create_task(self._pump(proc.stderr, self.stderr)),
-        ]
-
-    @property
-    def url(self) -> str:
-        assert self.port is not None, "server is not listening"
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _pump(self, stream: asyncio.StreamReader, lines: list[str]) -> None:
-        while raw := await stream.readline():
-            lines.append(raw.decode(errors="replace").rstrip("\n"))
-            self._new_line.set()
-        self._new_line.set()
-
-    async def wait_for_line(self, lines: list[str], pattern: str) -> re.Match[str]:
-        """The first line of ``lines`` matching ``pattern``, waiting up to TIMEOUT."""
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            for line in lines:
-                if m := re.search(pattern, line):
-                    return m
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.proc.returncode is not None and all(r.done() for r in self._readers):
-                raise AssertionError(f"no line matching {pattern!r}; stdout={self.stdout!r} stderr={self.stderr!r}")
-            self._new_line.clear()
-            try:
-                await asyncio.wait_for(self._new_line.wait(), min(remaining, 0.1))
-            except asyncio.TimeoutError:
-                pass
-
-    async def wait_listening(self) -> int:
-        m = await self.wait_for_line(self.stderr, LISTENING_RE.pattern)
-        self.port = int(m.group(2))
-        return self.port
-
-    async def wait_exit(self) -> int:
-        rc = await asyncio.wait_for(self.proc.wait(), TIMEOUT)
-        await asyncio.wait_for(asyncio.gather(*self._readers), TIMEOUT)
-        return rc
-
-    async def kill(self) -> None:
-        if self.proc.returncode is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # the whole group: grandchildren too
-            except ProcessLookupError:
-                pass
-        await self.proc.wait()
-        for task in self._readers:
-            task.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
-
-
-Spawn = Callable[..., Awaitable[FakeServer]]
-
-
-@pytest.fixture
-async def spawn() -> AsyncIterator[Spawn]:
-    """Start fake servers (``--port 0`` unless given); all are killed afterwards."""
-    started: list[FakeServer] = []
-
-    async def _spawn(*args: str, wait_listening: bool = True) -> FakeServer:
-        argv = list(args) if "--port" in args else ["--port", "0", *args]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(SCRIPT), *argv,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # own process group, so kill() can take it all
-            limit=1 << 20,  # allow the --big-line line
-        )
-        server = FakeServer(proc)
-        started.append(server)
-        if wait_listening:
-            await server.wait_listening()
-        return server
-
-    try:
-        yield _spawn
-    finally:
-        for server in started:
-            await server.kill()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
-        yield s
+TIMEOUT = FAKE_TIMEOUT
 
 
 async def read_event(content: aiohttp.StreamReader) -> str | None:

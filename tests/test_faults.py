@@ -11,12 +11,8 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from conftest import ROOT, fake_cmd, free_port_block, make_config, start_cli, wait_gone, wait_http_ok, wait_until
+from support import ROOT, fake, fake_cmd, free_port_block, make_config, start_cli, wait_gone, wait_http_ok, wait_until
 from swapproxy.states import ProcessState
-
-
-def fake(name: str, *flags: str, **extra: object) -> dict[str, object]:
-    return {"cmd": fake_cmd("--model-name", name, *flags), **extra}
 
 
 async def test_circuit_breaker_opens_after_repeated_failures(proxy_factory) -> None:

@@ -45,23 +45,18 @@ import http.client
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import POLL_INTERVAL, PY, Proxy, fake_cmd, free_port_block, make_config
+from support import CliProxy, Proxy, fake_cmd, free_port_block, make_config, running_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 MAX_MB = 0.0625  # maxRequestBodyMB in these configs: 64 KiB
 MAX_BYTES = int(MAX_MB * 1024 * 1024)
 EXAMPLES = int(os.environ.get("SWAPPROXY_FUZZ_EXAMPLES", "300"))
@@ -577,59 +572,17 @@ async def test_gzip_request_body_reaches_the_model_intact(proxy_factory: Any) ->
 # --------------------------------------------------------------------------- #
 
 
-@dataclass
-class LiveProxy:
-    port: int
-    pid: int
-    log: Path
-
-
-@pytest.fixture(scope="module")
-def live_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveProxy]:
-    """``python -m swapproxy`` with the fuzz config, both models warm; SIGTERM by PID at the end."""
-    tmp = tmp_path_factory.mktemp("fuzz")
-    doc = {
+def fuzz_doc(state: Path) -> dict[str, Any]:
+    """The fuzz config for a swapproxy child process (its ports below the ephemeral range)."""
+    return {
         "startPort": free_port_block(len(MODELS) + 1),
         "healthCheckTimeout": 15,
-        "stateDir": str(tmp / "state"),
+        "stateDir": str(state),
         "maxRequestBodyMB": MAX_MB,
         "logToStdout": "proxy",
         "groups": GROUPS,
         "models": MODEL_SPECS,
     }
-    config = tmp / "fuzz.yaml"
-    config.write_text(json.dumps(doc))  # JSON is YAML
-    port = free_port_block(1)  # below the ephemeral range, like every other test port
-    log = tmp / "swapproxy.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [PY, "-m", "swapproxy", "-c", str(config), "--listen", f"127.0.0.1:{port}", "--log-level", "warn"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"swapproxy exited: {log.read_text()}"
-            try:
-                if send(port, "GET", "/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"swapproxy not up: {log.read_text()}"
-            time.sleep(POLL_INTERVAL)  # a poll of /health under the deadline above, as wait_until polls
-        for model in MODELS:  # warm both: examples then never wait on a start
-            reply = send(port, "POST", "/v1/chat/completions", [], jbody({"model": model, **CHAT}), timeout=30)
-            assert reply.status == 200, reply
-        yield LiveProxy(port, proc.pid, log)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 # Routes that stream forever (they would only time out) or that stop models (every
@@ -753,7 +706,16 @@ def check_reply(ex: Example, reply: Reply) -> None:
         assert set(err) == ENVELOPE_KEYS and isinstance(err["message"], str), f"{ex}: {reply!r}"
 
 
-def test_property_no_500_and_still_serving(live_proxy: LiveProxy) -> None:
+def test_property_no_500_and_still_serving(tmp_path: Path) -> None:
+    with running_cli(fuzz_doc(tmp_path / "state"), tmp_path, "--log-level", "warn") as live:
+        for model in MODELS:  # warm both: examples then never wait on a start
+            reply = send(live.port, "POST", "/v1/chat/completions", [], jbody({"model": model, **CHAT}), timeout=30)
+            assert reply.status == 200, reply
+        run_examples(live)
+
+
+def run_examples(live_proxy: CliProxy) -> None:
+    """The property, then: swapproxy still serves as before and logged no error of its own."""
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(ex=examples())

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import make_config
+from support import make_config, sse
 
 from swapproxy import server
 from swapproxy.metrics import _EVENT_SPLIT, Metrics, TokenTap, _events_newest_first, usage_from_tail
@@ -37,10 +37,6 @@ SSE_BITS = st.sampled_from([b"data: a", b"data:b", b"data: [DONE]", b": ping", b
 def test_events_from_the_end_carry_the_data_a_regex_split_does(bits: list[bytes]) -> None:
     text = b"".join(bits)
     assert data_lines(_events_newest_first(text)) == data_lines(reversed(_EVENT_SPLIT.split(text)))
-
-
-def sse(*objs: Any) -> bytes:
-    return b"".join(b"data: " + (o if isinstance(o, bytes) else json.dumps(o).encode()) + b"\n\n" for o in objs)
 
 
 def test_usage_spelt_with_unicode_escapes_is_still_counted() -> None:

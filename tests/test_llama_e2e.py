@@ -8,29 +8,17 @@ saying so; they are never skipped.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import openai
 import pytest
 
-from conftest import Proxy, make_config, pid_gone
+from support import Proxy, make_config, pid_gone
 
 pytestmark = pytest.mark.llama
 
-CACHE = Path(os.environ.get("SWAPPROXY_CACHE", Path.home() / ".cache" / "swapproxy"))
-LLAMA_SERVER = CACHE / "bin" / "llama-server"
-MODEL = CACHE / "models" / "gemma-3-270m-q4_k_m.gguf"
 #: gemma-3-270m's embedding width.
 N_EMBD = 640
-
-
-@pytest.fixture(scope="module")
-def llama() -> tuple[Path, Path]:
-    missing = [str(p) for p in (LLAMA_SERVER, MODEL) if not p.exists()]
-    if missing:
-        pytest.fail(f"real llama-server or model missing ({', '.join(missing)}); run: python3 scripts/install_llama.py")
-    return LLAMA_SERVER, MODEL
 
 
 def e2e_config(llama: tuple[Path, Path], **extra_models: dict[str, object]):

@@ -17,17 +17,8 @@ from swapproxy.config import DEFAULT_GROUP, load_config, parse_config
 
 pytestmark = pytest.mark.compat
 
-COMPAT = Path(__file__).resolve().parents[2] / "shared" / "compat"
 FULL_EXAMPLE_ENV = {"HOME": "/home/u", "API_KEY_1": "key-one", "API_KEY_2": "key-two",
                     "OPENROUTER_API_KEY": "sk-or"}
-
-
-@pytest.fixture(scope="module")
-def compat() -> Path:
-    if not COMPAT.is_dir():
-        pytest.fail(f"llama-swap compat configs not found at {COMPAT}; these tests (-m compat) "
-                    f"expect the shared/ folder checked out beside the repository")
-    return COMPAT
 
 
 def test_llama_swap_docker_example_loads_with_notices(compat: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import sys
 import time
@@ -14,15 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conftest import Proxy, fake_cmd, make_config, pid_gone, start_proxy, wait_until
+from support import Proxy, fake, make_config, pid_gone, sse_events, start_proxy, wait_until
 
 from swapproxy import __version__
 
 TIMEOUT = 10.0
-
-
-def fake(name: str, *flags: str, **extra: Any) -> dict[str, Any]:
-    return {"cmd": fake_cmd("--model-name", name, *flags), **extra}
 
 
 def two_models(**top: Any) -> Any:
@@ -40,21 +35,6 @@ async def get_json(proxy: Proxy, path: str, **kw: Any) -> tuple[int, Any]:
 async def call(proxy: Proxy, method: str, path: str, **kw: Any) -> tuple[int, Any]:
     async with proxy.http.request(method, proxy.url + path, **kw) as resp:
         return resp.status, await resp.json(content_type=None)
-
-
-async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    """The JSON ``data:`` payloads of a server-sent event stream, one per event."""
-    data: list[bytes] = []
-    while True:
-        line = await resp.content.readline()
-        if not line:
-            return
-        line = line.rstrip(b"\r\n")
-        if line.startswith(b"data:"):
-            data.append(line[5:].strip())
-        elif not line and data:
-            yield json.loads(b"\n".join(data))
-            data = []
 
 
 async def next_matching(events: AsyncIterator[dict[str, Any]], pred: Any, what: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Proxy, fake_cmd, make_config, wait_until
+from support import Proxy, fake, fake_cmd, make_config, sse, wait_until
 
 from swapproxy.metrics import TokenTap, tree_rss, usage_from_tail
 
@@ -31,11 +31,8 @@ def v(samples: dict, name: str, **labels: str) -> float:
 
 
 def config(**top: Any) -> Any:
-    return make_config({
-        "a": {"cmd": fake_cmd("--model-name", "a", "--tokens", "4")},
-        "b": {"cmd": fake_cmd("--model-name", "b", "--tokens", "6")},
-        "bad": {"cmd": fake_cmd("--model-name", "bad", "--exit-during-startup", "1")},
-    }, **top)
+    return make_config({"a": fake("a", "--tokens", "4"), "b": fake("b", "--tokens", "6"),
+                        "bad": fake("bad", "--exit-during-startup", "1")}, **top)
 
 
 async def post(proxy: Proxy, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
@@ -131,10 +128,6 @@ async def test_each_app_has_its_own_registry(proxy_factory) -> None:
 
 
 # -- the token tap, without HTTP -------------------------------------------------------------------
-def sse(*objs: Any) -> bytes:
-    return b"".join(b"data: " + (o if isinstance(o, bytes) else json.dumps(o).encode()) + b"\n\n" for o in objs)
-
-
 def test_usage_from_the_tail_of_an_event_stream() -> None:
     usage = {"prompt_tokens": 7, "completion_tokens": 9, "total_tokens": 16}
     timings = {"prompt_n": 5, "predicted_n": 9}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 
-from conftest import fake_cmd, make_config
+from support import fake_cmd, make_config
 
 
 def config_two():

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import fake_cmd, make_config, pid_gone, wait_gone
+from support import fake_cmd, make_config, pid_gone, wait_gone
 from swapproxy.errors import HealthCheckTimeout, ModelStartFailed
 from swapproxy.process import ManagedProcess
 from swapproxy.states import IllegalTransition, ProcessState
@@ -189,7 +189,7 @@ async def test_huge_output_line_is_captured() -> None:
 PARENT = """
 import asyncio, json, sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
-from conftest import make_config, fake_cmd
+from support import make_config, fake_cmd
 from swapproxy.guardian import Guardian
 from swapproxy.process import ManagedProcess
 

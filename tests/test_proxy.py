@@ -13,13 +13,13 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from conftest import PY, Proxy, fake_cmd, make_config, wait_until
+from support import PY, Proxy, fake, make_config, wait_until
 
 from swapproxy.web import proxy as proxy_module
 
 
 def one(model: str = "m", *flags: str, **extra: object) -> dict[str, dict[str, object]]:
-    return {model: {"cmd": fake_cmd("--model-name", model, *flags), **extra}}
+    return {model: fake(model, *flags, **extra)}
 
 
 async def echo(proxy: Proxy, raw: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:

@@ -7,10 +7,9 @@ from typing import Any
 
 import yaml
 
-from conftest import STATE_DIR, Proxy, fake_cmd, free_port_block, start_cli, wait_until
+from support import STATE_DIR, Proxy, fake, free_port_block, open_gated_stream, release_all, start_cli, wait_until
 from swapproxy.config import Config, parse_config
 from swapproxy.states import ProcessState
-from test_swap import open_gated_stream, release_all
 
 
 def doc(models: dict[str, dict[str, Any]], start: int, **top: Any) -> dict[str, Any]:
@@ -19,10 +18,6 @@ def doc(models: dict[str, dict[str, Any]], start: int, **top: Any) -> dict[str, 
 
 def load(d: dict[str, Any], previous: Config | None = None) -> Config:
     return parse_config(yaml.safe_dump(d, sort_keys=False), file="reload.yaml", previous=previous)
-
-
-def fake(name: str, *flags: str, **extra: Any) -> dict[str, Any]:
-    return {"cmd": fake_cmd("--model-name", name, *flags), **extra}
 
 
 SIDE = {"all": {"swap": False, "exclusive": False, "members": ["a", "b"]}}

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import wait_until
+from support import wait_until
 from fake_process import FakeHub, FakeProcess, spec
 from swapproxy.config import Config, GroupConfig
 from swapproxy.errors import ModelNotFound, ModelStartFailed, TooManyRequests

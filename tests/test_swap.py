@@ -7,32 +7,8 @@ import asyncio
 import aiohttp
 import pytest
 
-from conftest import Proxy, fake_cmd, make_config, pid_gone, wait_until
+from support import make_config, models, open_gated_stream, pid_gone, release_all, wait_until
 from swapproxy.states import ProcessState
-
-
-def models(*names: str, flags: tuple[str, ...] = (), **extra: object) -> dict[str, dict[str, object]]:
-    return {name: {"cmd": fake_cmd("--model-name", name, *flags), **extra} for name in names}
-
-
-async def open_gated_stream(proxy: Proxy, model: str) -> aiohttp.ClientResponse:
-    """Start a streamed chat that the fake holds open until released; return once chunk 1 is in."""
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True, "x_gate": True}
-    resp = await proxy.http.post(proxy.url + "/v1/chat/completions", json=body)
-    assert resp.status == 200
-    first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)
-    assert first.startswith(b"data: ")
-    return resp
-
-
-async def release_all(proxy: Proxy, model: str, resp: aiohttp.ClientResponse) -> bytes:
-    """Let the gated stream(s) on ``model``'s fake run to their end; return the rest of ``resp``."""
-    port = proxy.swapper.slot(model).process.spec.port
-    async with proxy.http.post(f"http://127.0.0.1:{port}/debug/release?n=1000") as r:
-        assert r.status == 200
-    rest = await asyncio.wait_for(resp.content.read(), 10)
-    resp.release()
-    return rest
 
 
 async def test_swap_stops_a_then_starts_b(proxy_factory) -> None:

@@ -8,7 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
-from conftest import fake_cmd, free_port_block
+from support import fake_cmd, free_port_block
 from swapproxy.systemd import Notifier, watchdog_interval
 
 ROOT = Path(__file__).resolve().parents[1]

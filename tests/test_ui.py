@@ -12,37 +12,16 @@ running, one failed, a log pane open) for a person to look at.
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
-from conftest import fake_cmd, make_config, pid_gone, wait_until
-from test_swap import open_gated_stream
+from support import fake_cmd, make_config, open_gated_stream, pid_gone, wait_until
 
+# Without playwright the tests skip (the page fixture says why), unless a browser is required.
 playwright_api = pytest.importorskip("playwright.async_api") if not os.environ.get(
-    "SWAPPROXY_REQUIRE_BROWSER") else __import__("playwright.async_api", fromlist=["async_playwright"])
-async_playwright = playwright_api.async_playwright
+    "SWAPPROXY_REQUIRE_BROWSER") else __import__("playwright.async_api", fromlist=["expect"])
 expect = playwright_api.expect
-
-BROWSER = os.environ.get("SWAPPROXY_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 STEP_MS = 15_000
-
-
-@pytest.fixture
-async def page() -> AsyncIterator[Any]:
-    if BROWSER is None:
-        if os.environ.get("SWAPPROXY_REQUIRE_BROWSER"):
-            pytest.fail("no chromium found, but SWAPPROXY_REQUIRE_BROWSER is set")
-        pytest.skip("no chromium on this machine (apt-get install chromium)")
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=BROWSER, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            context = await browser.new_context(viewport={"width": 1280, "height": 860})
-            yield await context.new_page()
-        finally:
-            await browser.close()
 
 
 async def test_ui_lists_models_loads_unloads_and_shows_logs(proxy_factory, page) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import statistics
 from collections.abc import Mapping
@@ -21,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig
+from .statejson import read_json, write_json
 
 __all__ = ["Learned", "command_key", "FILE_NAME"]
-
-logger = logging.getLogger(__name__)
 
 FILE_NAME = "learned.json"
 #: How many recent start times are kept per model and command.
@@ -45,16 +43,7 @@ class Learned:
         self._data: dict[str, dict[str, Any]] = self._load()
 
     def _load(self) -> dict[str, dict[str, Any]]:
-        if self.path is None:
-            return {}
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            logger.warning("ignoring %s (unreadable: %s)", self.path, exc)
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_json(self.path)
 
     def _entry(self, spec: ModelConfig) -> dict[str, Any]:
         key = command_key(spec)
@@ -64,17 +53,7 @@ class Learned:
         return entry
 
     def _save(self) -> None:
-        if self.path is None:
-            return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = self.path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump(self._data, out)
-            os.replace(tmp, self.path)
-        except OSError as exc:  # a read-only state folder must not stop serving
-            logger.warning("cannot save %s: %s", self.path, exc)
+        write_json(self.path, self._data)
 
     # -- start times ------------------------------------------------------------------------
     def record_start(self, spec: ModelConfig, seconds: float) -> None:

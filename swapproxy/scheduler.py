@@ -32,6 +32,8 @@ and does the waiting and the stopping:
   keeps unchanged models running; a changed running model is replaced when
   next requested, after its in-flight requests finish.
 
+The queue and the choice of the next model are in :mod:`swapproxy.waitqueue`;
+unloads, TTL and the drain they share in :mod:`swapproxy.stops` (a base class).
 Failures (circuit breaker, persistent restarts) are handled by
 :class:`~swapproxy.failures.FailureHandler`, which listens to state changes.
 The learned start times (:class:`~swapproxy.learned.Learned`) are recorded
@@ -54,6 +56,8 @@ from .policy import Occupant, Plan, Resources, plan
 from .processes import ProcessHub, ProcessLike
 from .slots import ACTIVE, Lease, ModelSlot, StopCause, StopEvent, Swap, Ticket
 from .states import ProcessState
+from .stops import Stops
+from .waitqueue import WaitQueue, order_models, overtakes_too_long
 
 __all__ = ["Scheduler", "ModelSlot", "Lease", "StopCause", "StopEvent"]
 
@@ -62,7 +66,7 @@ logger = logging.getLogger(__name__)
 _GONE = (ProcessState.STOPPED, ProcessState.FAILED)
 
 
-class Scheduler:
+class Scheduler(Stops):
     """Decides which upstreams run, and when; hands requests a ready one."""
 
     def __init__(self, config: Config, hub: ProcessHub, background: Background | None = None, *,
@@ -77,7 +81,7 @@ class Scheduler:
         hub.add_listener(self._on_state)
         self.slots: dict[str, ModelSlot] = {mid: ModelSlot(hub.new(spec)) for mid, spec in config.models.items()}
         self._retired: set[ModelSlot] = set()  # removed by a reload, still draining or stopping
-        self._queue: list[Ticket] = []  # by priority, then arrival (strict: arrival)
+        self._queue = WaitQueue()  # by priority, then arrival (strict: arrival)
         self._swaps: dict[str, Swap] = {}  # by target
         self._wake: asyncio.TimerHandle | None = None  # when a waiter's maxWait runs out
         self._closing = False
@@ -86,12 +90,6 @@ class Scheduler:
         self.swap_listeners: list[Callable[[StopEvent], None]] = []
 
     # -- queries ----------------------------------------------------------------------------
-    def slot(self, model_id: str) -> ModelSlot:
-        try:
-            return self.slots[model_id]
-        except KeyError:
-            raise ModelNotFound(model_id) from None
-
     def is_current(self, proc: ProcessLike) -> bool:
         """Whether ``proc`` is its model's process now (not one a reload retired or replaced)."""
         slot = self.slots.get(proc.name)
@@ -129,7 +127,7 @@ class Scheduler:
 
     def _queued_before(self, model_id: str, position: int) -> bool:
         """strict: whether a request queued before ``position`` waits for a model that competes with ours."""
-        return any(t.model != model_id and self._competes(t.model, model_id) for t in self._queue[:position])
+        return any(t.model != model_id and self._competes(t.model, model_id) for t in self._queue.before(position))
 
     def _competes(self, one: str, other: str) -> bool:
         """Whether ``one`` and ``other`` cannot both run: running either stops the other."""
@@ -158,7 +156,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         ticket = Ticket(model_id, slot, self.config.scheduler.priority.get(model_id, 0), loop.time(),
                         loop.create_future())
-        self._enqueue(ticket)
+        self._queue.add(ticket, by_priority=not self._strict)
         self._pump()
         try:
             await ticket.future
@@ -167,30 +165,15 @@ class Scheduler:
             raise
         return Lease(slot, self._leave)
 
-    def _enqueue(self, ticket: Ticket) -> None:
-        """Into the queue: before the first ticket of a lower priority (strict: at the end)."""
-        ticket.slot.waiting += 1
-        queue = self._queue
-        if self.config.scheduler.use != "strict":
-            for i, other in enumerate(queue):
-                if other.priority < ticket.priority:
-                    queue.insert(i, ticket)
-                    return
-        queue.append(ticket)
-
-    def _dequeue(self, ticket: Ticket) -> None:
-        self._queue.remove(ticket)
-        ticket.slot.waiting -= 1
-
     def _grant(self, ticket: Ticket) -> None:
-        self._dequeue(ticket)
+        self._queue.remove(ticket)
         self._enter(ticket.slot)
         ticket.future.set_result(None)
 
     def _fail(self, model_id: str, err: BaseException) -> None:
         """Every ticket waiting for ``model_id`` gets ``err``."""
-        for ticket in [t for t in self._queue if t.model == model_id]:
-            self._dequeue(ticket)
+        for ticket in self._queue.of(model_id):
+            self._queue.remove(ticket)
             ticket.future.set_exception(err)
             ticket.future.exception()  # marked as seen: a waiter that already left must not log it
 
@@ -202,14 +185,11 @@ class Scheduler:
         if ticket not in self._queue:
             return  # failed (the error was for it) or already given up
         ticket.future.cancel()
-        self._dequeue(ticket)
+        self._queue.remove(ticket)
         swap = self._swaps.get(ticket.model)
-        if swap is not None and not swap.stopping and swap.task is not None and not self._wanted(ticket.model):
+        if swap is not None and not swap.stopping and swap.task is not None and not self._queue.of(ticket.model):
             swap.task.cancel()  # its last waiter left before anything was stopped: abandon it
         self._pump()
-
-    def _wanted(self, model_id: str) -> bool:
-        return any(t.model == model_id for t in self._queue)
 
     async def load(self, model_id: str) -> None:
         """An operator's explicit load: clears an open circuit breaker, then starts the model."""
@@ -247,71 +227,48 @@ class Scheduler:
         """Serve what can be served, and start the swaps that may start now. Never waits."""
         if self._closing or not self._queue:
             return
-        for ticket in [t for t in self._queue if self._open(t.slot)]:
-            if not (self._strict and self._queued_before(ticket.model, self._queue.index(ticket))):
-                self._grant(ticket)
-        waiting: dict[str, list[Ticket]] = {}
         for ticket in self._queue:
-            waiting.setdefault(ticket.model, []).append(ticket)
+            if self._open(ticket.slot) and not (self._strict and self._queued_before(ticket.model,
+                                                                                     self._queue.index(ticket))):
+                self._grant(ticket)
+        waiting = self._queue.by_model()
         now = asyncio.get_running_loop().time()
-        first = {m: min(t.arrived for t in tickets) for m, tickets in waiting.items()}
         strict = self._strict
         cap = 0.0 if strict else self.config.scheduler.max_wait
         wake: float | None = None
-        plans: dict[str, list[ModelSlot]] = {}
-        for model_id in self._order(waiting, first, now, cap, strict):
+        victims_of: dict[str, list[ModelSlot]] = {}
+
+        def involved(model_id: str) -> set[str]:
+            if model_id not in victims_of:
+                victims_of[model_id] = self._victims(model_id, self._plan(model_id))
+            return {model_id, *(v.process.name for v in victims_of[model_id])}
+
+        for model_id in order_models(waiting, now, cap, strict, self._expected_start):
             slot = self.slots.get(model_id)
             if model_id in self._swaps or slot is None or slot.evicting:
                 continue  # joined a swap under way, or being stopped by someone: wait for that
             the_plan = self._plan(model_id)
-            victims = plans[model_id] = self._victims(model_id, the_plan)
+            victims = victims_of[model_id] = self._victims(model_id, the_plan)
             if self._collides(model_id, victims):
                 continue
-            starving = now - first[model_id] >= cap
+            first = min(t.arrived for t in waiting[model_id])
+            starving = now - first >= cap
             busy = any(v.inflight for v in victims) or (slot.pending is not None and slot.inflight > 0)
             if busy and not starving:
-                wake = min(wake or first[model_id] + cap, first[model_id] + cap)
+                wake = min(wake or first + cap, first + cap)
                 continue  # let them drain on their own for now; they keep serving meanwhile
-            if not starving and self._keeps_older_waiting(model_id, waiting, first, now, cap, plans):
+            others = {m: t for m, t in waiting.items() if m not in self._swaps}
+            if not starving and overtakes_too_long(model_id, others, now, cap, self._expected_start(model_id),
+                                                   involved):
                 continue
             if strict and self._queued_before(model_id, self._queue.index(waiting[model_id][0])):
                 continue  # strict: an earlier request for a model we compete with goes first
             self._start_swap(model_id, slot, victims, the_plan.overlap)
         self._arm_wake(wake)
 
-    def _order(self, waiting: dict[str, list[Ticket]], first: dict[str, float], now: float, cap: float,
-               strict: bool) -> list[str]:
-        """The waiting models, the one to serve first first."""
-        if strict:
-            return sorted(waiting, key=first.__getitem__)
-        starving = sorted((m for m in waiting if now - first[m] >= cap), key=first.__getitem__)
-        rest = [m for m in waiting if now - first[m] < cap]
-        priority = {m: max(t.priority for t in waiting[m]) for m in rest}
-        rest.sort(key=lambda m: (-priority[m], -len(waiting[m]) / (self._expected_start(m) or 1.0), first[m]))
-        return starving + rest
-
     def _expected_start(self, model_id: str) -> float | None:
         slot = self.slots.get(model_id)
         return None if slot is None else self.learned.expected_start(slot.process.spec)
-
-    def _keeps_older_waiting(self, model_id: str, waiting: dict[str, list[Ticket]], first: dict[str, float],
-                             now: float, cap: float, plans: dict[str, list[ModelSlot]]) -> bool:
-        """Whether swapping to ``model_id`` now would keep an older waiter of no lower priority
-        (for a model it competes with) waiting past its maxWait: only then may it not be overtaken."""
-        estimate = self._expected_start(model_id)
-        mine = {model_id, *(v.process.name for v in plans[model_id])}
-        priority = max(t.priority for t in waiting[model_id])
-        for other in waiting:
-            if other == model_id or first[other] >= first[model_id] or other in self._swaps:
-                continue
-            if max(t.priority for t in waiting[other]) < priority:
-                continue  # a higher priority goes first (until the other passes maxWait)
-            if other not in plans and other in self.slots:
-                plans[other] = self._victims(other, self._plan(other))
-            theirs = {other, *(v.process.name for v in plans.get(other, ()))}
-            if mine & theirs and (estimate is None or now + estimate > first[other] + cap):
-                return True
-        return False
 
     def _collides(self, model_id: str, victims: list[ModelSlot]) -> bool:
         """Whether another swap under way stops our model, starts one of our victims, or shares one."""
@@ -380,91 +337,9 @@ class Scheduler:
     def _grant_ready(self, model_id: str) -> None:
         slot = self.slots.get(model_id)
         if slot is not None and self._open(slot):
-            for ticket in [t for t in self._queue if t.slot is slot]:
+            for ticket in self._queue.of(model_id):
                 if not (self._strict and self._queued_before(model_id, self._queue.index(ticket))):
                     self._grant(ticket)
-
-    # -- stopping -------------------------------------------------------------------------------
-    def _mark(self, victims: Iterable[ModelSlot]) -> None:
-        for slot in victims:
-            slot.evictors += 1
-            slot.not_evicting.clear()
-
-    def _unmark(self, victims: Iterable[ModelSlot]) -> None:
-        for slot in victims:
-            slot.evictors -= 1
-            if slot.evictors == 0:
-                slot.not_evicting.set()
-
-    def _announce(self, event: StopEvent) -> None:
-        if event.cause is StopCause.SWAP:
-            self.last_swap = event
-        for listener in self.swap_listeners:
-            listener(event)
-
-    async def _drain_and_stop(self, victims: list[ModelSlot], cause: StopCause, reason: str, *,
-                              drain: bool = True) -> None:
-        """Wait for the (marked) victims' in-flight requests, then stop them; unmark at the end.
-
-        ``drain=False`` (a forced unload) stops them at once: their in-flight requests
-        see the upstream go and end with an error. Cancelling this (the client left)
-        does not cancel a stop already under way.
-        """
-        try:
-            for slot in victims if drain else ():
-                await slot.idle.wait()
-            logger.info("%s: stopping %s", reason, ", ".join(s.process.name for s in victims))
-            await asyncio.gather(*(slot.process.stop(reason) for slot in victims))
-        finally:
-            self._unmark(victims)
-        self._announce(StopEvent(cause, reason, tuple(s.process.name for s in victims)))
-        self._pump()
-
-    async def unload(self, model_id: str, reason: str = "unload", *, force: bool = False) -> bool:
-        """Stop one model once its in-flight requests finish (at once with ``force``).
-
-        False if it was not running. A forced unload cuts the requests in flight: an
-        operator's way to free a GPU from a runaway generation now. Requests waiting
-        for the model start it again afterwards.
-        """
-        slot = self.slot(model_id)
-        if not slot.active and slot.process.state is not ProcessState.FAILED:
-            return False
-        if slot.process.state is ProcessState.FAILED and not force:
-            await slot.process.stop(reason)  # clears the failure
-            return True
-        self._mark([slot])
-        if force and slot.inflight:
-            logger.warning("%s: forced, cutting %d request(s) in flight on %s", reason, slot.inflight, model_id)
-        await self._drain_and_stop([slot], StopCause.UNLOAD, reason, drain=not force)
-        return True
-
-    async def unload_all(self, reason: str = "unload", *, force: bool = False) -> list[str]:
-        stopped = []
-        for model_id in list(self.slots):
-            if await self.unload(model_id, reason, force=force):
-                stopped.append(model_id)
-        return stopped
-
-    # -- TTL ------------------------------------------------------------------------------------
-    def _arm_ttl(self, model_id: str, slot: ModelSlot) -> None:
-        ttl = slot.process.spec.ttl
-        if ttl <= 0 or self._closing:
-            return
-        if slot.ttl_handle is not None:
-            slot.ttl_handle.cancel()
-        slot.ttl_handle = asyncio.get_running_loop().call_later(ttl, self._ttl_expired, model_id)
-
-    def _ttl_expired(self, model_id: str) -> None:
-        slot = self.slots.get(model_id)
-        if slot is None:
-            return
-        slot.ttl_handle = None
-        if slot.inflight or slot.evicting or slot.process.state is not ProcessState.READY:
-            return
-        logger.info("%s: idle for %gs, unloading (ttl)", model_id, slot.process.spec.ttl)
-        self._mark([slot])
-        self.background.spawn(self._drain_and_stop([slot], StopCause.TTL, "ttl expired"))
 
     # -- reload -----------------------------------------------------------------------------------
     def _swap_in_pending(self, slot: ModelSlot) -> None:
@@ -541,7 +416,7 @@ class Scheduler:
         for slot in self.slots.values():
             if slot.ttl_handle is not None:
                 slot.ttl_handle.cancel()
-        for model_id in {t.model for t in self._queue}:
+        for model_id in self._queue.by_model():
             self._fail(model_id, ShuttingDown("swapproxy is shutting down"))
         self.background.cancel_all()
 

@@ -69,9 +69,17 @@ class MemoryModel:
             return None
         config = self._config()
         if self._read_for != id(config) and (self._reading is None or self._reading.done()):
-            self._read_for = id(config)  # a new config (a reload) may name new files: read them, off the loop
-            self._reading = asyncio.ensure_future(self.refresh())
+            self._refresh_soon(config)
         return Resources(budgets, {mid: self.footprint(spec)[0] for mid, spec in config.models.items()})
+
+    def _refresh_soon(self, config: Config) -> None:
+        """A new config (a reload) may name new GGUF files: read them, off the event loop (if one runs)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # swapproxy check: it reads them itself
+        self._read_for = id(config)
+        self._reading = loop.create_task(self.refresh())
 
     # -- footprints -----------------------------------------------------------------------------
     def _has_gpu(self) -> bool:
@@ -117,6 +125,28 @@ class MemoryModel:
         if isinstance(facts, str):
             return facts
         return None if facts is not None else "not read yet"
+
+    # -- what the API and the UI show -------------------------------------------------------------
+    def model_json(self, spec: ModelConfig) -> dict[str, Any]:
+        """``{"bytes": {device: n} or null, "source": "declared" | "learned" | "estimated" | "unknown"}``."""
+        sizes, source = self.footprint(spec)
+        return {"bytes": sizes, "source": source}
+
+    def devices_json(self, running: list[ModelConfig]) -> dict[str, dict[str, int | None]]:
+        """Per device with a budget (or a GPU): the budget, what the running models' footprints plan
+        on it, and (GPUs) what NVML says is used of its total right now. Empty when memory plays no part."""
+        budgets = self.budgets()
+        planned: dict[str, int] = {}
+        for spec in running:
+            for device, size in (self.footprint(spec)[0] or {}).items():
+                planned[device] = planned.get(device, 0) + size
+        out: dict[str, dict[str, int | None]] = {
+            device: {"budget": budget, "planned": planned.get(device, 0), "used": None, "total": None}
+            for device, budget in sorted(budgets.items())}
+        for gpu in self.gpus.devices():
+            entry = out.setdefault(gpu.device, {"budget": budgets.get(gpu.device), "planned": 0})
+            entry["used"], entry["total"] = gpu.used, gpu.total
+        return out
 
     # -- reading GGUF files ---------------------------------------------------------------------
     @staticmethod

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from fake_process import FakeHub, spec
 from support import fake, make_config, wait_until
@@ -211,3 +212,40 @@ async def test_the_proxy_starts_a_model_beside_another_when_it_fits(proxy_factor
     await wait_until(lambda: len(proxy.swapper.running()) == 2, what="one stopped for c")
     assert "c" in proxy.swapper.running()
     assert proxy.swapper.slot("a").process.state is ProcessState.STOPPED  # the least recently used
+
+
+async def test_running_details_and_metrics_show_footprints_and_budgets(proxy_factory: Any) -> None:
+    config = make_config({"a": fake("a", memory={"host": "3GiB"}), "w": fake("w")},
+                         memory={"devices": {"host": "8GiB"}, "reserve": "1GiB"})
+    proxy = await proxy_factory(config)
+    assert (await proxy.chat("a"))[0] == 200
+    async with proxy.http.get(proxy.url + "/running?details=1") as resp:
+        body = await resp.json()
+    assert body["details"]["a"]["memory"] == {"bytes": {"host": 3 * GiB}, "source": "declared"}
+    assert body["devices"] == {"host": {"budget": 7 * GiB, "planned": 3 * GiB, "used": None, "total": None}}
+    async with proxy.http.get(proxy.url + "/metrics") as resp:
+        text = await resp.text()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("swapproxy_model_memory_bytes", (("device", "host"), ("model", "a"), ("source", "declared")))] \
+        == 3 * GiB
+    assert samples[("swapproxy_device_memory_budget_bytes", (("device", "host"),))] == 7 * GiB
+    assert not any(name == "swapproxy_model_memory_bytes" and ("model", "w") in labels for name, labels in samples)
+
+
+def test_check_prints_footprints_and_what_runs_together(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("stateDir: " + str(tmp_path) + "\n"
+                   "memory: {devices: {host: 8GiB}}\n"
+                   "groups: {side: {swap: false, exclusive: false, members: [a, b, c]}}\n"
+                   "models:\n"
+                   "  a: {cmd: 'srv --port ${PORT}', memory: 3GiB}\n"
+                   "  b: {cmd: 'srv --port ${PORT}', memory: 3GiB}\n"
+                   "  c: {cmd: 'srv --port ${PORT}', memory: 6GiB}\n")
+    out = subprocess.run([sys.executable, "-m", "swapproxy", "check", "-c", str(cfg)], capture_output=True,
+                         text=True, check=True).stdout
+    assert "memory budgets: host 8.0 GiB" in out
+    assert "footprint c: 6.0 GiB on host (declared)" in out
+    assert "a runs beside: b\n" in out and "c runs beside: nothing (it runs alone)" in out

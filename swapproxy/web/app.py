@@ -139,7 +139,7 @@ class _Resources:
         scheduler.swap_listeners.append(on_stop)
         rt._scheduler = scheduler
         rt._memory = memory
-        rt.metrics.bind(scheduler)
+        rt.metrics.bind(scheduler, memory)
         rt.background.spawn(memory.refresh())  # GGUF estimates: off the event loop, in a helper process
         rt.background.spawn(memory.watch(lambda: [
             (slot.process.spec, slot.process.pid) for slot in scheduler.slots.values()

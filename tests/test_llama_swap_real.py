@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llama_swap_checks import UI_ONLY, assert_refused, guessed_port_notice, supported_part
 from swapproxy.config import DEFAULT_GROUP, load_config, parse_config
@@ -120,3 +121,20 @@ def test_llama_swap_full_example_rest_resolves(compat: Path) -> None:
                     "models.gpt-oss-120b.timeouts.keepalive",
                     "models.gpt-oss-120b.timeouts.tlsHandshake",
                     "models.gpt-oss-120b.timeouts.idleConn"]
+
+
+def test_llama_swap_full_example_matrix_loads_and_behaves(compat: Path) -> None:
+    """The example's own matrix block, its models defined and routing.router.use set to matrix."""
+    data = yaml.safe_load((compat / "llama-swap-full-example.yaml").read_text())
+    matrix = data["routing"]["router"]["settings"]["matrix"]
+    names = {*matrix["vars"].values(), "stable-diffusion", "llama-70B", "qwen-model"}
+    doc = {"models": {m: {"cmd": "srv --port ${PORT}"} for m in sorted(names)},
+           "routing": {"router": {"use": "matrix", "settings": {"matrix": matrix}}}}
+    config = parse_config(yaml.safe_dump(doc), environ={})
+    assert config.router == "matrix" and config.matrix is not None
+    solve = config.matrix.solve
+    assert solve("reranker-model", ["gemma-model", "voxtral-model"]).evict == ()  # with_rerank holds all three
+    # image generation beside the running LLM: tts (cost 50) and reranker go
+    assert solve("stable-diffusion", ["gemma-model", "voxtral-model", "reranker-model"]).evict == (
+        "voxtral-model", "reranker-model")
+    assert solve("llama-70B", ["qwen-model", "voxtral-model"]).evict == ("qwen-model", "voxtral-model")

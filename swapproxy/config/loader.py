@@ -29,9 +29,8 @@ __all__ = ["_Loader", "load_config", "parse_config"]
 _ENV_REF = re.compile(r"\$\{env\.([A-Za-z_][A-Za-z0-9_]*)\}")
 _NOT_YET = "not supported by swapproxy yet"
 # keys that change routing and that swapproxy does not implement yet; "*" is any model id
-_UNSUPPORTED = (("matrix",), ("peers",), ("profiles",), ("selectors",), ("upstream",),
-                ("routing", "router", "settings", "matrix"), ("routing", "scheduler", "settings"),
-                ("models", "*", "compat"), ("models", "*", "filters", "setParamsByID"))
+_UNSUPPORTED = (("matrix",), ("peers",), ("routing", "router", "settings", "matrix"),
+                ("routing", "scheduler", "settings"))
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
@@ -57,6 +56,17 @@ def parse_config(text: str, file: str = "<config>", environ: Mapping[str, str] |
     return loader.load(text)
 
 
+def _peer_names(peers: Any) -> frozenset[str]:
+    """The model names a (refused) ``peers`` section would make addressable: ``peer/model`` and
+    the bare model ids, so that a selector or profile naming one is not also reported as naming
+    an unknown model (the ``peers`` key itself is refused once)."""
+    names: set[str] = set()
+    for peer, entry in peers.items() if isinstance(peers, dict) else ():
+        for model in entry.get("models") or () if isinstance(entry, dict) else ():
+            names.update((f"{peer}/{model}", str(model)))
+    return frozenset(names)
+
+
 def _matches(data: Any, pattern: _KeyPath, path: _KeyPath = ()) -> Iterator[_KeyPath]:
     """The key paths in ``data`` that ``pattern`` names ("*" matches any key)."""
     if not pattern:
@@ -80,9 +90,10 @@ class _Loader(_Report):
             kind = type(data).__name__
             raise ConfigError([Problem(self.file, 1, "(top)",
                                        f"the top level must be a mapping of settings, not {kind}")])
+        peers = _peer_names(data.get("peers"))
         data = self.substitute_env(data, (), self.find_unsupported(data))
         raw, models, ids = self.validate(data)
-        config = (_resolve(self, raw, models, ids, self.environ, self.port_hints)
+        config = (_resolve(self, raw, models, ids, self.environ, self.port_hints, peers)
                   if raw is not None else None)
         if config is None or self.problems:
             raise self.error()

@@ -21,7 +21,7 @@ import yaml
 from .model import Config
 from .problems import ConfigError, Problem, _dotted, _KeyPath, _Report
 from .resolve import _resolve
-from .schema import RawConfig, RawModel
+from .schema import RawConfig, RawModel, RawProfile, RawSelector
 from .validate import _checked
 
 __all__ = ["_Loader", "load_config", "parse_config"]
@@ -171,8 +171,13 @@ class _Loader(_Report):
 
     def validate(self, data: dict[Any, Any]) -> tuple[RawConfig | None, dict[str, RawModel],
                                                       list[str]]:
-        """Validate each model on its own, so one broken model hides nothing in the others."""
+        """Validate each model (and selector, and profile) on its own, so one broken entry
+        hides nothing in the others."""
         top, ids, models = dict(data), list[str](), dict[str, RawModel]()
+        for section, schema in (("selectors", RawSelector), ("profiles", RawProfile)):
+            if isinstance(data.get(section), dict):
+                checked = {k: _checked(self, schema, v, (section, k)) for k, v in data[section].items()}
+                top[section] = {k: v for k, v in checked.items() if v is not None}
         if isinstance(data.get("models"), dict):
             top["models"] = {}
             if not data["models"]:

@@ -59,12 +59,12 @@ def _resolve_selectors(report: _Report, raw: RawConfig, find: Callable[[str], st
         for i, target in enumerate(sel.targets):
             path = (*base, "targets", i)
             model_id = find(target)
-            if target in raw.selectors:
-                report.problem(path, f"'{target}' is a selector; a selector's targets must be models")
-            elif model_id is None and target not in elsewhere:
-                report.problem(path, f"'{target}' is not a model id or alias")
-            elif model_id is not None:
+            if model_id is not None:
                 ids.append(model_id)
+            elif target in raw.selectors:
+                report.problem(path, f"'{target}' is a selector; a selector's targets must be models")
+            elif target not in elsewhere:
+                report.problem(path, f"'{target}' is not a model id or alias")
         if len(ids) < len(sel.targets):
             continue
         if sel.strategy == "spillover":

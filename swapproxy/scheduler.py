@@ -101,11 +101,7 @@ class Scheduler:
         if self._closing:
             raise ShuttingDown("swapproxy is shutting down")
         slot = self.slot(model_id)
-        limit = slot.process.spec.concurrency_limit
-        if slot.inflight + slot.waiting >= limit:
-            raise TooManyRequests(
-                f"model '{model_id}' has reached its concurrency limit of {limit} requests", retry_after=1
-            )
+        self._admit(model_id, slot)
         self.failures.check(slot.process)
         victims: list[ModelSlot] = []
         if not slot.evicting and slot.pending is None and slot.process.state in ACTIVE:
@@ -123,6 +119,27 @@ class Scheduler:
             lease.release()
             raise
         return lease
+
+    @staticmethod
+    def _admit(model_id: str, slot: ModelSlot) -> None:
+        """429 when the model's requests (queued plus in flight) reach its concurrencyLimit."""
+        limit = slot.process.spec.concurrency_limit
+        if slot.inflight + slot.waiting >= limit:
+            raise TooManyRequests(
+                f"model '{model_id}' has reached its concurrency limit of {limit} requests", retry_after=1
+            )
+
+    def acquire_ready(self, model_id: str) -> Lease | None:
+        """A lease on ``model_id`` only if it is ready and nothing is evicting or replacing it;
+        None otherwise. Never starts, swaps or queues (``upstream.ignorePaths``, ComfyUI's paths)."""
+        if self._closing:
+            raise ShuttingDown("swapproxy is shutting down")
+        slot = self.slot(model_id)
+        if slot.process.state is not ProcessState.READY or slot.evicting or slot.pending is not None:
+            return None
+        self._admit(model_id, slot)
+        self._enter(slot)
+        return Lease(slot, self._leave)
 
     async def _reserve(self, model_id: str, slot: ModelSlot) -> list[ModelSlot]:
         """Under the FIFO lock: choose the victims and mark them, and count us in flight on ``slot``.

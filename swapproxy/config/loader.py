@@ -1,6 +1,7 @@
 """The front of a load: YAML with a line index, unsupported keys, ``${env.VAR}``, schema checks.
 
-:func:`parse_config` runs one :class:`_Loader` over the text: stage 1 composes the YAML
+:func:`parse_config` runs one :class:`_Loader` over the text (:func:`load_config` over a
+file, or over ``-c FILE`` and ``--config-dir DIR`` merged by :mod:`.merge`): stage 1 composes the YAML
 into nodes and records every key path's line before constructing plain data; stage 2 reports
 the keys swapproxy does not implement yet (and drops them); stage 3 substitutes
 ``${env.VAR}``; stage 4 validates against :mod:`.schema`, each model on its own. The
@@ -10,6 +11,7 @@ stage is raised at the end as one :class:`~.problems.ConfigError`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -18,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from .merge import config_files, merge_into
 from .model import Config
 from .problems import ConfigError, Problem, _dotted, _KeyPath, _Report
 from .resolve import _resolve
@@ -33,18 +36,42 @@ _UNSUPPORTED = (("matrix",), ("peers",), ("routing", "router", "settings", "matr
                 ("routing", "scheduler", "settings"))
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
-                previous: Config | None = None) -> Config:
+def _read(file: str) -> str:
+    try:
+        return Path(file).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(file, 0, "(file)", f"cannot read the config: {exc}")]) from exc
+
+
+def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None,
+                previous: Config | None = None, config_dir: str | None = None) -> Config:
     """Read and resolve a config file; raises ConfigError listing every problem.
 
     With ``previous`` (a reload), each model that uses ${PORT} keeps the port it
-    had, so an unchanged model's command stays unchanged."""
-    file = os.fspath(path)
-    try:
-        text = Path(file).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem(file, 0, "(file)", f"cannot read the config: {exc}")]) from exc
-    return parse_config(text, file=file, environ=environ, previous=previous)
+    had, so an unchanged model's command stays unchanged. With ``config_dir``, its
+    ``*.yaml`` files are merged after ``path`` (which may then be None), as llama-swap's
+    ``-config-dir`` merges them; ``Config.file`` is then ``path``, or else the directory."""
+    file = os.fspath(path) if path is not None else None
+    if config_dir is None and file is not None:
+        return parse_config(_read(file), file=file, environ=environ, previous=previous)
+    files = config_files(file, config_dir)
+    loader = _Loader(files[0], os.environ if environ is None else environ)
+    if previous is not None:
+        loader.port_hints = {mid: m.port for mid, m in previous.models.items() if m.port is not None}
+    merged: dict[Any, Any] = {}
+    for source in files:
+        part = _Loader(source, loader.environ)
+        data = part.parse(_read(source))
+        loader.problems.extend(part.problems)
+        if isinstance(data, dict):
+            merge_into(loader, merged, data, source, part.lines)
+        elif data is not None:
+            loader.problems.append(Problem(source, 1, "(top)", "the top level must be a mapping of settings, "
+                                                               f"not {type(data).__name__}"))
+    if not merged and not loader.problems:
+        raise ConfigError([Problem(files[0], 0, "(top)", "the config is empty")])
+    config = loader.load_data(merged)
+    return dataclasses.replace(config, file=file if file is not None else config_dir, config_dir=config_dir)
 
 
 def parse_config(text: str, file: str = "<config>", environ: Mapping[str, str] | None = None,
@@ -86,6 +113,11 @@ class _Loader(_Report):
 
     def load(self, text: str) -> Config:
         data = self.parse(text)
+        if data is None:
+            raise ConfigError([Problem(self.file, 0, "(top)", "the config is empty")])
+        return self.load_data(data)
+
+    def load_data(self, data: Any) -> Config:
         if not isinstance(data, dict):
             kind = type(data).__name__
             raise ConfigError([Problem(self.file, 1, "(top)",
@@ -102,11 +134,12 @@ class _Loader(_Report):
     # ----- stage 1: YAML with line numbers
 
     def parse(self, text: str) -> Any:
+        """The YAML's data (None for an empty document), every key path's line indexed."""
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
             if node is None:
-                raise ConfigError([Problem(self.file, 0, "(top)", "the config is empty")])
+                return None
             self.index(node, ())
             return loader.construct_document(node)
         except yaml.MarkedYAMLError as exc:

@@ -173,6 +173,11 @@ class Config:
         object.__setattr__(self, "_group_index", _FrozenDict(groups))
 
     @property
+    def source_file(self) -> str | None:
+        """The ``-c`` file this config was read from; None when it came from ``--config-dir`` alone."""
+        return None if self.config_dir is not None and self.file == self.config_dir else self.file
+
+    @property
     def all_keys(self) -> tuple[str, ...]:
         """Every client key of every tier (to keep them out of upstream environments)."""
         return (*self.api_keys, *self.inference_keys, *self.management_keys)

@@ -96,7 +96,7 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
                 report.problem((field_name, i), "an API key must be non-empty, without whitespace")
     if report.problems:
         return None
-    notices = sorted(dict.fromkeys(report.notices), key=lambda p: p.line)
+    notices = sorted(dict.fromkeys(report.notices), key=report.position)
     return Config(
         file=report.file, health_check_timeout=raw.healthCheckTimeout, log_level=raw.logLevel,
         log_to_stdout=raw.logToStdout, start_port=raw.startPort, global_ttl=raw.globalTTL,

@@ -34,7 +34,8 @@ Where swapproxy deliberately differs from llama-swap: unknown keys are errors (l
 ignores them); ``${PORT}`` follows config order (llama-swap sorts the ids); the default proxy
 is ``http://127.0.0.1:${PORT}`` (not ``localhost``, which may resolve to ::1 first);
 ``healthCheckTimeout`` is not raised to 15; group members, ``preload`` and ``defaultModel``
-must name real models; and a model with neither ``proxy`` nor ``${PORT}`` whose cmd names
+must name real models; macros are expanded in ``models`` only (not in ``selectors`` or
+``profiles``); and a model with neither ``proxy`` nor ``${PORT}`` whose cmd names
 exactly one ``--port N`` / ``--listen-port N`` is proxied there with a notice (llama-swap
 refuses it, yet its own docker example configs contain such models).
 """

@@ -34,7 +34,7 @@ class Address:
         return self.host in ("127.0.0.1", "localhost", "::1")
 
 
-def _one(item: str, whole: str) -> tuple[str | None, int | None]:
+def _one(item: str) -> tuple[str | None, int | None]:
     """``item`` → (host, port or None when it gives none)."""
     if item.startswith("["):
         host, close, rest = item[1:].partition("]")
@@ -65,7 +65,7 @@ def parse_listen(value: str, default_port: int = DEFAULT_PORT) -> list[Address]:
     items = [item.strip() for item in value.split(",")]
     if not value.strip() or any(not item for item in items):
         raise ValueError(f"listen address {value!r}: an empty address")
-    parsed = [_one(item, value) for item in items]
+    parsed = [_one(item) for item in items]
     ports = {port for _, port in parsed if port is not None}
     if len(ports) > 1 and any(port is None for _, port in parsed):
         raise ValueError(f"listen address {value!r}: give every address its port, or one port for all")

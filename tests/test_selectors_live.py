@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 
-from support import fake, make_config, models, open_gated_stream, release_all, sse_events, wait_until
+from support import fake, make_config, models, open_gated_stream, sse_events, wait_until
 
 
 async def echoed(proxy, model: str, **extra: object) -> dict:  # type: ignore[no-untyped-def]

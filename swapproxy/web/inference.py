@@ -113,9 +113,9 @@ async def _multipart(request: web.Request, path_qs: str | None) -> web.StreamRes
         raise BadRequest("multipart request without a boundary")
     spool = await spool_body(request, rt.max_body)
     try:
-        found, release = route_request(rt, spool.find_model(boundary) or request.query.get("model"))
         headers = request_headers(request)
         headers["Content-Length"] = str(spool.size)
+        found, release = route_request(rt, spool.find_model(boundary) or request.query.get("model"))
         return await leased_forward(request, found.model_id, rt.config.models[found.model_id], body=spool.chunks(),
                                     headers=headers, path_qs=path_qs, release=release)
     finally:

@@ -90,7 +90,7 @@ async def list_models(request: web.Request) -> web.Response:
             continue
         data.append(_model_entry(scheduler, spec, spec.id, created))
         if config.include_aliases_in_list:
-            data.extend(_model_entry(scheduler, spec, alias, created) for alias in spec.aliases)
+            data.extend(_model_entry(scheduler, spec, alias, created) for alias in spec.aliases if alias != spec.id)
     data.extend(_selector_entry(scheduler, s, created) for s in config.selectors.values() if not s.unlisted)
     profile = rt.profile
     if profile is not None:

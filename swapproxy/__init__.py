@@ -5,7 +5,10 @@ One request, in the order it meets the files::
     client ─▶ web/app.py         the app: middlewares, routes, resources (one cleanup_ctx each)
               web/middleware.py  metrics, the OpenAI error envelope, API keys
               web/inference.py   an OpenAI or native route; routing.py finds the model it names
-              web/forward.py     lease the model, forward, record metrics, release
+              web/naming.py      ... through the active profile's pins, a selector (selectors.py
+                                 picks a target from the models' states) and aliases
+              web/forward.py     lease the model, forward, record metrics, release; the request
+                                 is listed in flight (inflight.py) where an operator may cut it
               scheduler.py       acquire(): make the model ready (below), count the request in flight
               web/proxy.py       forward(): stream bytes both ways, no buffering
 
@@ -22,8 +25,10 @@ One swap, when the model a request names is not running::
 Around them: config/ reads llama-swap's format into frozen types; states.py is
 the process state table; errors.py the error tree and its envelope; reload.py
 and config_diff.py apply a changed config as a diff; web/runtime.py holds what
-the running app shares; web/management.py, web/streams.py and web/upstream.py
-the management, event and /upstream routes; server.py and cli.py start it all.
+the running app shares; web/management.py, web/controls.py, web/streams.py,
+web/catalogue.py and web/upstream.py (with web/websocket.py) the management,
+profile, event, model-list and /upstream routes; server.py, listen.py and cli.py
+start it all.
 """
 
 __all__ = ["__version__"]

@@ -46,6 +46,11 @@ def describe(path: str, config: Config, gpus: GpuProvider | None = None, *, read
     else:
         for group in config.groups:
             lines.append(f"  group {group.name} [{_flags(group)}]: {', '.join(group.members)}")
+    for sel in config.selectors.values():
+        lines.append(f"  selector {sel.id} ({sel.strategy}): {', '.join(sel.targets)}")
+    for profile in config.profiles.values():
+        pins = ", ".join(f"{k} -> {v or '(disabled)'}" for k, v in profile.pins.items())
+        lines.append(f"  profile {profile.name}: {pins}")
     memory = MemoryModel(lambda: config, Learned(config.state_dir), gpus)
     if read_gguf:
         memory.read_gguf_files()

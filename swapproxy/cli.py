@@ -1,7 +1,10 @@
 """Command line: ``swapproxy -c FILE``, ``swapproxy check -c FILE``, ``swapproxy --version``.
 
 Only argument parsing and exit codes live here; the work is in
-:mod:`swapproxy.config` and :mod:`swapproxy.server`.
+:mod:`swapproxy.config` and :mod:`swapproxy.server`. llama-swap's own spellings
+(``-config``, ``-config-dir``, ``-listen``, ``-tls-cert-file``, ``-tls-key-file``,
+``-watch-config``) are accepted too, so its command line (a systemd unit's
+``ExecStart``) works unchanged.
 """
 
 from __future__ import annotations
@@ -28,17 +31,28 @@ def _serve_parser() -> argparse.ArgumentParser:
         "swapproxy schema          print the config's JSON Schema",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-c", "--config", required=True, help="config file (llama-swap format)")
-    p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT, or :PORT for all interfaces (default 127.0.0.1:8080)")
+    _sources(p)
+    p.add_argument("--listen", "-listen", help="HOST:PORT, :PORT for all interfaces, or several, comma-separated "
+                   "(127.0.0.1,::1 takes the port of the others); default 127.0.0.1:8080, 127.0.0.1:8443 with TLS")
+    p.add_argument("--tls-cert-file", "-tls-cert-file", metavar="FILE", help="serve HTTPS with this certificate "
+                   "(PEM, its chain after it); needs --tls-key-file")
+    p.add_argument("--tls-key-file", "-tls-key-file", metavar="FILE", help="the certificate's private key (PEM)")
     p.add_argument("--log-level", choices=sorted(_LEVELS), help="overrides the config's logLevel")
-    p.add_argument("--watch-config", action="store_true", help="reload when the config file changes (SIGHUP always reloads)")
-    p.add_argument("--version", action="version", version=f"swapproxy {__version__}")
+    p.add_argument("--watch-config", "-watch-config", action="store_true",
+                   help="reload when the config changes (SIGHUP always reloads)")
+    p.add_argument("--version", "-version", action="version", version=f"swapproxy {__version__}")
     return p
 
 
-def _load(path: str) -> Config | None:
+def _sources(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", "-config", help="config file (llama-swap format)")
+    p.add_argument("--config-dir", "-config-dir", metavar="DIR", help="also merge the *.yaml/*.yml files of DIR, "
+                   "in name order, after --config (as llama-swap's -config-dir)")
+
+
+def _load(path: str | None, config_dir: str | None = None) -> Config | None:
     try:
-        config = load_config(path)
+        config = load_config(path, config_dir=config_dir)
     except ConfigError as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
@@ -53,15 +67,17 @@ def _load(path: str) -> Config | None:
 
 def _check(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="swapproxy check", description="Validate a config file and summarise it.")
-    p.add_argument("-c", "--config", required=True)
+    _sources(p)
     args = p.parse_args(argv)
-    config = _load(args.config)
+    if args.config is None and args.config_dir is None:
+        p.error("give a config file (-c FILE) or a directory (--config-dir DIR)")
+    config = _load(args.config, args.config_dir)
     if config is None:
         return 2
     from .checkreport import describe
     from .nvml import gpu_provider
 
-    print("\n".join(describe(args.config, config, gpu_provider())))
+    print("\n".join(describe(config.file, config, gpu_provider())))
     return 0
 
 
@@ -87,19 +103,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_in[:1] == ["schema"]:
         print(json.dumps(json_schema(), indent=2))
         return 0
-    args = _serve_parser().parse_args(args_in)
-    config = _load(args.config)
+    parser = _serve_parser()
+    args = parser.parse_args(args_in)
+    if args.config is None and args.config_dir is None:
+        parser.error("give a config file (-c FILE) or a directory (--config-dir DIR)")
+    if (args.tls_cert_file is None) != (args.tls_key_file is None):
+        parser.error("--tls-cert-file and --tls-key-file go together")
+    config = _load(args.config, args.config_dir)
     if config is None:
         return 2
-    from .server import parse_listen, run  # aiohttp is imported only when serving
+    from .listen import DEFAULT_PORT, DEFAULT_TLS_PORT, parse_listen, tls_context
+    from .server import run  # aiohttp is imported only when serving
 
+    tls = None
     try:
-        host, port = parse_listen(args.listen)
-    except ValueError as exc:
+        if args.tls_cert_file is not None:
+            tls = tls_context(args.tls_cert_file, args.tls_key_file)
+        port = DEFAULT_PORT if tls is None else DEFAULT_TLS_PORT
+        addresses = parse_listen(args.listen or f"127.0.0.1:{port}", default_port=port)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         print(f"swapproxy: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config, args.log_level)
-    return run(config, host, port, watch_config=args.watch_config)
+    return run(config, addresses, watch_config=args.watch_config, tls=tls)
 
 
 if __name__ == "__main__":

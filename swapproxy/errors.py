@@ -11,14 +11,19 @@ The tree::
     ├── BadRequest                      400 invalid_request_error
     ├── Unauthorized                    401 authentication_error
     ├── NotFound                        404 not_found_error
-    │   └── ModelNotFound               404 model_not_found
+    │   ├── ModelNotFound               404 model_not_found
+    │   └── ModelDisabled               404 model_not_found      (a profile's empty pin)
+    ├── Conflict                        409 conflict             (model not loaded; nothing may start it)
     ├── PayloadTooLarge                 413 request_too_large
     ├── ExpectationFailed               417 expectation_failed
     ├── TooManyRequests                 429 rate_limit_exceeded  (+ Retry-After)
+    ├── NotSupported                    501 not_implemented
     ├── UpstreamUnreachable             502 upstream_unreachable
     ├── ModelStartFailed                503 model_start_failed   (+ last log lines)
     │   └── HealthCheckTimeout          503 health_check_timeout
     ├── ShuttingDown                    503 shutting_down
+    ├── NoTargetAvailable               503 no_target_available  (a selector's targets are all stopping)
+    ├── RequestCancelled                503 request_cancelled    (POST /api/inflight/{id}/cancel)
     └── UpstreamTimeout                 504 upstream_timeout
 
 Upstream HTTP errors are never wrapped: they pass through as the upstream sent them.
@@ -37,13 +42,18 @@ __all__ = [
     "Unauthorized",
     "NotFound",
     "ModelNotFound",
+    "ModelDisabled",
+    "Conflict",
     "PayloadTooLarge",
     "ExpectationFailed",
     "TooManyRequests",
+    "NotSupported",
     "UpstreamUnreachable",
     "ModelStartFailed",
     "HealthCheckTimeout",
     "ShuttingDown",
+    "NoTargetAvailable",
+    "RequestCancelled",
     "UpstreamTimeout",
     "envelope",
     "error_response",
@@ -98,6 +108,18 @@ class ModelNotFound(NotFound, code="model_not_found"):
         self.model = model
 
 
+class ModelDisabled(NotFound, code="model_not_found"):
+    """The active profile pins the requested name to nothing."""
+
+    def __init__(self, model: str, profile: str) -> None:
+        super().__init__(f"model '{model}' is disabled by the active profile '{profile}'", param="model")
+        self.model = model
+
+
+class Conflict(SwapProxyError, status=409, type="invalid_request_error", code="conflict"):
+    """The request may not start the model it needs, and that model is not ready."""
+
+
 class PayloadTooLarge(SwapProxyError, status=413, type="invalid_request_error", code="request_too_large"):
     """The body passed maxRequestBodyMB."""
 
@@ -115,6 +137,10 @@ class TooManyRequests(SwapProxyError, status=429, type="rate_limit_error", code=
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class NotSupported(SwapProxyError, status=501, type="invalid_request_error", code="not_implemented"):
+    """A route swapproxy knows of but deliberately does not implement."""
 
 
 class UpstreamUnreachable(SwapProxyError, status=502, type="upstream_error", code="upstream_unreachable"):
@@ -139,6 +165,14 @@ class HealthCheckTimeout(ModelStartFailed, code="health_check_timeout"):
 
 class ShuttingDown(SwapProxyError, status=503, type="server_error", code="shutting_down"):
     """swapproxy is stopping: no new work."""
+
+
+class NoTargetAvailable(SwapProxyError, status=503, type="server_error", code="no_target_available"):
+    """A selector has no target that can take the request now."""
+
+
+class RequestCancelled(SwapProxyError, status=503, type="server_error", code="request_cancelled"):
+    """An operator cancelled the request before its response began."""
 
 
 class UpstreamTimeout(SwapProxyError, status=504, type="upstream_error", code="upstream_timeout"):

@@ -14,6 +14,9 @@ Event shapes (``type`` says which)::
     {"type": "log", "source": "proxy" | model id, "line": "..."}
     {"type": "inflight", "model": id, "inflight": 2, "waiting": 0, "queue_depth": 0, "ttl_remaining_s": None}
     {"type": "swap", "reason": "swap to b", "stopped": ["a"]}
+    {"type": "request", "op": "start" | "end", "request": {"id": "7", "model": id, "method": "POST",
+     "path": "/v1/chat/completions", "remote": "127.0.0.1", "started": 1.7e9, "elapsed_ms": 0}}
+    {"type": "profile", "active": "coding" | None}
 
 ``GET /api/events`` (SSE) and ``GET /models/sse`` (llama.cpp router shape) are
 both fed from here; see :mod:`swapproxy.web.streams`.

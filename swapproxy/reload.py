@@ -5,7 +5,9 @@ problems (file:line: key: message) are logged and kept in :class:`ReloadState`
 for ``/info`` and the UI. A valid one goes to :meth:`Scheduler.apply_config
 <swapproxy.scheduler.Scheduler.apply_config>`, which keeps unchanged models
 running (same PID); what counts as unchanged is :mod:`swapproxy.config_diff`'s. ``--watch-config`` polls the
-file's size and mtime once a second — cheap, and it needs no dependency.
+file's size and mtime once a second — cheap, and it needs no dependency. With ``--config-dir``
+the directory's files are read again and merged as at start; a file added, removed or changed
+there is a change too.
 """
 
 from __future__ import annotations
@@ -43,13 +45,15 @@ class Reloader:
 
     def __init__(
         self,
-        path: str,
+        path: str | None,
         scheduler: Scheduler,
         state: ReloadState,
         on_begin: Callable[[], None] = lambda: None,
         on_end: Callable[[], None] = lambda: None,
+        config_dir: str | None = None,
     ) -> None:
         self.path = path
+        self.config_dir = config_dir
         self.scheduler = scheduler
         self.state = state
         self._on_begin = on_begin
@@ -68,7 +72,7 @@ class Reloader:
     async def _reload(self) -> bool:
         began = time.time()
         try:
-            new = await asyncio.to_thread(load_config, self.path, None, self.scheduler.config)
+            new = await asyncio.to_thread(load_config, self.path, None, self.scheduler.config, self.config_dir)
         except ConfigError as err:
             for problem in err.problems:
                 logger.error("reload refused, the running config stays: %s", problem)
@@ -90,26 +94,37 @@ class Reloader:
         A change is acted on once the file has held still for ``settle`` seconds,
         so an editor caught between truncating and writing is not read half-done.
         """
-        last = _stamp(self.path)
+        last = self._stamp()
         while True:
             await asyncio.sleep(interval)
-            stamp = _stamp(self.path)
+            stamp = self._stamp()
             if stamp == last:
                 continue
             while True:
                 await asyncio.sleep(settle)
-                again = _stamp(self.path)
+                again = self._stamp()
                 if again == stamp:
                     break
                 stamp = again
             last = stamp
-            logger.info("%s changed: reloading", self.path)
+            logger.info("%s changed: reloading", self.path or self.config_dir)
             await self.reload()
 
+    def _stamp(self) -> tuple[tuple[str, int, int] | None, ...]:
+        """The size and mtime of every source (and, with a directory, which files it holds)."""
+        paths = [self.path] if self.path is not None else []
+        if self.config_dir is not None:
+            try:
+                paths += sorted(os.path.join(self.config_dir, e.name) for e in os.scandir(self.config_dir)
+                                if e.name.endswith((".yml", ".yaml")))
+            except OSError:
+                paths.append(self.config_dir)
+        return tuple(_stamp(path) for path in paths)
 
-def _stamp(path: str) -> tuple[int, int] | None:
+
+def _stamp(path: str) -> tuple[str, int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size)
+    return (path, st.st_mtime_ns, st.st_size)

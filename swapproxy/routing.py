@@ -2,7 +2,13 @@
 
 Pure functions over bytes and mappings: no I/O, no aiohttp. The hot path reads
 the JSON body once to find ``model``; the original bytes go upstream untouched
-unless the model's config asks for a rewrite (``useModelName``, ``filters``).
+unless the model's config asks for a rewrite (``useModelName``, ``filters``) or
+the name was pinned by a profile or chosen by a selector.
+
+A name goes through llama-swap's steps in its order (:func:`route`): the active
+profile's pin first, then a selector (its choice is the caller's, who knows
+the models' states), then aliases; ``setParamsByID`` is keyed by the name the
+request uses after those rewrites.
 """
 
 from __future__ import annotations
@@ -10,16 +16,19 @@ from __future__ import annotations
 import json
 import mmap
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from .config import Config, ModelConfig
-from .errors import BadRequest, ModelNotFound
+from .config import Config, ModelConfig, SelectorConfig
+from .errors import BadRequest, ModelDisabled, ModelNotFound
 
 __all__ = [
     "parse_json_body",
     "model_from_json",
     "resolve_model",
+    "Route",
+    "route",
     "rewrite_body",
     "multipart_boundary",
     "find_multipart_field",
@@ -69,18 +78,58 @@ def resolve_model(config: Config, requested: str | None) -> str:
     return model_id
 
 
-def rewrite_body(obj: dict[str, Any], spec: ModelConfig) -> bytes | None:
-    """The body to send upstream when ``spec`` asks for a rewrite, else None (send as is)."""
+@dataclass(frozen=True)
+class Route:
+    """Where a requested name leads: the model id, and the name the request uses from now on."""
+
+    model_id: str
+    name: str | None  # after the profile's pin and the selector's choice; None: the default model
+    renamed: bool = False  # a pin or a selector changed the name: the body's model says so upstream
+    selector: str | None = None  # the selector the name went through
+
+
+def route(config: Config, requested: str | None, *, profile: str | None = None,
+          pick: Callable[[SelectorConfig], str] | None = None) -> Route:
+    """Follow ``requested`` through the ``profile``'s pins, a selector and aliases to a model id.
+
+    ``pick`` chooses a selector's target (see :mod:`swapproxy.selectors`); without it a
+    selector takes its first. An empty pin is a 404, as is a name that leads nowhere.
+    """
+    if requested is None:
+        return Route(resolve_model(config, None), None)
+    name = requested
+    pins = config.profiles[profile].pins if profile in config.profiles else {}
+    if name in pins:
+        name = pins[name]
+        if not name:
+            raise ModelDisabled(requested, str(profile))
+    selector = config.selectors.get(name)
+    if selector is not None:
+        name = pick(selector) if pick is not None else selector.targets[0]
+    return Route(resolve_model(config, name), name, name != requested, selector.id if selector else None)
+
+
+def rewrite_body(obj: dict[str, Any], spec: ModelConfig, name: str | None = None,
+                 renamed: bool = False) -> bytes | None:
+    """The body to send upstream when ``spec`` asks for a rewrite, else None (send as is).
+
+    ``name``: the name the request uses (``setParamsByID`` is keyed by it); ``renamed``: it
+    is not the one the client sent, so the body's ``model`` becomes ``name``.
+    """
     filters = spec.filters
-    if not (spec.use_model_name or filters.strip_params or filters.set_params):
+    by_id = filters.set_params_by_id.get(name) if name is not None and filters.set_params_by_id else None
+    if not (spec.use_model_name or filters.strip_params or filters.set_params or by_id or renamed):
         return None
     out = dict(obj)
+    if renamed and name is not None:
+        out["model"] = name
     for key in filters.strip_params:
         if key not in PROTECTED_PARAMS:
             out.pop(key, None)
-    for key, value in filters.set_params.items():
-        if key not in PROTECTED_PARAMS:
-            out[key] = value
+    for params in (filters.set_params, by_id or {}):  # by id last: it overrides setParams
+        for key, value in params.items():
+            if key not in PROTECTED_PARAMS:
+                out[key] = value
     if spec.use_model_name and "model" in out:
         out["model"] = spec.use_model_name
     return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode()

@@ -144,11 +144,7 @@ class Scheduler(Stops):
         if self._closing:
             raise ShuttingDown("swapproxy is shutting down")
         slot = self.slot(model_id)
-        limit = slot.process.spec.concurrency_limit
-        if slot.inflight + slot.waiting >= limit:
-            raise TooManyRequests(
-                f"model '{model_id}' has reached its concurrency limit of {limit} requests", retry_after=1
-            )
+        self._admit(model_id, slot)
         self.failures.check(slot.process)
         if self._open(slot) and not (self._strict and self._queued_before(model_id, len(self._queue))):
             self._enter(slot)  # the fast path: ready, and nothing stops it
@@ -169,6 +165,27 @@ class Scheduler(Stops):
         self._queue.remove(ticket)
         self._enter(ticket.slot)
         ticket.future.set_result(None)
+
+    @staticmethod
+    def _admit(model_id: str, slot: ModelSlot) -> None:
+        """429 when the model's requests (queued plus in flight) reach its concurrencyLimit."""
+        limit = slot.process.spec.concurrency_limit
+        if slot.inflight + slot.waiting >= limit:
+            raise TooManyRequests(
+                f"model '{model_id}' has reached its concurrency limit of {limit} requests", retry_after=1
+            )
+
+    def acquire_ready(self, model_id: str) -> Lease | None:
+        """A lease on ``model_id`` only if it is ready and nothing is stopping or replacing it;
+        None otherwise. Never starts, swaps or queues (``upstream.ignorePaths``, ComfyUI's paths)."""
+        if self._closing:
+            raise ShuttingDown("swapproxy is shutting down")
+        slot = self.slot(model_id)
+        if not self._open(slot):
+            return None
+        self._admit(model_id, slot)
+        self._enter(slot)
+        return Lease(slot, self._leave)
 
     def _fail(self, model_id: str, err: BaseException) -> None:
         """Every ticket waiting for ``model_id`` gets ``err``."""

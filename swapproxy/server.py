@@ -1,5 +1,8 @@
 """Run the application until SIGINT/SIGTERM, then stop every upstream and exit 0.
 
+It listens on every ``--listen`` address (:mod:`swapproxy.listen`), over TLS when a
+certificate is given.
+
 Signal handlers only record the signal; the loop does the work of shutting
 down (tearing down the app's resources stops each upstream within its
 ``unloadTimeout``).
@@ -15,13 +18,15 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from .config import Config
+from .listen import Address, parse_listen
 from .processes import ProcessLike
 from .reload import Reloader
 from .states import ProcessState
@@ -41,25 +46,11 @@ _GC_THRESHOLD0 = 10_000
 SHUTDOWN_GRACE = 0.5
 
 
-def parse_listen(value: str) -> tuple[str | None, int]:
-    """``HOST:PORT`` → (host, port); ``:PORT`` → (None = all interfaces, port); ``[v6]:PORT`` too."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep:
-        raise ValueError(f"listen address {value!r} must be HOST:PORT or :PORT")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"listen address {value!r}: port {port_text!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"listen address {value!r}: port out of range")
-    host = host.strip("[]")
-    return (host or None), port
-
-
 async def serve(
-    config: Config, host: str | None, port: int, stop: asyncio.Event, *, watch_config: bool = False
+    config: Config, addresses: Sequence[Address], stop: asyncio.Event, *, watch_config: bool = False,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve ``config`` on host:port until ``stop`` is set; SIGHUP reloads ``config.file``."""
+    """Serve ``config`` on ``addresses`` until ``stop`` is set; SIGHUP reloads its sources."""
     notifier = Notifier()
     app = make_app(config)
     # shutdown_timeout: how long open requests may run on after SIGTERM before they are cut and
@@ -69,12 +60,15 @@ async def serve(
     await runner.setup()
     _tune_gc()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
-        where = f"{host or '*'}:{port}"
-        logger.info("swapproxy listening on http://%s with %d model(s)", where, len(config.models))
-        if host not in ("127.0.0.1", "localhost", "::1") and not config.all_keys:
-            logger.warning("listening on %s without any apiKeys: anyone who can reach this port can use it", where)
+        for address in addresses:
+            await web.TCPSite(runner, address.host, address.port, reuse_address=True, ssl_context=tls).start()
+        scheme = "https" if tls is not None else "http"
+        where = ", ".join(f"{scheme}://{address}" for address in addresses)
+        logger.info("swapproxy listening on %s with %d model(s)", where, len(config.models))
+        for address in addresses:
+            if not address.loopback and not config.all_keys:
+                logger.warning("listening on %s without any apiKeys: anyone who can reach this port can use it",
+                               address)
         rt = app[RUNTIME]
         scheduler = rt.scheduler
         notifier.start_watchdog()
@@ -91,8 +85,9 @@ async def serve(
 
         scheduler.hub.add_listener(on_state)
         reloader = Reloader(
-            config.file, scheduler, rt.reload,
+            config.source_file, scheduler, rt.reload,
             on_begin=notifier.reloading, on_end=lambda: notifier.ready(status_line(scheduler)),
+            config_dir=config.config_dir,
         )
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[bool]] = set()
@@ -159,7 +154,8 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop  # type: ignore[no-any-return]
 
 
-def run(config: Config, host: str | None, port: int, *, watch_config: bool = False) -> int:
+def run(config: Config, addresses: Sequence[Address], *, watch_config: bool = False,
+        tls: ssl.SSLContext | None = None) -> int:
     """Blocking entry point used by the CLI; returns the process exit code."""
 
     logging.getLogger("aiohttp.server").addFilter(_client_fault_filter)
@@ -169,7 +165,7 @@ def run(config: Config, host: str | None, port: int, *, watch_config: bool = Fal
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(config, host, port, stop, watch_config=watch_config)
+        await serve(config, addresses, stop, watch_config=watch_config, tls=tls)
 
     factory = loop_factory()
     logger.debug("event loop: %s", "uvloop" if factory is not None else "asyncio")
@@ -177,6 +173,6 @@ def run(config: Config, host: str | None, port: int, *, watch_config: bool = Fal
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(main())
     except OSError as exc:
-        logger.error("cannot listen on %s:%s: %s", host or "*", port, exc.strerror or exc)
+        logger.error("cannot listen on %s: %s", ", ".join(map(str, addresses)), exc.strerror or exc)
         return 1
     return 0

@@ -37,11 +37,20 @@ SIGTERM prints ``fake-llama: shutting down`` on stdout and exits 0 (unless
 
 Routes
 ------
-llama-server-like: ``GET /health`` (and ``/v1/health``), ``/props``, ``/slots``, ``/v1/models``,
-``/models``; ``POST /v1/chat/completions``, ``/chat/completions``,
-``/v1/completions``, ``/completions``, ``/completion``, ``/v1/embeddings``,
-``/embeddings``, ``/v1/rerank``, ``/rerank``, ``/v1/audio/transcriptions``,
-``/audio/transcriptions``.
+llama-server-like: ``GET /health`` (and ``/v1/health``), ``/props``, ``/slots``, ``/lora-adapters``,
+``/v1/models``, ``/models`` (with ``aliases`` and ``tags``: ``--alias a,b`` and ``--tags x,y``);
+``POST /v1/chat/completions``, ``/chat/completions``, ``/v1/completions``, ``/completions``,
+``/completion``, ``/infill``, ``/v1/embeddings``, ``/embeddings``, ``/embedding``, ``/v1/rerank``,
+``/rerank``, ``/reranking``, ``/v1/reranking``, ``/v1/audio/transcriptions``,
+``/audio/transcriptions``, ``/v1/responses`` and ``/responses`` (a minimal Responses API answer),
+``[/v1]/chat/completions/input_tokens``, ``[/v1]/responses/input_tokens`` and
+``/v1/messages/count_tokens`` (``{"input_tokens": N}``), ``/tokenize``, ``/detokenize``,
+``/apply-template``, ``/props``, ``/lora-adapters``, ``/slots/{id}?action=save|restore|erase``.
+Backends llama-swap routes to, as llama-swap forwards them: ``GET /v1/audio/voices``,
+``POST /v1/audio/voices``, ``POST /sdapi/v1/txt2img``, ``/sdapi/v1/img2img``,
+``GET /sdapi/v1/loras``, ``POST /v1/tasks/run`` (``/audioapi/v1/tasks/run`` upstream of llama-swap).
+Each of these extra answers carries ``"served_path"`` (the path as received) and
+``"served_by"`` (``--model-name``).
 
 Streamed answers are ``text/event-stream``, one ``data: <json>\n\n`` event per
 write.  Chat and text completions end with a finish chunk (carrying
@@ -63,6 +72,10 @@ Test hooks (not in llama-server):
   including 503s while loading), ``active_streams``, ``cancelled_streams``,
   ``completed_streams``, ``last_headers`` and a few more counters.
 * ``GET /debug/pid``: ``{"pid": ...}``.
+* ``GET /debug/ws`` (and ``/debug/ws/<anything>``): a WebSocket that echoes text and binary
+  messages; its first message is ``{"hello": <model>, "protocol": <chosen subprotocol>, "path",
+  "headers"}``; it accepts the subprotocols ``echo.v1`` and ``echo.v2``; the text ``close:<code>``
+  makes it close with that code.
 * ``POST /v1/debug/stall``: headers with ``Content-Length: 100``, the first 10
   bytes of the body, then nothing until the client goes away.
 
@@ -138,6 +151,8 @@ class Config:
     embedding_dim: int
     hang: bool
     big_line: int | None
+    aliases: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -164,6 +179,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
                    help="inference routes never answer")
     p.add_argument("--big-line", type=int, default=None, metavar="N",
                    help="print one stdout line of N 'x' characters at startup")
+    p.add_argument("--alias", default="", help="comma-separated aliases listed in /models (as llama-server's)")
+    p.add_argument("--tags", default="", help="comma-separated tags listed in /models (as llama-server's)")
     a = p.parse_args(argv)
     if a.port < 0 or a.port > 65535:
         p.error("--port must be in 0..65535")
@@ -187,6 +204,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         embedding_dim=a.embedding_dim,
         hang=a.hang,
         big_line=a.big_line,
+        aliases=tuple(x.strip() for x in a.alias.split(",") if x.strip()),
+        tags=tuple(x.strip() for x in a.tags.split(",") if x.strip()),
     )
 
 
@@ -375,6 +394,11 @@ class FakeLlamaServer:
         r.add_get("/slots", self.slots)
         r.add_get("/v1/models", self.models)
         r.add_get("/models", self.models)
+        r.add_get("/lora-adapters", self.extra("lora_adapters"))
+        r.add_get("/v1/audio/voices", self.extra("voices"))
+        r.add_get("/sdapi/v1/loras", self.extra("loras"))
+        r.add_get("/debug/ws", self.websocket)
+        r.add_get("/debug/ws/{tail:.*}", self.websocket)
 
         inference: dict[str, Handler] = {
             "/v1/chat/completions": self.chat_completions,
@@ -388,6 +412,25 @@ class FakeLlamaServer:
             "/rerank": self.rerank,
             "/v1/audio/transcriptions": self.transcriptions,
             "/audio/transcriptions": self.transcriptions,
+            "/infill": self.native_completion,
+            "/embedding": self.embeddings,
+            "/reranking": self.rerank,
+            "/v1/reranking": self.rerank,
+            "/v1/responses": self.extra("response"),
+            "/responses": self.extra("response"),
+            **{path: self.extra("input_tokens") for path in (
+                "/chat/completions/input_tokens", "/v1/chat/completions/input_tokens", "/responses/input_tokens",
+                "/v1/responses/input_tokens", "/v1/messages/count_tokens")},
+            "/tokenize": self.extra("tokenize"),
+            "/detokenize": self.extra("detokenize"),
+            "/apply-template": self.extra("apply_template"),
+            "/props": self.extra("set_props"),
+            "/lora-adapters": self.extra("lora_adapters"),
+            "/slots/{id_slot}": self.extra("slot_action"),
+            "/v1/audio/voices": self.extra("voices"),
+            "/sdapi/v1/txt2img": self.extra("image"),
+            "/sdapi/v1/img2img": self.extra("image"),
+            "/v1/tasks/run": self.extra("task"),
         }
         for path, handler in inference.items():
             r.add_post(path, self.inference_route(handler))
@@ -600,6 +643,8 @@ class FakeLlamaServer:
             "object": "list",
             "data": [{
                 "id": self.cfg.model_name,
+                "aliases": list(self.cfg.aliases),
+                "tags": list(self.cfg.tags),
                 "object": "model",
                 "created": self.started,
                 "owned_by": "llamacpp",
@@ -861,6 +906,60 @@ class FakeLlamaServer:
             "filename": filename,
             "fields": fields,
         })
+
+    # -- the rest of llama-server's routes, and the backends llama-swap routes to -- #
+
+    def extra(self, kind: str) -> Handler:
+        """A small llama-server-like answer of ``kind``, with ``served_path`` and ``served_by``."""
+
+        async def handler(request: web.Request) -> web.Response:
+            raw = await request.read()
+            try:
+                body: Any = json.loads(raw) if raw else {}
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise BadRequest(f"Invalid JSON in request body: {exc}") from None
+            obj = body if isinstance(body, dict) else {}
+            text = json.dumps(obj.get("messages", obj.get("input", obj.get("content", obj.get("prompt", "")))))
+            answer: JSONDict
+            if kind == "response":
+                answer = {"object": "response", "status": "completed", "model": obj.get("model"),
+                          "output": [{"type": "message", "role": "assistant",
+                                      "content": [{"type": "output_text", "text": self.plan(obj, "").text}]}]}
+            elif kind == "input_tokens":
+                answer = {"input_tokens": count_words(text)}
+            elif kind == "tokenize":
+                answer = {"tokens": list(range(count_words(text)))}
+            elif kind == "detokenize":
+                answer = {"content": " ".join(map(str, obj.get("tokens", [])))}
+            elif kind == "apply_template":
+                answer = {"prompt": text}
+            elif kind == "slot_action":
+                action = request.query.get("action")
+                if action not in ("save", "restore", "erase"):
+                    raise BadRequest("Invalid action")
+                answer = {"id_slot": int(request.match_info["id_slot"]), "action": action,
+                          "filename": obj.get("filename")}
+            elif kind == "lora_adapters":
+                answer = {"adapters": body if isinstance(body, list) else []}
+            else:  # set_props, voices, loras, image, task
+                answer = {"kind": kind, "model": obj.get("model", request.query.get("model"))}
+            return web.json_response({**answer, "served_path": request.raw_path, "served_by": self.cfg.model_name})
+
+        return handler
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("echo.v1", "echo.v2"))
+        await ws.prepare(request)
+        await ws.send_json({"hello": self.cfg.model_name, "protocol": ws.ws_protocol, "path": request.raw_path,
+                            "headers": headers_dict(request.headers)})
+        async for msg in ws:
+            if msg.type.name == "TEXT" and msg.data.startswith("close:"):
+                await ws.close(code=int(msg.data.split(":", 1)[1]))
+            elif msg.type.name == "TEXT":
+                await ws.send_str(msg.data)
+            elif msg.type.name == "BINARY":
+                await ws.send_bytes(msg.data)
+        return ws
 
     # -- test hooks ------------------------------------------------------- #
 

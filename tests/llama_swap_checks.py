@@ -49,20 +49,24 @@ def assert_refused(file: Path, environ: Mapping[str, str], unsupported: Sequence
         assert problem.message.startswith(message)
 
 
-def supported_part(file: Path, *, groups: Mapping[str, list[str]], model: str,
-                   no_port: str) -> str:
+def supported_part(file: Path, *, groups: Mapping[str, list[str]], no_port: str,
+                   targets: Mapping[str, list[str]], drop_pins: Mapping[str, list[str]]) -> str:
     """``file`` (a llama-swap full example) as YAML again, without what swapproxy refuses and
-    its mistakes mended: upstream, profiles, selectors, peers, hooks (preloading a name that
-    is no model), the matrix and scheduler settings, ``model``'s compat and setParamsByID go;
-    only ``groups`` stay, each with those members; ``no_port`` gets a proxy."""
+    its mistakes mended: peers, hooks (preloading a name that is no model), the matrix and
+    scheduler settings go; only ``groups`` stay, each with those members; each selector of
+    ``targets`` gets those targets, and the ``drop_pins`` of each profile go (they name
+    models the file never defines); ``no_port`` gets a proxy."""
     data: dict[str, Any] = yaml.safe_load(file.read_text())
-    for key in ("upstream", "profiles", "selectors", "peers", "hooks"):
+    for key in ("peers", "hooks"):
         del data[key]
     settings = data["routing"]["router"]["settings"]
     del settings["matrix"], data["routing"]["scheduler"]["settings"]
     settings["groups"] = {name: {**settings["groups"][name], "members": members}
                           for name, members in groups.items()}
-    refused = data["models"][model]
-    del refused["compat"], refused["filters"]["setParamsByID"]
+    for name, kept in targets.items():
+        data["selectors"][name]["targets"] = kept
+    for name, pins in drop_pins.items():
+        for pin in pins:
+            del data["profiles"][name]["pins"][pin]
     data["models"][no_port]["proxy"] = "http://127.0.0.1:7777"
     return yaml.safe_dump(data, sort_keys=False)

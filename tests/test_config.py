@@ -281,20 +281,21 @@ def test_llama_swap_unified_style_loads_with_notices() -> None:
         ["models.draw", guessed_port_notice("http://127.0.0.1:8801")]]
 
 
-# every key of the full-style fixture that swapproxy does not implement yet, with its line
+# every key of the full-style fixture that swapproxy does not implement yet, with its line:
+# the matrix router and scheduler priorities (the scheduler issue), peers (the scale-out issue)
 FULL_STYLE_UNSUPPORTED = [
-    (44, "upstream"),
-    (49, "profiles"),
-    (57, "selectors"),
-    (102, "models.thinker-70b.compat"),
-    (110, "models.thinker-70b.filters.setParamsByID"),
     (217, "peers"),
 ]
 # the mistakes it makes on purpose, as llama-swap's full example does: names that are not
-# models (a selector's, or none at all), and a model with neither proxy nor port
+# models (a selector's, or none at all; a peer's model is not one of them), and a model with
+# neither proxy nor port
 FULL_STYLE_MISTAKES = [
+    (54, "profiles.writing.pins.review-model", "'ghost-model' is not a model id, alias or selector"),
+    (62, "selectors.any-thinker.targets[1]", "'ghost-model' is not a model id or alias"),
+    (76, "selectors.pool.targets[1]", "'phantom-a' is not a model id or alias"),
+    (77, "selectors.pool.targets[2]", "'phantom-b' is not a model id or alias"),
     (151, "models.hidden-helper", "proxy is required when cmd does not use ${PORT}"),
-    (168, "hooks.on_startup.preload[0]", "'pool' is not a model id or alias"),
+    (168, "hooks.on_startup.preload[0]", "'pool' is not a model id or alias (it is a selector"),
     (179, "routing.router.settings.groups.solo.members[0]", "'pool' is not a model id"),
     (180, "routing.router.settings.groups.solo.members[1]", "'ghost-model' is not a model id"),
     (186, "routing.router.settings.groups.pair.members[1]", "'phantom-a' is not a model id"),
@@ -314,8 +315,10 @@ def test_llama_swap_full_style_reports_each_unsupported_key_once() -> None:
 def test_llama_swap_full_style_rest_resolves() -> None:
     """Everything in the full-style fixture that swapproxy does support resolves."""
     text = supported_part(FIXTURES / "llamaswap_full_style.yaml",
-                          groups={"pair": ["boxed-llama"]}, model="thinker-70b",
-                          no_port="hidden-helper")
+                          groups={"pair": ["boxed-llama"]}, no_port="hidden-helper",
+                          targets={"any-thinker": ["thinker-70b"], "review-model": ["thinker-70b"],
+                                   "pool": ["boxed-llama"]},
+                          drop_pins={"writing": ["review-model"]})
     config = parse_config(text, environ=FULL_STYLE_ENV)
 
     model = config.models["thinker-70b"]
@@ -334,7 +337,20 @@ def test_llama_swap_full_style_rest_resolves() -> None:
     assert (model.ttl, model.unload_timeout, model.concurrency_limit) == (300.0, 20.0, 10)
     assert (model.connect_timeout, model.response_header_timeout) == (12.0, 90.0)
     assert model.send_loading_state is False and config.send_loading_state is True
-    assert model.env == {"CUDA_VISIBLE_DEVICES": "1,0"} and model.aliases == ("gpt-4.1",)
+    assert model.env == {"CUDA_VISIBLE_DEVICES": "1,0"}
+    # each setParamsByID name but the model's own id becomes an alias, after the explicit ones
+    assert model.aliases == ("gpt-4.1", "thinker-70b:fast")
+    assert model.filters.set_params_by_id == {
+        "thinker-70b": {"chat_template_kwargs": {"enable_thinking": True}},
+        "thinker-70b:fast": {"chat_template_kwargs": {"enable_thinking": False}}}
+    assert model.ignore_websockets is True and config.models["boxed-llama"].ignore_websockets is False
+    assert [p.pattern for p in config.upstream_ignore_paths] == [r".*\.(svg|webp|map|woff2?)$",
+                                                                 r"^\/socket$|^\/api\/queue$"]
+    warm, pin, spill = config.selectors.values()
+    assert (warm.id, warm.strategy, warm.targets, warm.name, warm.metadata) == (
+        "any-thinker", "warm", ("thinker-70b",), "Any thinker", {"purpose": "reasoning"})
+    assert (pin.id, pin.strategy, spill.strategy, spill.spillover) == ("review-model", "pin", "spillover", 2)
+    assert config.profiles["writing"].pins == {"draft-model": "thinker-70b", "illustrate": ""}
     assert model.use_model_name == "vendor/thinker-70B" and model.name == "Thinker 70B"
     assert model.description == "A large reasoning model"
     assert model.capabilities == {"in": ("text", "image"), "out": ("text",), "tools": True,
@@ -531,6 +547,7 @@ def test_unsupported_keys_in_a_small_config() -> None:
         peers: {}
         routing:
           router: {use: matrix}
+          scheduler: {settings: {fifo: {priority: {m: 1}}}}
         models:
           m:
             cmd: "s --port ${PORT}"
@@ -538,8 +555,7 @@ def test_unsupported_keys_in_a_small_config() -> None:
         """)
     assert [(p.line, p.key_path, p.message) for p in found] == [
         (1, "peers", "'peers' is not supported by swapproxy yet"),
-        (3, "routing.router.use", "routing.router.use is 'matrix' but routing.router.settings.matrix is not set"),
-        (7, "models.m.compat", "'compat' is not supported by swapproxy yet")]
+        (3, "routing.router.use", "routing.router.use is 'matrix' but routing.router.settings.matrix is not set")]
 
 
 def test_schema_type_errors_carry_lines() -> None:

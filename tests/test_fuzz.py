@@ -72,7 +72,7 @@ GROUPS = {"all": {"swap": False, "exclusive": False, "members": list(MODELS)}}
 #: swapproxy's own 5xx codes (errors.py); a 5xx without one of these is not swapproxy's
 SWAPPROXY_5XX = frozenset(
     {"upstream_unreachable", "model_start_failed", "health_check_timeout", "shutting_down", "upstream_timeout",
-     "upstream_disconnected"}
+     "upstream_disconnected", "not_implemented", "no_target_available", "request_cancelled"}
 )
 ENVELOPE_KEYS = {"message", "type", "code", "param"}
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -598,6 +598,9 @@ KNOWN_PATHS = (
     "/tokenize", "/detokenize", "/apply-template", "/props", "/slots", "/lora-adapters",
     "/upstream/alpha/health", "/upstream/beta/slots", "/upstream/a1/debug/echo", "/upstream/alpha/load",
     "/upstream/nope/health", "/v1/unknown", "/nope",
+    "/responses", "/chat/completions/input_tokens", "/v/chat/completions", "/audioapi/v1/tasks/run",
+    "/slots/0?action=save", "/v1/audio/voices", "/sdapi/v1/loras", "/comfyui", "/comfyui/x", "/api/profiles",
+    "/api/profiles/active", "/api/inflight", "/api/inflight/1/cancel", "/v1/health", "/wol-health", "/upstream",
 )
 MODEL_NAMES = (*MODELS, *ALIASES)
 _SEG_ALPHABET = "abcxyzABC019-._~!$&'()*+,;=:@"

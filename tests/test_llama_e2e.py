@@ -201,3 +201,23 @@ async def test_upstream_api_key_reaches_llama_server(proxy_factory, llama) -> No
     async with proxy.http.post(proxy.url + "/v1/chat/completions", json=body, headers=headers) as resp:
         assert resp.status == 200
         assert (await resp.json())["choices"][0]["message"]["content"] is not None
+
+
+async def test_llama_server_routes_and_variants_through_swapproxy(proxy_factory, llama) -> None:
+    """The routes llama.cpp's own tests call, which swapproxy answered 404 before: /responses and
+    token counting, without /v1; a setParamsByID variant and a warm selector on the same server."""
+    proxy = await proxy_factory(e2e_config(llama, **{"chat-v": {
+        "cmd": f"{llama[0]} --host 127.0.0.1 --port ${{PORT}} -m {llama[1]} -t 2 -c 1024",
+        "filters": {"setParamsByID": {"${MODEL_ID}:short": {"max_tokens": 2}}}}},
+    ))
+    http = proxy.http
+    async with http.post(proxy.url + "/chat/completions/input_tokens", json={"model": "chat-a", "messages": USER}) as r:
+        assert r.status == 200, await r.text()
+        assert (await r.json())["input_tokens"] > 3
+    async with http.post(proxy.url + "/responses", json={"model": "chat-a", "input": "Hello", "max_output_tokens": 8}) as r:
+        assert r.status == 200, await r.text()
+        assert (await r.json())["object"] == "response"
+    async with http.post(proxy.url + "/v1/chat/completions", json={"model": "chat-v:short", "messages": USER}) as r:
+        assert r.status == 200, await r.text()
+        assert (await r.json())["usage"]["completion_tokens"] <= 2  # the variant's max_tokens
+    assert proxy.swapper.running() == ["chat-v"]

@@ -48,20 +48,21 @@ def test_llama_swap_unified_example_loads_with_notices(compat: Path) -> None:
         ["models.image", guessed_port_notice("http://127.0.0.1:9999")]]
 
 
-# every key of the full example that swapproxy does not implement yet, with its line
+# every key of the full example that swapproxy does not implement yet, with its line: the
+# matrix router and scheduler priorities (the scheduler issue), peers (the scale-out issue)
 FULL_EXAMPLE_UNSUPPORTED = [
-    (168, "upstream"),
-    (187, "profiles"),
-    (201, "selectors"),
-    (311, "models.gpt-oss-120b.compat"),
-    (354, "models.gpt-oss-120b.filters.setParamsByID"),
     (682, "peers"),
 ]
 # genuine mistakes in the example itself: names that are not models (the example says its
-# group members are illustrative), and a model with a fixed port but no proxy
+# group members are illustrative; a peer's model, z-ai/glm-4.7, is not one of them), and a
+# model with a fixed port but no proxy
 FULL_EXAMPLE_MISTAKES = [
+    (192, "profiles.coding.pins.llm-plan", "'qwen-unlisted' is not a model id, alias or selector"),
+    (208, "selectors.coding-model.targets[1]", "'qwen-unlisted' is not a model id or alias"),
+    (227, "selectors.llama.targets[1]", "'modelA' is not a model id or alias"),
+    (228, "selectors.llama.targets[2]", "'modelB' is not a model id or alias"),
     (458, "models.unlisted-model", "proxy is required when cmd does not use ${PORT}"),
-    (502, "hooks.on_startup.preload[0]", "'llama' is not a model id or alias"),
+    (502, "hooks.on_startup.preload[0]", "'llama' is not a model id or alias (it is a selector"),
     (556, "routing.router.settings.groups.group1.members[0]", "'llama' is not a model id"),
     (557, "routing.router.settings.groups.group1.members[1]", "'qwen-unlisted' is not a model"),
     (570, "routing.router.settings.groups.group2.members[1]", "'modelA' is not a model id"),
@@ -85,8 +86,10 @@ def test_llama_swap_full_example_reports_each_unsupported_key_once(compat: Path)
 def test_llama_swap_full_example_rest_resolves(compat: Path) -> None:
     """Everything in the full example that swapproxy does support resolves as documented."""
     text = supported_part(compat / "llama-swap-full-example.yaml",
-                          groups={"group2": ["docker-llama"]}, model="gpt-oss-120b",
-                          no_port="unlisted-model")
+                          groups={"group2": ["docker-llama"]}, no_port="unlisted-model",
+                          targets={"coding-model": ["gpt-oss-120b"], "llm-plan": ["gpt-oss-120b"],
+                                   "llama": ["docker-llama"]},
+                          drop_pins={"coding": ["llm-plan"]})
     config = parse_config(text, environ=FULL_EXAMPLE_ENV)
 
     model = config.models["gpt-oss-120b"]
@@ -105,7 +108,18 @@ def test_llama_swap_full_example_rest_resolves(compat: Path) -> None:
     assert (model.ttl, model.unload_timeout, model.concurrency_limit) == (60.0, 10.0, 10)
     assert (model.connect_timeout, model.response_header_timeout) == (30.0, 60.0)
     assert model.send_loading_state is False and config.send_loading_state is True
-    assert model.env == {"CUDA_VISIBLE_DEVICES": "0,1,2"} and model.aliases == ("gpt-4o-mini",)
+    assert model.env == {"CUDA_VISIBLE_DEVICES": "0,1,2"}
+    assert model.aliases == ("gpt-4o-mini", "gpt-oss-120b:high", "gpt-oss-120b:low")
+    assert model.filters.set_params_by_id["gpt-oss-120b:low"] == {"chat_template_kwargs": {"reasoning_effort": "low"}}
+    assert model.filters.set_params_by_id["gpt-oss-120b"] == {"chat_template_kwargs": {"reasoning_effort": "medium"}}
+    assert model.ignore_websockets is True
+    assert [p.pattern for p in config.upstream_ignore_paths] == [r".*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$",
+                                                                 r"^\/ws$|^\/api\/jobs$"]
+    assert [(s.id, s.strategy, s.targets) for s in config.selectors.values()] == [
+        ("coding-model", "warm", ("gpt-oss-120b",)), ("llm-plan", "pin", ("gpt-oss-120b",)),
+        ("llama", "spillover", ("docker-llama",))]
+    assert config.selectors["llama"].spillover == 4 and config.selectors["coding-model"].name == "Coding Model"
+    assert config.profiles["coding"].pins == {"llm-code": "gpt-oss-120b", "image-gen": ""}
     assert model.use_model_name == "openai/gpt-oss-120B" and model.name == "gpt-oss 120B"
     assert model.capabilities is not None and model.capabilities["context"] == 32000
     docker = config.models["docker-llama"]

@@ -129,3 +129,33 @@ async def test_ui_shows_a_refused_reload(proxy_factory, page, tmp_path) -> None:
     await expect(page.locator("#reload-error")).to_be_visible(timeout=STEP_MS)
     await expect(page.locator("#reload-error-text")).to_contain_text(f"{bad}:4: models.chat.ttll:")
     await expect(page.locator("#reload-error-text")).to_contain_text("did you mean 'ttl'")
+
+
+async def test_ui_switches_the_profile_and_cancels_a_request_in_flight(proxy_factory, page) -> None:  # type: ignore[no-untyped-def]
+    proxy = await proxy_factory(make_config(
+        {"chat": {"cmd": fake_cmd("--model-name", "chat")}, "big": {"cmd": fake_cmd("--model-name", "big")}},
+        profiles={"coding": {"pins": {"llm-code": "big"}}, "writing": {"pins": {"llm-code": "chat"}}}))
+    await page.goto(proxy.url + "/ui")
+    await expect(page.locator("#conn")).to_have_text("live", timeout=STEP_MS)
+    select = page.locator("#profile")
+    await expect(select).to_be_visible()
+    assert await select.evaluate("s => [...s.options].map(o => o.text)") == ["(none)", "coding", "writing"]
+    await select.select_option("coding")
+    await wait_until(lambda: proxy.runtime.profile == "coding", 10, "the profile to switch")
+    status, body = await proxy.chat("llm-code")
+    assert status == 200 and body["model"] == "big"
+    await select.select_option("")
+    await wait_until(lambda: proxy.runtime.profile is None, 10, "no profile")
+
+    await expect(page.locator("#no-requests")).to_be_visible()
+    stream = await open_gated_stream(proxy, "chat")  # never ends by itself
+    try:
+        row = page.locator("#requests tr[data-request]")
+        await expect(row).to_have_count(1, timeout=STEP_MS)
+        await expect(row).to_contain_text("POST /v1/chat/completions")
+        await row.locator("button.cancel").click()
+        await expect(row).to_have_count(0, timeout=STEP_MS)
+        await expect(page.locator("#no-requests")).to_be_visible()
+        assert proxy.runtime.inflight.list() == []
+    finally:
+        stream.close()

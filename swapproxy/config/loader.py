@@ -1,6 +1,7 @@
 """The front of a load: YAML with a line index, unsupported keys, ``${env.VAR}``, schema checks.
 
-:func:`parse_config` runs one :class:`_Loader` over the text: stage 1 composes the YAML
+:func:`parse_config` runs one :class:`_Loader` over the text (:func:`load_config` over a
+file, or over ``-c FILE`` and ``--config-dir DIR`` merged by :mod:`.merge`): stage 1 composes the YAML
 into nodes and records every key path's line before constructing plain data; stage 2 reports
 the keys swapproxy does not implement yet (and drops them); stage 3 substitutes
 ``${env.VAR}``; stage 4 validates against :mod:`.schema`, each model on its own. The
@@ -10,6 +11,7 @@ stage is raised at the end as one :class:`~.problems.ConfigError`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -18,10 +20,11 @@ from typing import Any
 
 import yaml
 
+from .merge import config_files, merge_into
 from .model import Config
 from .problems import ConfigError, Problem, _dotted, _KeyPath, _Report
 from .resolve import _resolve
-from .schema import RawConfig, RawModel
+from .schema import RawConfig, RawModel, RawProfile, RawSelector
 from .validate import _checked
 
 __all__ = ["_Loader", "load_config", "parse_config"]
@@ -29,22 +32,45 @@ __all__ = ["_Loader", "load_config", "parse_config"]
 _ENV_REF = re.compile(r"\$\{env\.([A-Za-z_][A-Za-z0-9_]*)\}")
 _NOT_YET = "not supported by swapproxy yet"
 # keys that change routing and that swapproxy does not implement yet; "*" is any model id
-_UNSUPPORTED = (("peers",), ("profiles",), ("selectors",), ("upstream",),
-                ("models", "*", "compat"), ("models", "*", "filters", "setParamsByID"))
+_UNSUPPORTED = (("peers",),)
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
-                previous: Config | None = None) -> Config:
+def _read(file: str) -> str:
+    try:
+        return Path(file).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(file, 0, "(file)", f"cannot read the config: {exc}")]) from exc
+
+
+def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None,
+                previous: Config | None = None, config_dir: str | None = None) -> Config:
     """Read and resolve a config file; raises ConfigError listing every problem.
 
     With ``previous`` (a reload), each model that uses ${PORT} keeps the port it
-    had, so an unchanged model's command stays unchanged."""
-    file = os.fspath(path)
-    try:
-        text = Path(file).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem(file, 0, "(file)", f"cannot read the config: {exc}")]) from exc
-    return parse_config(text, file=file, environ=environ, previous=previous)
+    had, so an unchanged model's command stays unchanged. With ``config_dir``, its
+    ``*.yaml`` files are merged after ``path`` (which may then be None), as llama-swap's
+    ``-config-dir`` merges them; ``Config.file`` is then ``path``, or else the directory."""
+    file = os.fspath(path) if path is not None else None
+    if config_dir is None and file is not None:
+        return parse_config(_read(file), file=file, environ=environ, previous=previous)
+    files = config_files(file, config_dir)
+    loader = _Loader(files[0], os.environ if environ is None else environ)
+    if previous is not None:
+        loader.port_hints = {mid: m.port for mid, m in previous.models.items() if m.port is not None}
+    merged: dict[Any, Any] = {}
+    for source in files:
+        part = _Loader(source, loader.environ)
+        data = part.parse(_read(source))
+        loader.problems.extend(part.problems)
+        if isinstance(data, dict):
+            merge_into(loader, merged, data, source, part.lines)
+        elif data is not None:
+            loader.problems.append(Problem(source, 1, "(top)", "the top level must be a mapping of settings, "
+                                                               f"not {type(data).__name__}"))
+    if not merged and not loader.problems:
+        raise ConfigError([Problem(files[0], 0, "(top)", "the config is empty")])
+    config = loader.load_data(merged)
+    return dataclasses.replace(config, file=file if file is not None else config_dir, config_dir=config_dir)
 
 
 def parse_config(text: str, file: str = "<config>", environ: Mapping[str, str] | None = None,
@@ -54,6 +80,17 @@ def parse_config(text: str, file: str = "<config>", environ: Mapping[str, str] |
     if previous is not None:
         loader.port_hints = {mid: m.port for mid, m in previous.models.items() if m.port is not None}
     return loader.load(text)
+
+
+def _peer_names(peers: Any) -> frozenset[str]:
+    """The model names a (refused) ``peers`` section would make addressable: ``peer/model`` and
+    the bare model ids, so that a selector or profile naming one is not also reported as naming
+    an unknown model (the ``peers`` key itself is refused once)."""
+    names: set[str] = set()
+    for peer, entry in peers.items() if isinstance(peers, dict) else ():
+        for model in entry.get("models") or () if isinstance(entry, dict) else ():
+            names.update((f"{peer}/{model}", str(model)))
+    return frozenset(names)
 
 
 def _matches(data: Any, pattern: _KeyPath, path: _KeyPath = ()) -> Iterator[_KeyPath]:
@@ -75,13 +112,19 @@ class _Loader(_Report):
 
     def load(self, text: str) -> Config:
         data = self.parse(text)
+        if data is None:
+            raise ConfigError([Problem(self.file, 0, "(top)", "the config is empty")])
+        return self.load_data(data)
+
+    def load_data(self, data: Any) -> Config:
         if not isinstance(data, dict):
             kind = type(data).__name__
             raise ConfigError([Problem(self.file, 1, "(top)",
                                        f"the top level must be a mapping of settings, not {kind}")])
+        peers = _peer_names(data.get("peers"))
         data = self.substitute_env(data, (), self.find_unsupported(data))
         raw, models, ids = self.validate(data)
-        config = (_resolve(self, raw, models, ids, self.environ, self.port_hints)
+        config = (_resolve(self, raw, models, ids, self.environ, self.port_hints, peers)
                   if raw is not None else None)
         if config is None or self.problems:
             raise self.error()
@@ -90,11 +133,12 @@ class _Loader(_Report):
     # ----- stage 1: YAML with line numbers
 
     def parse(self, text: str) -> Any:
+        """The YAML's data (None for an empty document), every key path's line indexed."""
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
             if node is None:
-                raise ConfigError([Problem(self.file, 0, "(top)", "the config is empty")])
+                return None
             self.index(node, ())
             return loader.construct_document(node)
         except yaml.MarkedYAMLError as exc:
@@ -156,8 +200,13 @@ class _Loader(_Report):
 
     def validate(self, data: dict[Any, Any]) -> tuple[RawConfig | None, dict[str, RawModel],
                                                       list[str]]:
-        """Validate each model on its own, so one broken model hides nothing in the others."""
+        """Validate each model (and selector, and profile) on its own, so one broken entry
+        hides nothing in the others."""
         top, ids, models = dict(data), list[str](), dict[str, RawModel]()
+        for section, schema in (("selectors", RawSelector), ("profiles", RawProfile)):
+            if isinstance(data.get(section), dict):
+                checked = {k: _checked(self, schema, v, (section, k)) for k, v in data[section].items()}
+                top[section] = {k: v for k, v in checked.items() if v is not None}
         if isinstance(data.get("models"), dict):
             top["models"] = {}
             if not data["models"]:

@@ -7,17 +7,23 @@ YAML and pydantic: the types say nothing of the file format they were read from.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..matrix import Matrix
 
-__all__ = ["DEFAULT_GROUP", "Config", "FiltersConfig", "GroupConfig", "LogLevel", "LogToStdout", "MemoryConfig",
-           "ModelConfig", "Router", "SchedulerConfig", "SchedulerUse", "_FrozenDict"]
+__all__ = ["COMFYUI_MODEL", "DEFAULT_GROUP", "DEFAULT_IGNORE_PATHS", "Config", "FiltersConfig", "GroupConfig",
+           "LogLevel", "LogToStdout", "MemoryConfig", "ModelConfig", "ProfileConfig", "Router", "SchedulerConfig",
+           "SchedulerUse", "SelectorConfig", "Strategy", "_FrozenDict"]
 
 #: Name of the implicit group holding every model that no configured group lists.
 DEFAULT_GROUP = "(default)"
+#: The model id llama-swap's /comfyui/ routes reach (its WebSockets never start it).
+COMFYUI_MODEL = "comfyui_auto"
+#: llama-swap's default upstream.ignorePaths: static assets never start or swap a model.
+DEFAULT_IGNORE_PATHS = (re.compile(r".*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$"),)
 
 LogLevel = Literal["debug", "info", "warn", "error"]
 LogToStdout = Literal["proxy", "upstream", "both", "none"]
@@ -52,10 +58,44 @@ class GroupConfig:
 
 @dataclass(frozen=True)
 class FiltersConfig:
-    """Request-body rewrites: keys to delete and keys to force (never ``model``)."""
+    """Request-body rewrites: keys to delete and keys to force (never ``model``); then, by the
+    name the request used (id or alias), more keys to force (``setParamsByID``)."""
 
     strip_params: tuple[str, ...] = ()
     set_params: Mapping[str, Any] = field(default_factory=_FrozenDict)
+    set_params_by_id: Mapping[str, Mapping[str, Any]] = field(default_factory=_FrozenDict)
+
+
+Strategy = Literal["pin", "warm", "spillover"]
+
+
+@dataclass(frozen=True)
+class SelectorConfig:
+    """A virtual model id that picks one of its ``targets`` per request (llama-swap's selectors).
+
+    ``targets`` are the names as written (an alias keeps its setParamsByID); ``target_ids``
+    the model ids they resolve to, in the same order.
+    """
+
+    id: str
+    strategy: Strategy
+    targets: tuple[str, ...]
+    target_ids: tuple[str, ...]
+    spillover: int = 1  # spillover: requests per active target before the next one starts
+    name: str | None = None
+    description: str | None = None
+    unlisted: bool = False
+    metadata: Mapping[str, Any] = field(default_factory=_FrozenDict)
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """Named pins: while the profile is active, a request for a pin's name goes to its target
+    (a model id, alias or selector); an empty target makes the name answer 404."""
+
+    name: str
+    description: str | None = None
+    pins: Mapping[str, str] = field(default_factory=_FrozenDict)
 
 
 @dataclass(frozen=True)
@@ -107,6 +147,8 @@ class ModelConfig:
     group: str = DEFAULT_GROUP
     upstream_api_key: str | None = None  # swapproxy: sent upstream as Bearer / x-api-key
     memory: Mapping[str, int] | None = None  # swapproxy: declared footprint per device, bytes
+    tags: tuple[str, ...] = ()  # listed in /models, as llama-server's --tags
+    ignore_websockets: bool = False  # compat.ignoreWebsockets: a WebSocket never starts it, nor counts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,6 +180,10 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     models: Mapping[str, ModelConfig]
+    selectors: Mapping[str, SelectorConfig] = field(default_factory=_FrozenDict)
+    profiles: Mapping[str, ProfileConfig] = field(default_factory=_FrozenDict)
+    upstream_ignore_paths: tuple[re.Pattern[str], ...] = DEFAULT_IGNORE_PATHS
+    config_dir: str | None = None  # --config-dir: its *.yaml files were merged after ``file``
     notices: tuple[str, ...] = ()
     _alias_index: Mapping[str, str] = field(init=False, repr=False, compare=False)
     _group_index: Mapping[str, GroupConfig] = field(init=False, repr=False, compare=False)
@@ -146,12 +192,19 @@ class Config:
         # frozen dataclass: indexes are computed once here, hence object.__setattr__
         models = _FrozenDict(self.models)
         object.__setattr__(self, "models", models)
+        object.__setattr__(self, "selectors", _FrozenDict(self.selectors))
+        object.__setattr__(self, "profiles", _FrozenDict(self.profiles))
         if not self.groups and models:
             object.__setattr__(self, "groups", (GroupConfig(DEFAULT_GROUP, members=tuple(models)),))
         aliases = {a: m.id for m in models.values() for a in m.aliases}
         object.__setattr__(self, "_alias_index", _FrozenDict(aliases))
         groups = {member: g for g in self.groups for member in g.members}
         object.__setattr__(self, "_group_index", _FrozenDict(groups))
+
+    @property
+    def source_file(self) -> str | None:
+        """The ``-c`` file this config was read from; None when it came from ``--config-dir`` alone."""
+        return None if self.config_dir is not None and self.file == self.config_dir else self.file
 
     @property
     def all_keys(self) -> tuple[str, ...]:

@@ -41,28 +41,43 @@ class ConfigError(Exception):
 
 
 class _Report:
-    """One load's line index (key path -> line) and the problems and notices found so far."""
+    """One load's line index (key path -> line) and the problems and notices found so far.
+
+    A config merged from several files (``--config-dir``) also knows, in ``files``, which
+    file each key path came from when it is not ``file``."""
 
     def __init__(self, file: str) -> None:
         self.file = file
         self.lines: dict[_KeyPath, int] = {}
+        self.files: dict[_KeyPath, str] = {}
         self.problems: list[Problem] = []
         self.notices: list[Problem] = []
 
-    def line_of(self, path: _KeyPath) -> int:
-        for end in range(len(path), 0, -1):  # a missing key reports its parent's line
+    def where(self, path: _KeyPath) -> tuple[str, int]:
+        """The file and line of ``path``; a missing key reports its parent's."""
+        for end in range(len(path), 0, -1):
             if path[:end] in self.lines:
-                return self.lines[path[:end]]
-        return 0
+                return self.files.get(path[:end], self.file), self.lines[path[:end]]
+        return self.file, 0
+
+    def line_of(self, path: _KeyPath) -> int:
+        return self.where(path)[1]
 
     def problem(self, path: _KeyPath, message: str) -> None:
-        self.problems.append(Problem(self.file, self.line_of(path), _dotted(path), message))
+        self.problems.append(Problem(*self.where(path), _dotted(path), message))
 
     def notice(self, path: _KeyPath, message: str) -> None:
-        self.notices.append(Problem(self.file, self.line_of(path), _dotted(path), message))
+        self.notices.append(Problem(*self.where(path), _dotted(path), message))
+
+    def position(self, problem: Problem) -> tuple[int, int]:
+        """Where ``problem`` sorts: files in the order they were merged, then by line."""
+        if problem.file == self.file:
+            return 0, problem.line
+        files = list(dict.fromkeys(self.files.values()))
+        return (files.index(problem.file) + 1 if problem.file in files else len(files) + 1), problem.line
 
     def error(self) -> ConfigError:
-        return ConfigError(sorted(dict.fromkeys(self.problems), key=lambda p: (p.line, p.key_path)))
+        return ConfigError(sorted(dict.fromkeys(self.problems), key=lambda p: (*self.position(p), p.key_path)))
 
 
 def _dotted(path: _KeyPath) -> str:

@@ -1,12 +1,14 @@
 """Resolution: a validated :class:`~.schema.RawConfig` becomes the frozen :class:`~.model.Config`.
 
 The top-level settings are read here, and each section is resolved by its own module:
-:mod:`.macros` (the global ``macros``), :mod:`.resolve_groups` (swap groups) and
-:mod:`.resolve_models` (each ``models.<id>``, in config order since ``${PORT}`` follows it).
-Then the names that refer to models are cross-checked: aliases, group members, ``preload``
-and ``defaultModel``. :mod:`.resolve_routing` resolves the router (groups or matrix) and the
-scheduler's settings, :mod:`.resolve_memory` the memory budgets. A new top-level section gets its own ``resolve_<section>.py`` and one
-call here.
+:mod:`.macros` (the global ``macros``), :mod:`.resolve_groups` (swap groups),
+:mod:`.resolve_models` (each ``models.<id>``, in config order since ``${PORT}`` follows it),
+:mod:`.resolve_selectors`, :mod:`.resolve_profiles` and :mod:`.resolve_upstream`;
+:mod:`.resolve_routing` resolves the router (groups or matrix) and the scheduler's settings,
+:mod:`.resolve_memory` the memory budgets. Then the names that refer to models are
+cross-checked: aliases (setParamsByID names included), group members, selector targets,
+profile pins, ``preload`` and ``defaultModel``. A new top-level section gets its own
+``resolve_<section>.py`` and one call here.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from .resolve_groups import _resolve_groups
 from .resolve_memory import _resolve_memory
 from .resolve_models import _resolve_model
 from .resolve_routing import _resolve_router, _resolve_scheduler
+from .resolve_profiles import _resolve_profiles
+from .resolve_selectors import _in_one_shared_group, _resolve_selectors
+from .resolve_upstream import _resolve_upstream
 from .schema import RawConfig, RawModel
 
 __all__ = ["_resolve"]
@@ -31,8 +36,12 @@ _UI_ONLY_KEYS = ("logRequests", "metricsMaxInMemory", "captureBuffer", "logTimeF
 
 
 def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], ids: list[str],
-             environ: Mapping[str, str], port_hints: Mapping[str, int]) -> Config | None:
-    """The resolved Config; None when any stage so far (this one included) found a problem."""
+             environ: Mapping[str, str], port_hints: Mapping[str, int],
+             elsewhere: frozenset[str] = frozenset()) -> Config | None:
+    """The resolved Config; None when any stage so far (this one included) found a problem.
+
+    ``elsewhere``: model names a section swapproxy refuses (``peers``) would define; a
+    reference to one is not reported as a second problem."""
     for key in _UI_ONLY_KEYS:
         if key in raw.model_fields_set:
             report.notice((key,), _UI_ONLY)
@@ -43,34 +52,46 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
     group_of = {member: g.name for g in groups for member in g.members}
     models: dict[str, ModelConfig] = {}
     next_port = raw.startPort
-    for mid, raw_model in raw_models.items():
-        models[mid], next_port = _resolve_model(report, raw, mid, raw_model, global_defs, next_port,
-                                                group_of.get(mid, DEFAULT_GROUP), port_hints)
     owner: dict[str, str] = {}
-    for mid, model in models.items():
-        for i, alias in enumerate(model.aliases):
-            path = ("models", mid, "aliases", i)
+    for mid, raw_model in raw_models.items():
+        models[mid], next_port, alias_paths = _resolve_model(
+            report, raw, mid, raw_model, global_defs, next_port, group_of.get(mid, DEFAULT_GROUP), port_hints)
+        for alias, path in zip(models[mid].aliases, alias_paths):
             if not alias:
                 report.problem(path, "an alias must not be empty")
+            elif alias == mid:
+                pass  # a model may list its own id among its names, as llama-server's --alias may
             elif alias in ids:
                 report.problem(path, f"alias '{alias}' is also a model id")
             elif alias in owner:
                 report.problem(path, f"alias '{alias}' is already used by model '{owner[alias]}'")
             else:
                 owner[alias] = mid
-    for path, member in unknown_members:
-        hint = f" ('{member}' is an alias of '{owner[member]}')" if member in owner else ""
-        report.problem(path, f"'{member}' is not a model id defined in models{hint}")
 
     def find(name: str) -> str | None:
         return name if name in ids else owner.get(name)
+
+    def is_selector(name: str) -> str:
+        return " (it is a selector; name a model)" if name in raw.selectors else ""
+
+    for path, member in unknown_members:
+        hint = f" ('{member}' is an alias of '{owner[member]}')" if member in owner else is_selector(member)
+        report.problem(path, f"'{member}' is not a model id defined in models{hint}")
+    # Which models may run together is the router's rule: all in one group without swap, or
+    # all in one combination of one matrix set.
+    together = ((lambda targets: None if matrix.can_contain_all(targets) else
+                 "spillover targets must all appear together in one combination of one matrix set")
+                if matrix is not None else (lambda targets: _in_one_shared_group(groups, targets)))
+    selectors = _resolve_selectors(report, raw, find, together, elsewhere)
+    profiles = _resolve_profiles(report, raw, find, raw.selectors, elsewhere)
+    ignore_paths = _resolve_upstream(report, raw)
 
     preload: list[str] = []
     for i, name in enumerate(raw.hooks.on_startup.preload):
         target = find(name.strip())
         if target is None:
             report.problem(("hooks", "on_startup", "preload", i),
-                           f"'{name}' is not a model id or alias")
+                           f"'{name}' is not a model id or alias{is_selector(name.strip())}")
         elif target not in preload:
             preload.append(target)
     scheduler = _resolve_scheduler(report, raw, {**{m: m for m in ids}, **owner})
@@ -84,7 +105,7 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
                 report.problem((field_name, i), "an API key must be non-empty, without whitespace")
     if report.problems:
         return None
-    notices = sorted(dict.fromkeys(report.notices), key=lambda p: p.line)
+    notices = sorted(dict.fromkeys(report.notices), key=report.position)
     return Config(
         file=report.file, health_check_timeout=raw.healthCheckTimeout, log_level=raw.logLevel,
         log_to_stdout=raw.logToStdout, start_port=raw.startPort, global_ttl=raw.globalTTL,
@@ -93,7 +114,8 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
         send_loading_state=raw.sendLoadingState,
         include_aliases_in_list=raw.includeAliasesInList, preload=tuple(preload),
         groups=tuple(groups), default_model=default_model,
-        max_request_body_mb=raw.maxRequestBodyMB, models=models,
+        max_request_body_mb=raw.maxRequestBodyMB, models=models, selectors=selectors, profiles=profiles,
+        upstream_ignore_paths=ignore_paths,
         breaker_failures=raw.circuitBreaker.failures, breaker_window=raw.circuitBreaker.window,
         state_dir=_state_dir(environ, raw.stateDir), router=router, matrix=matrix, scheduler=scheduler,
         memory=memory,

@@ -4,6 +4,9 @@ Macros (global, then the model's own), ``${MODEL_ID}`` and ``${PORT}`` (the next
 from ``startPort`` upward, or the one the model had before a reload), ``cmd`` and ``cmdStop``
 split into argv without a shell, the proxy URL (given, from ``${PORT}``, or guessed from the
 cmd's one ``--port N``), env entries, filters, capabilities and the defaults the top level sets.
+Each ``filters.setParamsByID`` name other than the model's id becomes one more alias, after
+the explicit ones (as llama-swap registers them); :func:`_resolve_model` says where each alias
+was written, so that a clash is reported there.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .macros import _expand_macros, _macro_defs, _MacroDef, _Scope
-from .model import FiltersConfig, ModelConfig, _FrozenDict
+from .model import COMFYUI_MODEL, FiltersConfig, ModelConfig, _FrozenDict
 from .problems import _KeyPath, _Report
 from .resolve_memory import _resolve_footprint
 from .schema import RawCapabilities, RawConfig, RawFilters, RawModel
@@ -45,8 +48,9 @@ def _port_in_argv(argv: Sequence[str]) -> int | None:
 
 def _resolve_model(report: _Report, raw: RawConfig, mid: str, m: RawModel,
                    global_defs: Mapping[str, _MacroDef], next_port: int, group: str,
-                   port_hints: Mapping[str, int]) -> tuple[ModelConfig, int]:
-    """One model resolved; also the next free ``${PORT}`` for the models after it."""
+                   port_hints: Mapping[str, int]) -> tuple[ModelConfig, int, list[_KeyPath]]:
+    """One model resolved; also the next free ``${PORT}`` for the models after it, and the key
+    path each of its aliases was written at (``aliases[i]`` or a ``setParamsByID`` name)."""
     base: _KeyPath = ("models", mid)
     defs = dict(global_defs)
     defs.update(_macro_defs(report, m.macros, (*base, "macros")))  # an override keeps its place
@@ -92,14 +96,22 @@ def _resolve_model(report: _Report, raw: RawConfig, mid: str, m: RawModel,
         except ValidationError as exc:
             _translate(report, exc, (*base, "capabilities"), RawCapabilities)
 
+    filters, by_id_paths = _filters(report, scope, m.filters, (*base, "filters"))
+    aliases = [scope.text(a if isinstance(a, str) else a.id, (*base, "aliases", i)).strip()
+               for i, a in enumerate(m.aliases)]
+    alias_paths: list[_KeyPath] = [(*base, "aliases", i) for i in range(len(aliases))]
+    for name, path in by_id_paths.items():  # each name the request may use becomes an alias
+        if name != mid and name not in aliases:
+            aliases.append(name)
+            alias_paths.append(path)
+    comfyui = mid == COMFYUI_MODEL  # llama-swap's ComfyUI model: many requests, WebSockets never count
     model = ModelConfig(
         id=mid, cmd=cmd, cmd_stop=cmd_stop, proxy=_proxy(report, scope, m, cmd, base),
         check_endpoint=None if check.lower() == "none" else "/" + check.lstrip("/"),
         ttl=raw.globalTTL if m.ttl == -1 else max(m.ttl, 0.0),
         unload_timeout=m.unloadTimeout or raw.unloadTimeout,
         health_check_timeout=raw.healthCheckTimeout,
-        aliases=tuple(scope.text(a if isinstance(a, str) else a.id, (*base, "aliases", i)).strip()
-                      for i, a in enumerate(m.aliases)),
+        aliases=tuple(aliases),
         env=_FrozenDict(env),
         use_model_name=scope.text(m.useModelName, (*base, "useModelName")) or None,
         unlisted=m.unlisted,
@@ -107,8 +119,8 @@ def _resolve_model(report: _Report, raw: RawConfig, mid: str, m: RawModel,
         description=scope.text(m.description, (*base, "description")) or None,
         metadata=scope.value(m.metadata, (*base, "metadata")),
         capabilities=capabilities,
-        concurrency_limit=m.concurrencyLimit or 10,
-        filters=_filters(report, scope, m.filters, (*base, "filters")),
+        concurrency_limit=max(m.concurrencyLimit or 10, 50 if comfyui else 0),
+        filters=filters,
         send_loading_state=(raw.sendLoadingState if m.sendLoadingState is None
                             else m.sendLoadingState),
         connect_timeout=m.timeouts.connect,
@@ -116,8 +128,21 @@ def _resolve_model(report: _Report, raw: RawConfig, mid: str, m: RawModel,
         response_idle_timeout=m.timeouts.responseIdle,
         port=scope.port, group=group,
         upstream_api_key=scope.text(m.apiKey, (*base, "apiKey")) or None,
-        memory=_resolve_footprint(report, m.memory, (*base, "memory")))
-    return model, next_port
+        memory=_resolve_footprint(report, m.memory, (*base, "memory")),
+        tags=_tags(scope, m.tags, (*base, "tags")),
+        ignore_websockets=m.compat.ignoreWebsockets or comfyui)
+    return model, next_port, alias_paths
+
+
+def _tags(scope: _Scope, tags: list[str] | str, path: _KeyPath) -> tuple[str, ...]:
+    """A list, or one comma-separated string as llama-server's ``--tags`` takes it."""
+    items = tags.split(",") if isinstance(tags, str) else tags
+    out: list[str] = []
+    for item in items:
+        tag = scope.text(item, path).strip()
+        if tag and tag not in out:
+            out.append(tag)
+    return tuple(out)
 
 
 def _argv(report: _Report, text: str, path: _KeyPath, required: bool = True) -> tuple[str, ...]:
@@ -164,7 +189,20 @@ def _proxy(report: _Report, scope: _Scope, m: RawModel, cmd: tuple[str, ...], ba
     return url.rstrip("/")
 
 
-def _filters(report: _Report, scope: _Scope, f: RawFilters, base: _KeyPath) -> FiltersConfig:
+def _params(report: _Report, scope: _Scope, params: Mapping[str, Any], base: _KeyPath) -> dict[str, Any]:
+    """``setParams``-style keys with macros expanded; ``model`` is never forced (a notice says so)."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if key == "model":
+            report.notice((*base, key), "removed; the model parameter is never overridden (use useModelName)")
+        else:
+            out[key] = scope.value(value, (*base, key))
+    return out
+
+
+def _filters(report: _Report, scope: _Scope, f: RawFilters,
+             base: _KeyPath) -> tuple[FiltersConfig, dict[str, _KeyPath]]:
+    """The filters, and each ``setParamsByID`` name (macros expanded) with the path it was written at."""
     path = (*base, "stripParams")
     text = f.stripParams
     if f.strip_params is not None:
@@ -176,11 +214,17 @@ def _filters(report: _Report, scope: _Scope, f: RawFilters, base: _KeyPath) -> F
             report.notice(path, "'model' removed; the model parameter is never stripped")
         elif name.strip() and name.strip() not in strip:
             strip.append(name.strip())
-    set_params: dict[str, Any] = {}
-    for key, value in f.setParams.items():
-        if key == "model":
-            report.notice((*base, "setParams", key), "removed; the model parameter is never "
-                                                     "overridden (use useModelName)")
+    by_id: dict[str, Any] = {}
+    paths: dict[str, _KeyPath] = {}
+    for key, params in f.setParamsByID.items():
+        path = (*base, "setParamsByID", key)
+        name = scope.text(key, path).strip()
+        if not name:
+            report.problem(path, "a setParamsByID name must not be empty")
+        elif name in paths:
+            report.problem(path, f"names '{paths[name][-1]}' and '{key}' both resolve to '{name}'")
         else:
-            set_params[key] = scope.value(value, (*base, "setParams", key))
-    return FiltersConfig(tuple(strip), _FrozenDict(set_params))
+            paths[name] = path
+            by_id[name] = _FrozenDict(_params(report, scope, params, path))
+    set_params = _params(report, scope, f.setParams, (*base, "setParams"))
+    return FiltersConfig(tuple(strip), _FrozenDict(set_params), _FrozenDict(by_id)), paths

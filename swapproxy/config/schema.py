@@ -12,13 +12,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
-from .model import LogLevel, LogToStdout
+from .model import LogLevel, LogToStdout, Strategy
 
-__all__ = ["LogLevel", "LogToStdout", "Modality", "Raw", "RawAlias", "RawBreaker", "RawCapabilities", "RawConfig",
-           "RawFifo", "RawFilters", "RawGroup", "RawHooks", "RawMatrix", "RawMemory", "RawModel", "RawOnStartup",
-           "RawRouter", "RawRouterSettings", "RawRouting", "RawScheduler", "RawSchedulerSettings", "RawTimeouts",
-           "Size", "json_schema"]
+__all__ = ["LogLevel", "LogToStdout", "Modality", "Raw", "RawAlias", "RawBreaker", "RawCapabilities", "RawCompat",
+           "RawConfig", "RawFifo", "RawFilters", "RawGroup", "RawHooks", "RawMatrix", "RawMemory", "RawModel",
+           "RawOnStartup", "RawProfile", "RawRouter", "RawRouterSettings", "RawRouting", "RawScheduler",
+           "RawSchedulerSettings", "RawSelector", "RawSelectorSettings", "RawTimeouts", "RawUpstream", "Size",
+           "json_schema"]
 
 Modality = Literal["text", "audio", "image", "video"]
 
@@ -115,6 +117,14 @@ class RawFilters(Raw, title="filters"):
     stripParams: str = Field(default="", description="comma-separated request keys to delete")
     strip_params: str | None = Field(default=None, description="older spelling of stripParams")
     setParams: dict[str, Any] = Field(default_factory=dict, description="request keys to force")
+    setParamsByID: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="requested name -> keys to force after setParams; each name "
+        "other than the model's id becomes an alias (macros such as ${MODEL_ID} work in names)")
+
+
+class RawCompat(Raw, title="compat"):
+    ignoreWebsockets: bool = Field(default=False, description="a WebSocket never starts this model and "
+                                   "counts toward neither its concurrency, its TTL nor swaps")
 
 
 class RawTimeouts(Raw, title="timeouts"):
@@ -172,6 +182,9 @@ class RawModel(Raw, title="model"):
     apiKey: str = Field(default="", description="swapproxy: key sent to this upstream (Bearer and x-api-key)")
     memory: Size | dict[str, Size] | None = Field(default=None, description="swapproxy: the model's memory "
                                                   "footprint: a size (on its device) or a size per device")
+    compat: RawCompat = RawCompat()
+    tags: list[str] | str = Field(default_factory=list, description="listed in /models (as llama-server's "
+                                  "--tags); a list, or one comma-separated string")
 
 
 class RawBreaker(Raw, title="circuitBreaker"):
@@ -179,6 +192,45 @@ class RawBreaker(Raw, title="circuitBreaker"):
 
     failures: int = Field(default=3, ge=0, description="0 disables the breaker")
     window: float = Field(default=60.0, gt=0, description="seconds")
+
+
+class RawUpstream(Raw, title="upstream"):
+    ignorePaths: list[str] = Field(default_factory=list, description="regular expressions: an /upstream/<model>/"
+                                   "<path> they match never starts or swaps the model (409 while it is not "
+                                   "ready); empty = llama-swap's default, static assets")
+
+
+class RawSelectorSettings(Raw, title="selector settings"):
+    spillover: int = Field(default=1, ge=1, description="requests per active target before the next starts")
+
+
+class RawSelector(Raw, title="selector"):
+    """A virtual model id resolved to one of its targets per request."""
+
+    strategy: Strategy = Field(description="pin: the first target; warm: the first ready (else starting, else "
+                               "the first) target; spillover: fill targets in order")
+    targets: list[str] = Field(description="model ids or aliases, never other selectors")
+    settings: RawSelectorSettings = RawSelectorSettings()
+    name: str = ""
+    description: str = ""
+    unlisted: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class RawProfile(Raw, title="profile"):
+    """Pins switched on together (PUT /api/profiles/active): requested name -> target."""
+
+    description: str = ""
+    pins: dict[str, str | None] = Field(description="name -> model id, alias or selector; empty or ~ "
+                                        "disables the name (404)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_list(cls, data: Any) -> Any:
+        if isinstance(data, list):
+            raise PydanticCustomError("legacy_profile", "a profile must be a mapping with description and pins; "
+                                      "the legacy list syntax is no longer supported")
+        return data
 
 
 class RawConfig(Raw, title="swapproxy config (llama-swap config.yaml format)"):
@@ -200,6 +252,9 @@ class RawConfig(Raw, title="swapproxy config (llama-swap config.yaml format)"):
     matrix: dict[str, Any] | None = Field(default=None, description="older spelling of "
                                           "routing.router.settings.matrix (with routing.router.use: matrix)")
     memory: RawMemory = RawMemory()
+    upstream: RawUpstream = RawUpstream()
+    profiles: dict[str, RawProfile] = Field(default_factory=dict)
+    selectors: dict[str, RawSelector] = Field(default_factory=dict)
     models: dict[str, RawModel]
     defaultModel: str | None = Field(default=None, description="swapproxy: model if none named")
     maxRequestBodyMB: float = Field(default=256.0, gt=0, description="swapproxy: body limit")

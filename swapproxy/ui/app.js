@@ -1,6 +1,7 @@
 // swapproxy UI: what is running, what is starting, why did it fail.
-// Fed by /api/events (a snapshot, then state/log/inflight events); actions use the
-// llama.cpp router endpoints /models/load and /models/unload. Plain JS, no build step.
+// Fed by /api/events (a snapshot, then state/log/inflight/request/profile events); actions use
+// the llama.cpp router endpoints /models/load and /models/unload, llama-swap's
+// /api/profiles/active and /api/inflight/{id}/cancel. Plain JS, no build step.
 // URLs are relative so the page also works behind a path-prefixing reverse proxy.
 "use strict";
 
@@ -18,6 +19,9 @@ const ui = {
   devices: {},             // device -> {budget, planned, used, total}
   notes: new Map(),        // id -> last action error
   source: null,            // the EventSource
+  requests: new Map(),     // request id -> {id, model, method, path, remote, started}
+  profiles: [],            // profile names
+  profile: null,           // the active one
 };
 
 const $ = (sel) => document.querySelector(sel);
@@ -145,6 +149,42 @@ function renderSummary() {
   $("#summary").textContent = parts.join(" · ");
 }
 
+// -- requests in flight and the profile -----------------------------------------------------
+function renderRequests() {
+  const body = $("#requests tbody");
+  const now = Date.now() / 1000;
+  body.innerHTML = [...ui.requests.values()].map((r) => `
+    <tr data-request="${esc(r.id)}">
+      <td class="num">#${esc(r.id)}</td><td>${esc(r.model)}</td>
+      <td class="path">${esc(r.method)} ${esc(r.path)}</td><td>${esc(r.remote || "–")}</td>
+      <td class="num age">${fmtSeconds(now - r.started)}</td>
+      <td class="actions"><button type="button" class="small cancel" data-cancel="${esc(r.id)}"
+        title="cut this request: its client gets an error">Cancel</button></td>
+    </tr>`).join("");
+  $("#no-requests").hidden = ui.requests.size > 0;
+}
+
+function renderProfiles() {
+  const select = $("#profile");
+  select.innerHTML = ["", ...ui.profiles].map((name) =>
+    `<option value="${esc(name)}"${(ui.profile || "") === name ? " selected" : ""}>${esc(name || "(none)")}</option>`).join("");
+  $("#profile-box").hidden = ui.profiles.length === 0;
+}
+
+async function post(url, method, body) {
+  // A management action; its error (an OpenAI envelope) is logged in the swapproxy tab.
+  try {
+    const resp = await fetch(url, { method, headers: { "Content-Type": "application/json" },
+                                    body: body === undefined ? undefined : JSON.stringify(body) });
+    if (!resp.ok) {
+      const err = await resp.json().catch(() => ({}));
+      appendLog("proxy", `${method} ${url} failed: ${(err.error && err.error.message) || resp.status}`, "err");
+    }
+  } catch (err) {
+    appendLog("proxy", `${method} ${url} failed: ${err}`, "err");
+  }
+}
+
 // -- logs ----------------------------------------------------------------------------------
 function lineClass(text) {
   if (/\b(ERROR|CRITICAL|error|failed)\b/.test(text)) return "err";
@@ -227,11 +267,25 @@ function handle(ev) {
       for (const id of ui.order) for (const line of ev.logs[id] || []) appendLog(id, line);
       $("#version").textContent = `v${ev.version}`;
       if (!["all", "proxy", ...ui.order].includes(ui.selected)) ui.selected = "all";
+      ui.requests = new Map((ev.requests || []).map((r) => [r.id, r]));
+      ui.profiles = ev.profiles || [];
+      ui.profile = ev.profile || null;
       renderTabs();
       renderTable();
       renderLogView();
+      renderRequests();
+      renderProfiles();
       break;
     }
+    case "request":
+      if (ev.op === "start") ui.requests.set(ev.request.id, ev.request);
+      else ui.requests.delete(ev.request.id);
+      renderRequests();
+      break;
+    case "profile":
+      ui.profile = ev.active || null;
+      renderProfiles();
+      break;
     case "state": {
       const prev = ui.models.get(ev.model);
       // State events carry no memory figure (reading it walks the process table): keep the
@@ -363,6 +417,15 @@ document.addEventListener("DOMContentLoaded", () => {
       act(button.dataset.action, id);
     }
   });
+  $("#requests tbody").addEventListener("click", (e) => {
+    const button = e.target.closest("button[data-cancel]");
+    if (!button) return;
+    button.disabled = true;
+    post(`api/inflight/${encodeURIComponent(button.dataset.cancel)}/cancel`, "POST");
+  });
+  $("#profile").addEventListener("change", (e) => {
+    post("api/profiles/active", "PUT", { name: e.target.value || null });
+  });
   $("#log-tabs").addEventListener("click", (e) => {
     const tab = e.target.closest(".tab");
     if (tab) selectSource(tab.dataset.source);
@@ -374,10 +437,14 @@ document.addEventListener("DOMContentLoaded", () => {
   connect();
   refreshReload();
   setInterval(refreshReload, 3000);
-  setInterval(() => {  // uptimes and TTL countdowns tick between events
+  setInterval(() => {  // uptimes, TTL countdowns and request ages tick between events
     for (const id of ui.order) {
       const m = ui.models.get(id);
       if (m.state === "ready" || m.state === "starting") renderRow(id);
+    }
+    for (const cell of document.querySelectorAll("#requests tr[data-request] .age")) {
+      const r = ui.requests.get(cell.closest("tr").dataset.request);
+      if (r) cell.textContent = fmtSeconds(Date.now() / 1000 - r.started);
     }
   }, 1000);
   setInterval(refreshDetails, 5000);

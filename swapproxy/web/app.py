@@ -40,7 +40,8 @@ from ..scheduler import Scheduler, StopEvent
 from ..statefile import RunRecord, reap_leftovers
 from ..states import ProcessState
 from ..status import model_status
-from . import inference, management, streams, upstream
+from . import catalogue, controls, inference, management, streams, upstream
+from .forward import publish_request
 from .middleware import MIDDLEWARES, use_expect_handler
 from .proxy import make_client_session
 from .runtime import RUNTIME, Runtime
@@ -175,14 +176,17 @@ def make_app(config: Config) -> web.Application:
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=max_size)
     rt = Runtime(initial_config=config, metrics=Metrics(config), max_body=max_size)
     app[RUNTIME] = rt
+    rt.inflight.listener = lambda op, entry: publish_request(rt, op, entry)
     resources = _Resources(rt)
     app.cleanup_ctx.extend([resources.session, resources.leftovers, resources.guardian, resources.pid_record,
                             resources.log_handler, resources.scheduler, resources.preload])
     app.on_shutdown.append(_on_shutdown)
     # Specific routes first: the /upstream/ passthrough and the inference catch-all come last.
     management.add_routes(app, rt.tiers)
+    controls.add_routes(app, rt.tiers)
     streams.add_routes(app, rt.tiers)
     upstream.add_routes(app, rt.tiers)
+    catalogue.add_routes(app, rt.tiers)
     inference.add_routes(app, rt.tiers)
     inference.add_catch_all(app, rt.tiers)
     use_expect_handler(app)

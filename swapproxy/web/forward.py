@@ -1,8 +1,9 @@
 """One forwarding path for every proxied request: lease the model, forward, observe, release.
 
 :func:`leased_forward` takes a lease on the model (the scheduler makes it
-ready first), labels the request with its model for the metrics, and
-publishes the model's in-flight counts; :func:`observed_forward` runs
+ready first), labels the request with its model for the metrics, registers it
+among the requests in flight (where an operator may cut it) and publishes the
+model's in-flight counts; :func:`observed_forward` runs
 :func:`~swapproxy.web.proxy.forward` with a :class:`~swapproxy.metrics.TokenTap`
 on the relayed bytes and records the response's metrics — in this one place,
 whether the response is plain, streamed, or an event stream the loading state
@@ -11,17 +12,38 @@ opened first.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from ..config import ModelConfig
+from ..errors import Conflict, RequestCancelled
+from ..inflight import InflightRequest
 from ..metrics import TokenTap
+from ..scheduler import Lease, Scheduler
 from ..status import model_status
 from .proxy import forward
-from .runtime import MODEL_KEY, START_KEY, Runtime, route_label, runtime
+from .runtime import MODEL_KEY, RESPONDING_KEY, START_KEY, Runtime, route_label, runtime
 
-__all__ = ["leased_forward", "observed_forward", "publish_inflight"]
+__all__ = ["leased_forward", "observed_forward", "publish_inflight", "publish_request", "raise_if_operator_cancel",
+           "take_lease", "tracked"]
+
+
+def publish_request(rt: Runtime, op: str, entry: InflightRequest) -> None:
+    """Announce a request that starts or ends (the UI's list of requests in flight)."""
+    if rt.events.subscriber_count:
+        rt.events.publish({"type": "request", "op": op, "request": entry.as_json()})
+
+
+def raise_if_operator_cancel(request: web.Request, entry: InflightRequest) -> None:
+    """Called on CancelledError: an operator's cancel before the response began becomes a 503
+    envelope (the task is uncancelled); otherwise the cancellation goes on, and the client's
+    connection is cut mid-response."""
+    task = entry.task
+    if entry.cancelled and not request.get(RESPONDING_KEY) and task is not None and task.uncancel() == 0:
+        raise RequestCancelled(f"request {entry.id} was cancelled by an operator") from None
 
 
 def publish_inflight(rt: Runtime, model_id: str) -> None:
@@ -37,24 +59,57 @@ def publish_inflight(rt: Runtime, model_id: str) -> None:
                     "queue_depth": scheduler.queue_depth(), "ttl_remaining_s": status.ttl_remaining_s})
 
 
-async def leased_forward(request: web.Request, model_id: str, spec: ModelConfig, **kwargs: Any) -> web.StreamResponse:
-    """:func:`observed_forward` under a lease on ``model_id`` (the scheduler makes it ready first).
+async def tracked(request: web.Request, model_id: str, serve: Callable[[], Awaitable[web.StreamResponse]],
+                  release: Callable[[], None] | None = None) -> web.StreamResponse:
+    """Run ``serve()`` as a request in flight on ``model_id``: labelled for the metrics, listed
+    where an operator may cut it; ``release`` (a selector's reservation) is called at the end."""
+    rt = runtime(request)
+    request[MODEL_KEY] = model_id
+    entry = rt.inflight.add(model_id, request.method, request.path, request.remote)
+    try:
+        return await serve()
+    except asyncio.CancelledError:
+        raise_if_operator_cancel(request, entry)
+        raise
+    finally:
+        rt.inflight.remove(entry)
+        if release is not None:
+            release()
+        publish_inflight(rt, model_id)
+
+
+async def take_lease(scheduler: Scheduler, model_id: str, refuse_start: str | None = None) -> Lease:
+    """A lease on ``model_id``: made ready first, or with ``refuse_start`` (why), only if it is
+    ready already (409 otherwise: nothing is started or swapped)."""
+    if refuse_start is None:
+        return await scheduler.acquire(model_id)
+    lease = scheduler.acquire_ready(model_id)
+    if lease is None:
+        raise Conflict(f"model '{model_id}' is not loaded; {refuse_start}")
+    return lease
+
+
+async def leased_forward(request: web.Request, model_id: str, spec: ModelConfig, *,
+                         release: Callable[[], None] | None = None, refuse_start: str | None = None,
+                         **kwargs: Any) -> web.StreamResponse:
+    """:func:`observed_forward` under a lease on ``model_id`` (the scheduler makes it ready first),
+    :func:`tracked`. With ``refuse_start`` (why), a model that is not ready is not started: 409.
 
     The lease is taken and released inline rather than through a context manager:
     this runs for every request, and generator-based context managers cost more
     than the lease itself.
     """
     rt = runtime(request)
-    request[MODEL_KEY] = model_id
-    try:
-        lease = await rt.scheduler.acquire(model_id)
+
+    async def serve() -> web.StreamResponse:
+        lease = await take_lease(rt.scheduler, model_id, refuse_start)
         try:
             publish_inflight(rt, model_id)
             return await observed_forward(request, spec, **kwargs)
         finally:
             lease.release()
-    finally:
-        publish_inflight(rt, model_id)
+
+    return await tracked(request, model_id, serve, release)
 
 
 async def observed_forward(request: web.Request, spec: ModelConfig, **kwargs: Any) -> web.StreamResponse:

@@ -1,87 +1,111 @@
-"""Inference routes: OpenAI's and llama-server's native ones, and the model list.
+"""Inference routes: OpenAI's, llama-server's native ones, and llama-swap's extra paths.
 
-Each handler finds the model a request names (:mod:`swapproxy.routing`) and
-hands the request to :func:`~swapproxy.web.forward.leased_forward`, which
-leases the model (the scheduler makes it ready) and streams the request
-through. The lease is held until the last response byte is written, so a swap
-never cuts a request. The config is read from the runtime on every request,
-so a reload applies to the next one.
+Each handler finds the model a request names (:mod:`swapproxy.web.naming`:
+the active profile, selectors, aliases) and hands the request to
+:func:`~swapproxy.web.forward.leased_forward`, which leases the model (the
+scheduler makes it ready) and streams the request through. The lease is held
+until the last response byte is written, so a swap never cuts a request. The
+config is read from the runtime on every request, so a reload applies to the
+next one.
+
+Routes are fixed lists, as llama-swap's are (plus any ``POST /v1/...``): every
+path llama-server serves, with and without ``/v1``; llama-swap's versionless
+``/v/...`` and ``/audioapi/...`` (their prefix is stripped upstream), the image
+and audio backends' ``/sdapi/v1/...``; ``GET`` routes named by ``?model=``; and
+``POST /slots/{id}``, ``/props``, ``/lora-adapters``, whose bodies name no model.
+The model list is in :mod:`.catalogue`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
-from ..config import ModelConfig
 from ..errors import BadRequest, NotFound
-from ..routing import model_from_json, multipart_boundary, parse_json_body, resolve_model, rewrite_body
-from ..scheduler import Scheduler
+from ..routing import Route, model_from_json, multipart_boundary, parse_json_body, rewrite_body
 from ..states import ProcessState
 from .forward import leased_forward
 from .loading import stream_with_loading_state
+from .naming import Release, route_request
 from .openapi import api
 from .proxy import request_headers
-from .runtime import Tier, register, runtime
+from .runtime import Runtime, Tier, register, runtime
 from .spool import spool_body
 
-__all__ = ["add_routes", "OPENAI_POST", "NATIVE_POST", "NATIVE_GET"]
+__all__ = ["add_routes", "add_catch_all", "OPENAI_POST", "NATIVE_POST", "NATIVE_GET", "NATIVE_BODY_POST",
+           "PREFIXED_POST"]
 
-#: llama-server's own POST routes (outside /v1/) that name a model in their JSON body.
+#: llama-server's own POST routes outside /v1/ whose JSON body (or multipart form) names a model.
 NATIVE_POST = frozenset(
-    {"/completion", "/completions", "/chat/completions", "/infill", "/rerank", "/reranking", "/embedding",
-     "/embeddings", "/tokenize", "/detokenize", "/apply-template"}
+    {"/completion", "/completions", "/chat/completions", "/responses", "/infill", "/rerank", "/reranking",
+     "/embedding", "/embeddings", "/tokenize", "/detokenize", "/apply-template", "/chat/completions/input_tokens",
+     "/responses/input_tokens", "/audio/transcriptions", "/sdapi/v1/txt2img", "/sdapi/v1/img2img"}
 )
-#: llama-server's own GET routes, routed by ``?model=``.
-NATIVE_GET = frozenset({"/props", "/slots", "/lora-adapters"})
+#: GET routes, routed by ``?model=`` (else the default model, or the one running model).
+NATIVE_GET = frozenset({"/props", "/slots", "/lora-adapters", "/v1/audio/voices", "/sdapi/v1/loras"})
+#: llama-server's POST routes whose body names no model (or is not an object): routed like NATIVE_GET.
+NATIVE_BODY_POST = ("/props", "/lora-adapters", "/slots/{slot}")
+#: llama-swap's prefixed routes: the prefix is stripped before the request goes upstream.
+PREFIXED_POST = {
+    **{f"/v{path}": len("/v") for path in ("/chat/completions", "/responses", "/completions", "/messages",
+                                           "/messages/count_tokens", "/embeddings", "/rerank", "/reranking")},
+    "/audioapi/v1/tasks/run": len("/audioapi"),
+}
 #: OpenAI routes registered by name (any other POST /v1/... reaches the catch-all), so that
 #: they are in /openapi.json and label their own metrics.
 OPENAI_POST = (
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/rerank", "/v1/messages",
-    "/v1/audio/speech", "/v1/audio/transcriptions", "/v1/images/generations", "/v1/images/edits",
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/rerank", "/v1/reranking",
+    "/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions/input_tokens", "/v1/responses/input_tokens",
+    "/v1/audio/speech", "/v1/audio/voices", "/v1/audio/transcriptions", "/v1/images/generations", "/v1/images/edits",
 )
-_POST_ONLY = frozenset({*OPENAI_POST, *NATIVE_POST})
+_POST_ONLY = frozenset({*OPENAI_POST, *NATIVE_POST, *PREFIXED_POST})
 
 
 @api(tag="inference", methods=["post"], body={"model": "my-model", "messages": [{"role": "user", "content": "hi"}]})
 async def inference(request: web.Request) -> web.StreamResponse:
     """Inference: proxied to the model the JSON body (or multipart form) names, started if needed.
 
-    Any POST under /v1/ and llama-server's native POST routes; the response streams back as
-    the upstream sends it (SSE included).
+    Any POST under /v1/, llama-server's native POST routes and llama-swap's /v/... and
+    /audioapi/... (prefix stripped); the response streams back as the upstream sends it (SSE
+    included). A profile's pin, a selector and setParamsByID apply to the name.
     """
     path = request.path
     if request.method != "POST":
         if path in _POST_ONLY:
             raise web.HTTPMethodNotAllowed(request.method, ["POST"])
         raise NotFound(f"no route for {request.method} {path}")
-    if not (path.startswith("/v1/") or path in NATIVE_POST):
+    if not (path.startswith("/v1/") or path in NATIVE_POST or path in PREFIXED_POST):
         raise NotFound(f"no route for {request.method} {path}")
+    path_qs = request.raw_path[PREFIXED_POST[path]:] if path in PREFIXED_POST else None
     if request.content_type.startswith("multipart/"):
-        return await _multipart(request)
-    scheduler = runtime(request).scheduler
-    config = scheduler.config
+        return await _multipart(request, path_qs)
+    rt = runtime(request)
     raw = await request.read()
     obj = parse_json_body(raw)
-    model_id = resolve_model(config, model_from_json(obj) or request.query.get("model"))
-    spec = config.models[model_id]
-    body = rewrite_body(obj, spec) or raw
-    if (
-        spec.send_loading_state
-        and obj.get("stream") is True
-        and path.endswith("chat/completions")
-        and scheduler.slot(model_id).process.state is not ProcessState.READY
-    ):
-        return await stream_with_loading_state(request, spec, body, obj.get("model") or model_id)
-    return await leased_forward(request, model_id, spec, body=body)
+    found, release = route_request(rt, model_from_json(obj) or request.query.get("model"))
+    try:
+        spec = rt.config.models[found.model_id]
+        body = rewrite_body(obj, spec, found.name, found.renamed) or raw
+        if (
+            spec.send_loading_state
+            and obj.get("stream") is True
+            and path.endswith("chat/completions")
+            and path_qs is None
+            and rt.scheduler.slot(found.model_id).process.state is not ProcessState.READY
+        ):
+            shown = found.name or found.model_id
+            return await stream_with_loading_state(request, spec, body, shown, release=release)
+    except BaseException:
+        if release is not None:
+            release()
+        raise
+    return await leased_forward(request, found.model_id, spec, body=body, path_qs=path_qs, release=release)
 
 
-async def _multipart(request: web.Request) -> web.StreamResponse:
+async def _multipart(request: web.Request, path_qs: str | None) -> web.StreamResponse:
     """Multipart uploads (audio transcriptions, image edits): route by the ``model`` form field.
 
-    The upload is spooled (memory up to 1 MiB, then a temp file) so the model
-    field can be found wherever it sits, and streamed on from there.
+    The upload is spooled (memory up to 1 MiB, then a temp file) so the model field can be
+    found wherever it sits, and streamed on from there, unchanged.
     """
     rt = runtime(request)
     boundary = multipart_boundary(request.headers.get("Content-Type", ""))
@@ -89,85 +113,65 @@ async def _multipart(request: web.Request) -> web.StreamResponse:
         raise BadRequest("multipart request without a boundary")
     spool = await spool_body(request, rt.max_body)
     try:
-        config = rt.config
-        model_id = resolve_model(config, spool.find_model(boundary) or request.query.get("model"))
         headers = request_headers(request)
         headers["Content-Length"] = str(spool.size)
-        return await leased_forward(request, model_id, config.models[model_id], body=spool.chunks(), headers=headers)
+        found, release = route_request(rt, spool.find_model(boundary) or request.query.get("model"))
+        return await leased_forward(request, found.model_id, rt.config.models[found.model_id], body=spool.chunks(),
+                                    headers=headers, path_qs=path_qs, release=release)
     finally:
         spool.close()
+
+
+def _by_query(rt: Runtime, requested: str | None) -> tuple[Route, Release]:
+    """``?model=`` (else the default model, else the one running model) through profiles and selectors."""
+    if requested is None and rt.config.default_model is None:
+        running = rt.scheduler.running()
+        if len(running) == 1:
+            requested = running[0]
+    return route_request(rt, requested)
+
+
+async def _forward_by_query(request: web.Request, requested: str | None, **kwargs: object) -> web.StreamResponse:
+    rt = runtime(request)
+    found, release = _by_query(rt, requested)
+    path_qs = None
+    if found.renamed and "model" in request.query:  # the pinned or chosen name goes upstream
+        path_qs = str(request.rel_url.update_query(model=found.name))
+    return await leased_forward(request, found.model_id, rt.config.models[found.model_id], path_qs=path_qs,
+                                release=release, **kwargs)
 
 
 @api(tag="inference", query=[("model", "the model to ask (default: defaultModel, or the one running model)")])
 async def native_get(request: web.Request) -> web.StreamResponse:
     """llama-server's native GET routes, routed by ?model= (else the default or the one running model)."""
-    scheduler = runtime(request).scheduler
-    config = scheduler.config
-    requested = request.query.get("model")
-    if requested is None and config.default_model is None:
-        running = scheduler.running()
-        if len(running) == 1:
-            requested = running[0]
-    model_id = resolve_model(config, requested)
-    return await leased_forward(request, model_id, config.models[model_id])
+    return await _forward_by_query(request, request.query.get("model"))
 
 
-# -- model list ----------------------------------------------------------------------------
-_STATUS_VALUE = {
-    ProcessState.READY: "loaded",
-    ProcessState.STARTING: "loading",
-}
+@api(tag="inference", query=[("model", "the model to ask (default: the body's model, defaultModel, or the one "
+                                        "running model)")])
+async def native_body_post(request: web.Request) -> web.StreamResponse:
+    """llama-server's POST /slots/{id}?action=save|restore|erase, /props and /lora-adapters.
 
-
-def _model_entry(scheduler: Scheduler, spec: ModelConfig, shown_id: str, created: int) -> dict[str, Any]:
-    proc = scheduler.slot(spec.id).process
-    # llama.cpp's router lists each model's args here; ours would show the whole command line to
-    # any inference client, upstream keys and all, so only the program's name is given.
-    status: dict[str, Any] = {"value": _STATUS_VALUE.get(proc.state, "unloaded"), "args": list(spec.cmd[:1])}
-    if proc.state is ProcessState.FAILED:
-        status["failed"] = True
-        if proc.exit_code is not None:
-            status["exit_code"] = proc.exit_code
-    entry: dict[str, Any] = {"id": shown_id, "object": "model", "created": created, "owned_by": "swapproxy"}
-    for key in ("name", "description"):
-        value = getattr(spec, key)
-        if value:
-            entry[key] = value
-    if spec.metadata:
-        entry["meta"] = dict(spec.metadata)
-    if spec.capabilities:
-        entry["capabilities"] = dict(spec.capabilities)
-    entry["status"] = status
-    return entry
-
-
-@api(tag="models")
-async def list_models(request: web.Request) -> web.Response:
-    """Every listed model, OpenAI's shape plus llama.cpp router mode's status object.
-
-    status.value is loaded, loading or unloaded; after a failed start also failed: true
-    and exit_code.
+    Their bodies name no model: ?model= does (else a "model" in a JSON object body, else the
+    default or the one running model). The body goes upstream unchanged.
     """
-    rt = runtime(request)
-    scheduler = rt.scheduler
-    config = scheduler.config
-    created = int(rt.started)
-    data = []
-    for spec in config.models.values():
-        if spec.unlisted:
-            continue
-        data.append(_model_entry(scheduler, spec, spec.id, created))
-        if config.include_aliases_in_list:
-            data.extend(_model_entry(scheduler, spec, alias, created) for alias in spec.aliases)
-    return web.json_response({"object": "list", "data": data})
+    raw = await request.read()
+    requested = request.query.get("model")
+    if requested is None and raw and request.content_type == "application/json":
+        try:
+            obj = parse_json_body(raw)
+        except BadRequest:
+            obj = {}
+        requested = model_from_json(obj)
+    return await _forward_by_query(request, requested, body=raw or None)
 
 
 def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
     """Register the inference routes (named ones; the catch-all comes last, see :func:`add_catch_all`)."""
     register(app, tiers, Tier.INFERENCE, [
-        ("GET", "/v1/models", list_models), ("GET", "/models", list_models),
-        *(("POST", path, inference) for path in (*OPENAI_POST, *sorted(NATIVE_POST))),
+        *(("POST", path, inference) for path in (*OPENAI_POST, *sorted(NATIVE_POST), *PREFIXED_POST)),
         *(("GET", path, native_get) for path in sorted(NATIVE_GET)),
+        *(("POST", path, native_body_post) for path in NATIVE_BODY_POST),
     ])
 
 

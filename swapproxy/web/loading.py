@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -17,8 +18,8 @@ from ..config import ModelConfig
 from ..errors import SwapProxyError
 from ..scheduler import Lease
 from . import sse
-from .forward import observed_forward
-from .runtime import MODEL_KEY, runtime
+from .forward import observed_forward, tracked
+from .runtime import RESPONDING_KEY, runtime
 
 __all__ = ["stream_with_loading_state"]
 
@@ -37,18 +38,24 @@ def _chunk(model: str, text: str) -> bytes:
 
 
 async def stream_with_loading_state(
-    request: web.Request, spec: ModelConfig, body: bytes, shown_model: str
+    request: web.Request, spec: ModelConfig, body: bytes, shown_model: str, *, release: Callable[[], None] | None = None
 ) -> web.StreamResponse:
-    """Answer 200 SSE at once, report loading progress, then relay the upstream's own stream."""
+    """Answer 200 SSE at once, report loading progress, then relay the upstream's own stream
+    (a request in flight from the start, see :func:`~swapproxy.web.forward.tracked`)."""
+    return await tracked(request, spec.id, lambda: _loading_then_relay(request, spec, body, shown_model), release)
+
+
+async def _loading_then_relay(request: web.Request, spec: ModelConfig, body: bytes,
+                              shown_model: str) -> web.StreamResponse:
     scheduler = runtime(request).scheduler
     resp = web.StreamResponse(status=200, headers=sse.HEADERS)
+    request[RESPONDING_KEY] = True
     await resp.prepare(request)
     loop = asyncio.get_running_loop()
     began = loop.time()
     evicting = scheduler.evictions_for(spec.id)
     plan = (f"stopping {', '.join(evicting)}; " if evicting else "") + f"starting {spec.id}\n"
     await resp.write(_chunk(shown_model, plan))
-    request[MODEL_KEY] = spec.id
     acquire = asyncio.ensure_future(scheduler.acquire(spec.id))
     lease: Lease | None = None
     try:

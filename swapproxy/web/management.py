@@ -48,7 +48,10 @@ _UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css"
 
 @api(tag="health")
 async def health(request: web.Request) -> web.Response:
-    """Health of swapproxy and of each running model (never needs an API key)."""
+    """Health of swapproxy and of each running model (never needs an API key).
+
+    Also at llama-server's /v1/health and llama-swap's /wol-health (its wake-on-LAN proxy's probe).
+    """
     scheduler = runtime(request).scheduler
     models = {
         mid: {"status": "running", "pid": slot.process.pid}
@@ -221,10 +224,11 @@ async def ui_asset(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
-    """Register the management routes (management tier, but /health and /health/liveness, which are open)."""
+    """Register the management routes (management tier, but the health routes, which are open)."""
     register(app, tiers, Tier.MANAGEMENT, [
         ("GET", "/", root), ("GET", "/ui", ui), ("GET", "/ui/{name}", ui_asset),
         ("GET", "/health", health), ("GET", "/health/liveness", liveness), ("GET", "/running", running),
+        ("GET", "/v1/health", health), ("GET", "/wol-health", health),
         ("GET", "/unload", unload_all), ("POST", "/api/models/unload", unload_all),
         ("POST", "/api/models/unload/{model:.+}", unload_one),
         ("POST", "/models/load", models_load), ("POST", "/models/unload", models_unload),

@@ -32,7 +32,7 @@ __all__ = ["MIDDLEWARES", "use_expect_handler"]
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_OPEN_PATHS = frozenset({"/health", "/health/liveness"})
+_OPEN_PATHS = frozenset({"/health", "/health/liveness", "/v1/health", "/wol-health"})
 _BROWSER_PATHS = ("/ui", "/swagger")  # a 401 here asks the browser for credentials (Basic)
 
 

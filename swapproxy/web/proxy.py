@@ -30,6 +30,7 @@ from yarl import URL
 from ..config import ModelConfig
 from ..errors import BadRequest, UpstreamTimeout, UpstreamUnreachable
 from . import sse
+from .runtime import RESPONDING_KEY
 
 __all__ = ["make_client_session", "open_upstream", "relay", "forward", "drop_client", "HOP_BY_HOP", "Outgoing"]
 
@@ -346,6 +347,7 @@ async def forward(
                                       headers=response_headers(upstream))
             if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
                 resp.content_length = upstream.content_length
+            request[RESPONDING_KEY] = True
             await resp.prepare(request)
             is_sse = upstream.content_type == "text/event-stream"
         cut = await relay(upstream, resp, is_sse=is_sse, on_chunk=on_chunk, idle=spec.response_idle_timeout)

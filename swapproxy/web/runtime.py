@@ -21,14 +21,16 @@ from aiohttp import web
 from ..background import Background
 from ..config import Config
 from ..events import EventBus
+from ..inflight import InflightRequests
 from ..logs import LogBuffer
 from ..memory import MemoryModel
 from ..metrics import Metrics
 from ..reload import ReloadState
 from ..scheduler import Scheduler
+from ..selectors import SelectorState
 
-__all__ = ["Runtime", "Tier", "RUNTIME", "MODEL_KEY", "START_KEY", "RouteTable", "runtime", "route_label", "tag",
-           "register"]
+__all__ = ["Runtime", "Tier", "RUNTIME", "MODEL_KEY", "START_KEY", "RESPONDING_KEY", "RouteTable", "runtime",
+           "route_label", "tag", "register"]
 
 
 class Tier(enum.Enum):
@@ -54,6 +56,9 @@ class Runtime:
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # set at shutdown: long streams end
     started: float = field(default_factory=time.time)
     tiers: dict[web.AbstractResource, Tier] = field(default_factory=dict)  # by route: which keys open it
+    inflight: InflightRequests = field(default_factory=InflightRequests)  # every proxied request, to list or cut
+    selectors: SelectorState = field(default_factory=SelectorState)  # spillover turns and reservations
+    active_profile: str | None = None  # at most one; none at start (never persisted, as in llama-swap)
     _scheduler: Scheduler | None = None
     _session: aiohttp.ClientSession | None = None
     _memory: MemoryModel | None = None
@@ -82,16 +87,25 @@ class Runtime:
         """The config in force now (after reloads)."""
         return self._scheduler.config if self._scheduler is not None else self.initial_config
 
+    @property
+    def profile(self) -> str | None:
+        """The active profile, if the config in force still has it (a reload may remove it)."""
+        active = self.active_profile
+        return active if active is not None and active in self.config.profiles else None
+
 
 RUNTIME = web.AppKey("runtime", Runtime)
 
-#: request keys: the model a handler resolved (the metrics' model label), when the request arrived
+#: request keys: the model a handler resolved (the metrics' model label), when the request arrived,
+#: whether a response to it has begun (headers prepared: an error envelope can no longer be sent)
 if hasattr(web, "RequestKey"):  # aiohttp >= 3.13: typed request storage
     MODEL_KEY: Any = web.RequestKey("swapproxy_model", str)
     START_KEY: Any = web.RequestKey("swapproxy_started", float)
+    RESPONDING_KEY: Any = web.RequestKey("swapproxy_responding", bool)
 else:  # pragma: no cover - older aiohttp
     MODEL_KEY = "swapproxy.model"
     START_KEY = "swapproxy.started"
+    RESPONDING_KEY = "swapproxy.responding"
 
 
 def runtime(request: web.Request) -> Runtime:

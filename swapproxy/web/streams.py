@@ -127,7 +127,8 @@ async def logs_stream(request: web.Request) -> web.StreamResponse:
 async def api_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events for UIs: a snapshot first, then state changes, log lines, in-flight counts.
 
-    Every event is one `data:` JSON object whose "type" is snapshot, state, log, inflight or swap.
+    Every event is one `data:` JSON object whose "type" is snapshot, state, log, inflight, swap,
+    request (a request in flight starts or ends) or profile (the active profile changed).
     """
     rt = runtime(request)
     try:
@@ -151,6 +152,9 @@ async def api_events(request: web.Request) -> web.StreamResponse:
             "devices": rt.memory.devices_json([slot.process.spec for slot in scheduler.slots.values()
                                                if slot.process.state in (ProcessState.STARTING, ProcessState.READY)]),
             "logs": log_tails,
+            "profiles": sorted(rt.config.profiles),
+            "profile": rt.profile,
+            "requests": [entry.as_json() for entry in rt.inflight.list()],
         }
         resp = await _open_stream(request, sse.HEADERS)
         await resp.write(sse.event(snapshot))

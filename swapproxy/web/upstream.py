@@ -2,8 +2,14 @@
 
 * ``/upstream/{model}/{path}`` (any method): raw passthrough to that model's
   server (started if needed), the prefix stripped and the path's encoding kept;
+  the active profile's pins apply to ``{model}`` (selectors and filters do not,
+  as in llama-swap). A path matching ``upstream.ignorePaths`` never starts or
+  swaps the model: 409 while it is not ready. WebSocket upgrades pass through
+  (:mod:`.websocket`);
 * ``GET /upstream/{model}/load``: start it and answer once it is ready;
-* ``DELETE /upstream/{model}``: stop it.
+* ``DELETE /upstream/{model}``: stop it;
+* ``/comfyui/{path}``: llama-swap's passthrough to the model ``comfyui_auto``;
+  only ``/comfyui/`` itself may start it; ``GET /upstream`` leads to the UI.
 
 A load or unload path below a model name that is not exactly a model
 (``DELETE /upstream/m/x``) is a passthrough of that path instead.
@@ -16,12 +22,13 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from ..config import Config
-from ..errors import BadRequest, ModelNotFound
-from .forward import leased_forward, publish_inflight
+from ..config import COMFYUI_MODEL, Config
+from ..errors import BadRequest, ModelDisabled, ModelNotFound, NotFound
+from .forward import leased_forward, publish_inflight, take_lease, tracked
 from .openapi import api
 from .runtime import Tier, register, runtime
 from .spool import spool_body, too_large
+from .websocket import is_websocket_upgrade, relay_websocket, unleased_websocket
 
 __all__ = ["add_routes", "upstream_passthrough", "FORCE_QUERY", "force_param"]
 
@@ -37,16 +44,21 @@ def force_param(request: web.Request) -> bool:
     return value in _TRUE
 
 
-def _model_for_path(config: Config, tail: str) -> tuple[str, str]:
-    """Split ``/upstream/<model>/<rest>``'s tail into (model id, rest), longest name first."""
+def _model_for_path(config: Config, tail: str, profile: str | None = None) -> tuple[str, str]:
+    """Split ``/upstream/<model>/<rest>``'s tail into (model id, rest), longest name first (a pin
+    of the ``profile`` among the names)."""
     decoded = unquote(tail)
+    pins = config.profiles[profile].pins if profile in config.profiles else {}
     names = sorted(
-        [*config.models, *(a for spec in config.models.values() for a in spec.aliases)], key=len, reverse=True
+        [*config.models, *(a for spec in config.models.values() for a in spec.aliases), *pins], key=len, reverse=True
     )
     for name in names:
         if decoded == name or decoded.startswith(name + "/"):
-            model_id = config.resolve(name)
-            assert model_id is not None
+            if name in pins and not pins[name]:
+                raise ModelDisabled(name, str(profile))
+            model_id = config.resolve(pins.get(name, name))
+            if model_id is None:  # a pin naming a selector: selectors do not apply here (llama-swap's rule)
+                raise ModelNotFound(name)
             # Find the same boundary in the raw (still encoded) tail.
             depth = name.count("/") + 1
             raw_rest = "/".join(tail.split("/")[depth:])
@@ -62,14 +74,34 @@ async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
     (/upstream/{model}/slots) and llama-server's own web page.
     """
     rt = runtime(request)
-    config = rt.config
     raw = request.raw_path.split("?", 1)
-    tail = raw[0][len("/upstream/") :]
-    model_id, rest = _model_for_path(config, tail)
+    model_id, rest = _model_for_path(rt.config, raw[0][len("/upstream/") :], rt.profile)
+    ignored = next((p for p in rt.config.upstream_ignore_paths if p.search("/" + unquote(rest))), None)
+    refusal = f"path matches upstream.ignorePaths ({ignored.pattern})" if ignored is not None else None
+    return await _passthrough(request, model_id, rest, raw[1] if len(raw) > 1 else None, refusal)
+
+
+async def _passthrough(request: web.Request, model_id: str, rest: str, query: str | None,
+                       refuse_start: str | None) -> web.StreamResponse:
+    """Forward the request to ``/<rest>?<query>`` on ``model_id``'s server; with ``refuse_start``
+    (why), only while it is ready (409 otherwise). A WebSocket upgrade is relayed."""
+    rt = runtime(request)
     if any(seg in ("..", ".") for seg in unquote(rest).split("/")):
         raise BadRequest("path segments '.' and '..' are not allowed in /upstream/ paths")
-    path_qs = "/" + rest + (("?" + raw[1]) if len(raw) > 1 else "")
-    spec = config.models[model_id]
+    path_qs = "/" + rest + (("?" + query) if query is not None else "")
+    spec = rt.config.models[model_id]
+    if is_websocket_upgrade(request):
+        if spec.ignore_websockets:
+            return await unleased_websocket(request, spec, path_qs)
+
+        async def relay() -> web.StreamResponse:
+            lease = await take_lease(rt.scheduler, model_id, refuse_start)
+            try:
+                return await relay_websocket(request, spec, path_qs)
+            finally:
+                lease.release()
+
+        return await tracked(request, model_id, relay)
     limit = rt.max_body
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit)
@@ -80,10 +112,39 @@ async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
     else:  # chunked, length unknown: spool it so the limit holds before anything goes upstream
         spool = await spool_body(request, limit)
         try:
-            return await leased_forward(request, model_id, spec, path_qs=path_qs, body=spool.chunks())
+            return await leased_forward(request, model_id, spec, path_qs=path_qs, body=spool.chunks(),
+                                        refuse_start=refuse_start)
         finally:
             spool.close()
-    return await leased_forward(request, model_id, spec, path_qs=path_qs, body=body)
+    return await leased_forward(request, model_id, spec, path_qs=path_qs, body=body, refuse_start=refuse_start)
+
+
+@api(tag="inference")
+async def comfyui(request: web.Request) -> web.StreamResponse:
+    """llama-swap's ComfyUI passthrough: /comfyui/{path} goes to the model comfyui_auto.
+
+    Only /comfyui/ itself may start it (409 for any other path while it is not ready); its
+    WebSockets never start it nor count as requests (compat.ignoreWebsockets).
+    """
+    if COMFYUI_MODEL not in runtime(request).config.models:
+        raise NotFound(f"local model {COMFYUI_MODEL} not found")
+    raw = request.raw_path.split("?", 1)
+    rest = raw[0][len("/comfyui/"):]
+    refusal = None if rest == "" else "only /comfyui/ can start it"
+    return await _passthrough(request, COMFYUI_MODEL, rest, raw[1] if len(raw) > 1 else None, refusal)
+
+
+@api(tag="inference")
+async def comfyui_redirect(request: web.Request) -> web.StreamResponse:
+    """/comfyui → /comfyui/ (the query kept): 301 for GET and HEAD, 308 for other methods."""
+    target = "/comfyui/" + (f"?{request.query_string}" if request.query_string else "")
+    raise (web.HTTPMovedPermanently if request.method in ("GET", "HEAD") else web.HTTPPermanentRedirect)(target)
+
+
+@api(tag="ui")
+async def upstream_index(request: web.Request) -> web.StreamResponse:
+    """Redirects to the UI, which lists the models (llama-swap's GET /upstream)."""
+    raise web.HTTPFound("/ui")
 
 
 def _exact_model(request: web.Request) -> str | None:
@@ -123,5 +184,7 @@ async def upstream_load(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
     """Register the family: load and unload (management tier) before the passthrough (inference tier)."""
     register(app, tiers, Tier.MANAGEMENT, [("GET", "/upstream/{model:.+}/load", upstream_load),
-                                           ("DELETE", "/upstream/{model:.+}", upstream_unload)])
-    register(app, tiers, Tier.INFERENCE, [("*", "/upstream/{tail:.+}", upstream_passthrough)])
+                                           ("DELETE", "/upstream/{model:.+}", upstream_unload),
+                                           ("GET", "/upstream", upstream_index)])
+    register(app, tiers, Tier.INFERENCE, [("*", "/upstream/{tail:.+}", upstream_passthrough),
+                                          ("*", "/comfyui", comfyui_redirect), ("*", "/comfyui/{tail:.*}", comfyui)])

@@ -141,3 +141,12 @@ def test_share_default_group_lets_models_in_no_group_run_together() -> None:
     group = shared.group_of("a")
     assert group.name == DEFAULT_GROUP and not group.swap and not group.exclusive
     assert parse(MODELS).group_of("a").swap
+
+
+def test_spillover_targets_under_the_matrix_must_share_one_combination() -> None:
+    matrix = "routing: {router: {use: matrix, settings: {matrix: {sets: {pair: 'a & b', solo: c}}}}}\n"
+    config = parse(MODELS + matrix + "selectors: {pool: {strategy: spillover, targets: [a, b]}}\n")
+    assert config.selectors["pool"].targets == ("a", "b")
+    found = problems(MODELS + matrix + "selectors: {pool: {strategy: spillover, targets: [a, c]}}\n")
+    assert [p.key_path for p in found] == ["selectors.pool.targets"]
+    assert "one combination of one matrix set" in found[0].message

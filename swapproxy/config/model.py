@@ -109,6 +109,9 @@ class Config:
     breaker_failures: int = 3  # start failures within breaker_window that open the breaker; 0 = off
     breaker_window: float = 60.0
     state_dir: str | None = None  # where pid records live; None = no records
+    cors_origins: tuple[str, ...] = ("localhost",)  # swapproxy: "localhost", "*" or exact origins (browser.py)
+    allowed_hosts: tuple[str, ...] = ()  # swapproxy: Host names accepted besides the built-in ones (browser.py)
+    env_secrets: tuple[str, ...] = ()  # values of ${env.X} whose X names a secret: redacted where shown
     models: Mapping[str, ModelConfig]
     notices: tuple[str, ...] = ()
     _alias_index: Mapping[str, str] = field(init=False, repr=False, compare=False)

@@ -1,8 +1,9 @@
 """Resolution: a validated :class:`~.schema.RawConfig` becomes the frozen :class:`~.model.Config`.
 
 The top-level settings are read here, and each section is resolved by its own module:
-:mod:`.macros` (the global ``macros``), :mod:`.resolve_groups` (swap groups) and
-:mod:`.resolve_models` (each ``models.<id>``, in config order since ``${PORT}`` follows it).
+:mod:`.macros` (the global ``macros``), :mod:`.resolve_groups` (swap groups), :mod:`.resolve_browser`
+(``corsOrigins``, ``allowedHosts``) and :mod:`.resolve_models` (each ``models.<id>``, in config
+order since ``${PORT}`` follows it).
 Then the names that refer to models are cross-checked: aliases, group members, ``preload``
 and ``defaultModel``. A new top-level section gets its own ``resolve_<section>.py`` and one
 call here.
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from .macros import _expand_macros, _macro_defs
 from .model import DEFAULT_GROUP, Config, ModelConfig
 from .problems import _Report
+from .resolve_browser import _allowed_hosts, _cors_origins
 from .resolve_groups import _resolve_groups
 from .resolve_models import _resolve_model
 from .schema import RawConfig, RawModel
@@ -76,6 +78,7 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
         for i, key in enumerate(getattr(raw, field_name)):
             if not key or any(c.isspace() for c in key):
                 report.problem((field_name, i), "an API key must be non-empty, without whitespace")
+    cors_origins, allowed_hosts = _cors_origins(report, raw), _allowed_hosts(report, raw)
     if report.problems:
         return None
     notices = sorted(dict.fromkeys(report.notices), key=lambda p: p.line)
@@ -89,7 +92,7 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
         groups=tuple(groups), default_model=default_model,
         max_request_body_mb=raw.maxRequestBodyMB, models=models,
         breaker_failures=raw.circuitBreaker.failures, breaker_window=raw.circuitBreaker.window,
-        state_dir=_state_dir(environ, raw.stateDir),
+        state_dir=_state_dir(environ, raw.stateDir), cors_origins=cors_origins, allowed_hosts=allowed_hosts,
         notices=tuple(str(n) for n in notices))
 
 

@@ -38,6 +38,7 @@ from ..statefile import RunRecord, reap_leftovers
 from ..states import ProcessState
 from ..status import model_status
 from . import inference, management, streams, upstream
+from .browser import add_cors_headers
 from .middleware import MIDDLEWARES, use_expect_handler
 from .proxy import make_client_session
 from .runtime import RUNTIME, Runtime
@@ -168,11 +169,12 @@ def make_app(config: Config) -> web.Application:
     app.cleanup_ctx.extend([resources.session, resources.leftovers, resources.guardian, resources.pid_record,
                             resources.log_handler, resources.scheduler, resources.preload])
     app.on_shutdown.append(_on_shutdown)
+    app.on_response_prepare.append(add_cors_headers)
     # Specific routes first: the /upstream/ passthrough and the inference catch-all come last.
-    management.add_routes(app, rt.tiers)
-    streams.add_routes(app, rt.tiers)
-    upstream.add_routes(app, rt.tiers)
-    inference.add_routes(app, rt.tiers)
-    inference.add_catch_all(app, rt.tiers)
+    management.add_routes(app, rt.tags)
+    streams.add_routes(app, rt.tags)
+    upstream.add_routes(app, rt.tags)
+    inference.add_routes(app, rt.tags)
+    inference.add_catch_all(app, rt.tags)
     use_expect_handler(app)
     return app

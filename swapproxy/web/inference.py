@@ -23,7 +23,7 @@ from .forward import leased_forward
 from .loading import stream_with_loading_state
 from .openapi import api
 from .proxy import request_headers
-from .runtime import Tier, register, runtime
+from .runtime import Kind, RouteTag, Tier, register, runtime
 from .spool import spool_body
 
 __all__ = ["add_routes", "OPENAI_POST", "NATIVE_POST", "NATIVE_GET"]
@@ -162,15 +162,18 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
-def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
-    """Register the inference routes (named ones; the catch-all comes last, see :func:`add_catch_all`)."""
-    register(app, tiers, Tier.INFERENCE, [
-        ("GET", "/v1/models", list_models), ("GET", "/models", list_models),
-        *(("POST", path, inference) for path in (*OPENAI_POST, *sorted(NATIVE_POST))),
-        *(("GET", path, native_get) for path in sorted(NATIVE_GET)),
+def add_routes(app: web.Application, tags: dict[web.AbstractRoute, RouteTag]) -> None:
+    """Register the inference routes (named ones; the catch-all comes last, see :func:`add_catch_all`).
+
+    The native GETs start the model they name: they act, like the POSTs.
+    """
+    register(app, tags, Tier.INFERENCE, [
+        ("GET", "/v1/models", list_models, Kind.READ), ("GET", "/models", list_models, Kind.READ),
+        *(("POST", path, inference, Kind.INFERENCE) for path in (*OPENAI_POST, *sorted(NATIVE_POST))),
+        *(("GET", path, native_get, Kind.INFERENCE) for path in sorted(NATIVE_GET)),
     ])
 
 
-def add_catch_all(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
+def add_catch_all(app: web.Application, tags: dict[web.AbstractRoute, RouteTag]) -> None:
     """Any other POST /v1/... (and a clear 404 or 405 for everything else): registered last."""
-    register(app, tiers, Tier.INFERENCE, [("*", "/{tail:.*}", inference)])
+    register(app, tags, Tier.INFERENCE, [("*", "/{tail:.*}", inference, Kind.INFERENCE)])

@@ -30,7 +30,7 @@ from ..states import ProcessState
 from ..status import all_statuses
 from . import sse
 from .openapi import api
-from .runtime import Tier, register, runtime
+from .runtime import Kind, RouteTag, Tier, register, runtime
 
 __all__ = ["add_routes"]
 
@@ -184,9 +184,10 @@ async def models_sse(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
-    """Register the streaming routes (management tier)."""
-    register(app, tiers, Tier.MANAGEMENT, [
-        ("GET", "/models/sse", models_sse), ("GET", "/logs", logs), ("GET", "/logs/stream", logs_stream),
-        ("GET", "/logs/stream/{source:.+}", logs_stream), ("GET", "/api/events", api_events),
+def add_routes(app: web.Application, tags: dict[web.AbstractRoute, RouteTag]) -> None:
+    """Register the streaming routes (management tier; they only read)."""
+    register(app, tags, Tier.MANAGEMENT, [
+        ("GET", "/models/sse", models_sse, Kind.READ), ("GET", "/logs", logs, Kind.READ),
+        ("GET", "/logs/stream", logs_stream, Kind.READ), ("GET", "/logs/stream/{source:.+}", logs_stream, Kind.READ),
+        ("GET", "/api/events", api_events, Kind.READ),
     ])

@@ -20,7 +20,7 @@ from ..config import Config
 from ..errors import BadRequest, ModelNotFound
 from .forward import leased_forward, publish_inflight
 from .openapi import api
-from .runtime import Tier, register, runtime
+from .runtime import Kind, RouteTag, Tier, register, runtime
 from .spool import spool_body, too_large
 
 __all__ = ["add_routes", "upstream_passthrough", "FORCE_QUERY", "force_param"]
@@ -120,8 +120,14 @@ async def upstream_load(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok", "message": f"{model_id} is ready"})
 
 
-def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
-    """Register the family: load and unload (management tier) before the passthrough (inference tier)."""
-    register(app, tiers, Tier.MANAGEMENT, [("GET", "/upstream/{model:.+}/load", upstream_load),
-                                           ("DELETE", "/upstream/{model:.+}", upstream_unload)])
-    register(app, tiers, Tier.INFERENCE, [("*", "/upstream/{tail:.+}", upstream_passthrough)])
+def add_routes(app: web.Application, tags: dict[web.AbstractRoute, RouteTag]) -> None:
+    """Register the family: load and unload (management tier) before the passthrough (inference tier).
+
+    A load or unload path whose ``{model}`` is not exactly a model is a passthrough, and is
+    tagged as one: inference tier and kind, so inference keys open it and management keys do not.
+    """
+    passthrough = RouteTag(Tier.INFERENCE, Kind.INFERENCE)
+    register(app, tags, Tier.MANAGEMENT, [("GET", "/upstream/{model:.+}/load", upstream_load, Kind.LOAD),
+                                          ("DELETE", "/upstream/{model:.+}", upstream_unload, Kind.LOAD)],
+             below_model=passthrough)
+    register(app, tags, Tier.INFERENCE, [("*", "/upstream/{tail:.+}", upstream_passthrough, Kind.INFERENCE)])

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .config import Config, ConfigError, json_schema, load_config
+from .redact import Redactor
 
 __all__ = ["main"]
 
@@ -59,6 +60,7 @@ def _check(argv: Sequence[str]) -> int:
     if config is None:
         return 2
     print(f"{args.config}: OK, {len(config.models)} model(s), {len(config.groups)} group(s)")
+    shown = Redactor.for_config(config)  # a proxy URL may carry a key
     for spec in config.models.values():
         extras = []
         if spec.aliases:
@@ -67,7 +69,7 @@ def _check(argv: Sequence[str]) -> int:
             extras.append(f"ttl {spec.ttl:g}s")
         if spec.port is not None:
             extras.append(f"port {spec.port}")
-        print(f"  model {spec.id}: {spec.proxy}" + (f" ({'; '.join(extras)})" if extras else ""))
+        print(f"  model {spec.id}: {shown.url(spec.proxy)}" + (f" ({'; '.join(extras)})" if extras else ""))
     for group in config.groups:
         flags = [f for f, on in (("swap", group.swap), ("exclusive", group.exclusive), ("persistent", group.persistent)) if on]
         print(f"  group {group.name} [{', '.join(flags) or 'no swap'}]: {', '.join(group.members)}")

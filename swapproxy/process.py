@@ -28,6 +28,7 @@ from .config import ModelConfig
 from .errors import HealthCheckTimeout, ModelStartFailed, ShuttingDown
 from .health import is_ready_hint, probe_intervals
 from .logs import LogBuffer
+from .redact import Redactor
 from .spawn import check_port_free, child_setup, killpg, run_cmd_stop
 from .states import ProcessState, check_transition
 
@@ -68,6 +69,7 @@ class ManagedProcess:
         session: aiohttp.ClientSession | None = None,
         on_line: LineListener | None = None,
         secrets: Collection[str] = (),
+        redactor: Redactor | None = None,
     ) -> None:
         self.spec = spec
         self.log = log if log is not None else LogBuffer(spec.id)
@@ -77,6 +79,8 @@ class ManagedProcess:
         self._listeners: list[StateListener] = []
         self._on_line = on_line
         self._secrets = frozenset(secrets)
+        # what is shown (the spawning line, its output in the logs) with the config's secrets hidden
+        self._redactor = redactor if redactor is not None else Redactor(self._secrets)
         self.state = ProcessState.STOPPED
         self.state_since = time.time()  # wall time of the last state change
         self.last_error: ModelStartFailed | None = None
@@ -174,7 +178,7 @@ class ManagedProcess:
         env = {k: v for k, v in os.environ.items() if v not in self._secrets}
         env.update(self.spec.env)
         argv = list(self.spec.cmd)
-        logger.info("%s: spawning %s", self.name, " ".join(argv))
+        logger.info("%s: spawning %s", self.name, self._redactor.argv(argv))
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -216,6 +220,8 @@ class ManagedProcess:
 
     def _line(self, raw: bytes) -> None:
         line = raw.rstrip(b"\r").decode("utf-8", errors="replace")
+        if self._redactor:  # an upstream may print its own arguments, keys included
+            line = self._redactor.text(line)
         self.log.append(line)
         if self._on_line is not None:
             self._on_line(self.name, line)

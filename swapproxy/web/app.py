@@ -32,6 +32,7 @@ from ..guardian import Guardian
 from ..logs import BufferHandler
 from ..metrics import Metrics
 from ..process import ManagedProcess, ProcessTracker
+from ..redact import Redactor
 from ..processes import ProcessHub, ProcessLike
 from ..scheduler import Scheduler, StopEvent
 from ..statefile import RunRecord, reap_leftovers
@@ -115,8 +116,9 @@ class _Resources:
 
         def new_process(spec: ModelConfig) -> ManagedProcess:
             # the keys of the config in force when it is made: they stay out of its environment
+            config = rt.config
             return ManagedProcess(spec, trackers=self.trackers, session=rt.session, on_line=on_line,
-                                  secrets=rt.config.all_keys)
+                                  secrets=config.all_keys, redactor=Redactor.for_config(config))
 
         scheduler = Scheduler(rt.initial_config, ProcessHub(new_process), rt.background)
 

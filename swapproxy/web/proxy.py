@@ -29,6 +29,7 @@ from yarl import URL
 
 from ..config import ModelConfig
 from ..errors import BadRequest, UpstreamTimeout, UpstreamUnreachable
+from ..redact import redact_url
 from . import sse
 
 __all__ = ["make_client_session", "open_upstream", "relay", "forward", "drop_client", "HOP_BY_HOP", "Outgoing"]
@@ -136,17 +137,17 @@ async def open_upstream(
             return await sending
     except asyncio.TimeoutError:
         raise UpstreamTimeout(
-            f"model '{spec.id}': upstream {spec.proxy} sent no response within {header_timeout:g}s"
+            f"model '{spec.id}': upstream {redact_url(spec.proxy)} sent no response within {header_timeout:g}s"
             if header_timeout
-            else f"model '{spec.id}': could not connect to upstream {spec.proxy} within {connect}s"
+            else f"model '{spec.id}': could not connect to upstream {redact_url(spec.proxy)} within {connect}s"
         ) from None
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnreachable(f"model '{spec.id}': upstream {spec.proxy} is unreachable: {exc.os_error}") from None
+        raise UpstreamUnreachable(f"model '{spec.id}': upstream {redact_url(spec.proxy)} is unreachable: {exc.os_error}") from None
     except (aiohttp.ClientError, OSError) as exc:
         if _request_body_broke(exc):  # the client's body, not the upstream, is at fault
             raise BadRequest("request body could not be read (does it match its Content-Encoding?)") from None
         raise UpstreamUnreachable(
-            f"model '{spec.id}': upstream {spec.proxy} failed before responding: {exc.__class__.__name__}: {exc}"
+            f"model '{spec.id}': upstream {redact_url(spec.proxy)} failed before responding: {exc.__class__.__name__}: {exc}"
         ) from None
 
 
@@ -253,7 +254,7 @@ async def relay(
                 await resp.write(chunk)
                 on_chunk(chunk)
     except _Stalled as exc:
-        logger.warning("upstream %s: response cut, %s", upstream.url, exc)
+        logger.warning("upstream %s: response cut, %s", redact_url(str(upstream.url)), exc)
         if is_sse:
             event = sse.error_event(f"response cut: {exc}", "upstream_error", "upstream_timeout")
             try:  # the client may be the one not reading: do not wait on it again
@@ -268,7 +269,7 @@ async def relay(
         logger.debug("client went away mid-response from %s", upstream.url)
         return "client"
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-        logger.warning("upstream %s broke off mid-response: %s", upstream.url, exc)
+        logger.warning("upstream %s broke off mid-response: %s", redact_url(str(upstream.url)), exc)
         if is_sse:
             event = sse.error_event(f"upstream connection lost mid-stream: {exc.__class__.__name__}",
                                     "upstream_error", "upstream_disconnected")
@@ -296,11 +297,11 @@ async def _small_response(
         upstream.close()
         if deadline is not None and deadline.expired():  # our own limit, not an aiohttp timeout
             raise UpstreamTimeout(
-                f"model '{spec.id}': upstream {spec.proxy} sent its headers, then not its whole body within "
+                f"model '{spec.id}': upstream {redact_url(spec.proxy)} sent its headers, then not its whole body within "
                 f"{idle:g}s (timeouts.responseIdle)"
             ) from None
         raise UpstreamUnreachable(
-            f"model '{spec.id}': upstream {spec.proxy} broke off mid-response: {exc.__class__.__name__}"
+            f"model '{spec.id}': upstream {redact_url(spec.proxy)} broke off mid-response: {exc.__class__.__name__}"
         ) from None
     upstream.release()
     if on_chunk is not None:

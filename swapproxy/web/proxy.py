@@ -19,7 +19,7 @@ import logging
 import socket
 import struct
 from collections.abc import AsyncIterable, Callable
-from typing import Any, TypedDict, Unpack
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import aiohttp
 from aiohttp import web
@@ -28,7 +28,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..config import ModelConfig
-from ..errors import BadRequest, UpstreamTimeout, UpstreamUnreachable
+from ..errors import BadRequest, SwapProxyError, UpstreamTimeout, UpstreamUnreachable
 from ..redact import redact_url
 from . import sse
 
@@ -45,6 +45,7 @@ _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "content-encoding"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
 Body = bytes | AsyncIterable[bytes] | None
+E = TypeVar("E", bound=BaseException)
 #: Responses of known length up to this size are read whole and sent in one write
 #: (headers and body together); anything larger, or of unknown length, streams.
 SMALL_BODY = 64 * 1024
@@ -144,23 +145,26 @@ async def open_upstream(
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamUnreachable(f"model '{spec.id}': upstream {redact_url(spec.proxy)} is unreachable: {exc.os_error}") from None
     except (aiohttp.ClientError, OSError) as exc:
-        if _request_body_broke(exc):  # the client's body, not the upstream, is at fault
+        ours = _in_chain(exc, SwapProxyError)
+        if ours is not None:  # the body we were sending refused to go on (over maxRequestBodyMB)
+            raise ours from None
+        if _in_chain(exc, RequestPayloadError) is not None:  # the client's body, not the upstream, is at fault
             raise BadRequest("request body could not be read (does it match its Content-Encoding?)") from None
         raise UpstreamUnreachable(
             f"model '{spec.id}': upstream {redact_url(spec.proxy)} failed before responding: {exc.__class__.__name__}: {exc}"
         ) from None
 
 
-def _request_body_broke(exc: BaseException) -> bool:
-    """Whether reading the client's request body is what failed (e.g. bad gzip)."""
+def _in_chain(exc: BaseException, kind: type[E]) -> E | None:
+    """The first exception of type ``kind`` among ``exc`` and its causes (e.g. a bad gzip body, a 413)."""
     seen: BaseException | None = exc
     for _ in range(8):
         if seen is None:
-            return False
-        if isinstance(seen, RequestPayloadError):
-            return True
+            return None
+        if isinstance(seen, kind):
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
 
 
 def _response_pairs(upstream: aiohttp.ClientResponse) -> list[tuple[str, str]]:

@@ -75,8 +75,12 @@ async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
         raise too_large(limit)
     if not request.can_read_body:
         body: bytes | AsyncIterator[bytes] | None = None
-    elif request.content_length is not None:
+    elif request.content_length is not None and "Content-Encoding" not in request.headers:
         body = request.content  # its length is known and within the limit: stream it as it comes
+    elif request.content_length is not None:
+        # aiohttp decodes a gzip/deflate body: the declared length is the compressed one, so the
+        # bytes actually sent on are counted (a 200 KiB gzip body can hold 200 MiB)
+        body = _within(request, limit)
     else:  # chunked, length unknown: spool it so the limit holds before anything goes upstream
         spool = await spool_body(request, limit)
         try:
@@ -84,6 +88,16 @@ async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
         finally:
             spool.close()
     return await leased_forward(request, model_id, spec, path_qs=path_qs, body=body)
+
+
+async def _within(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    """The request's (decoded) body as it arrives; 413 as soon as more than ``limit`` bytes went on."""
+    sent = 0
+    async for chunk in request.content.iter_any():
+        sent += len(chunk)
+        if sent > limit:
+            raise too_large(limit)
+        yield chunk
 
 
 def _exact_model(request: web.Request) -> str | None:

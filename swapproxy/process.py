@@ -49,8 +49,9 @@ class ProcessTracker(Protocol):
 
 LineListener = Callable[[str, str], None]
 
-#: How many of the upstream's last output lines a start-failure error carries.
+#: How many of the upstream's last output lines a start-failure error carries, and at most how much text.
 LOG_TAIL_LINES = 20
+LOG_TAIL_BYTES = 16 * 1024
 #: Seconds to wait for a SIGKILLed process to be reaped before giving up on it.
 KILL_WAIT = 10.0
 #: A line longer than this is cut into pieces rather than buffered whole.
@@ -238,11 +239,11 @@ class ManagedProcess:
             tracker.unwatch(proc.pid)
         if self.state is ProcessState.READY:
             message = f"{self.name}: process exited unexpectedly with code {code}"
-            self.last_error = ModelStartFailed(message, log_tail=self.log.tail(LOG_TAIL_LINES))
+            self.last_error = ModelStartFailed(message, log_tail=self.log.tail(LOG_TAIL_LINES, LOG_TAIL_BYTES))
             self.change_state(ProcessState.FAILED, f"exited with code {code}")  # no request routed to it now
             await self._drain_readers()
             if self._proc is proc and self.state is ProcessState.FAILED:  # now with its very last lines
-                self.last_error = ModelStartFailed(message, log_tail=self.log.tail(LOG_TAIL_LINES))
+                self.last_error = ModelStartFailed(message, log_tail=self.log.tail(LOG_TAIL_LINES, LOG_TAIL_BYTES))
 
     async def _drain_readers(self, timeout: float = 0.5) -> None:
         """Let the output readers reach EOF so error messages hold the last lines."""
@@ -287,13 +288,14 @@ class ManagedProcess:
                 await self._drain_readers()
                 raise ModelStartFailed(
                     f"{self.name}: process exited with code {self.exit_code} before becoming ready",
-                    log_tail=self.log.tail(LOG_TAIL_LINES),
+                    log_tail=self.log.tail(LOG_TAIL_LINES, LOG_TAIL_BYTES),
                 )
             if url is None:
                 return
             if loop.time() >= deadline:
                 raise HealthCheckTimeout(
-                    f"upstream health check timed out after {timeout:g}s", log_tail=self.log.tail(LOG_TAIL_LINES)
+                    f"upstream health check timed out after {timeout:g}s",
+                    log_tail=self.log.tail(LOG_TAIL_LINES, LOG_TAIL_BYTES),
                 )
             if await self._probe(url, min(2.0, max(deadline - loop.time(), 0.05))):
                 return

@@ -138,6 +138,7 @@ class Config:
     embedding_dim: int
     hang: bool
     big_line: int | None
+    big_line_count: int
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -164,6 +165,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
                    help="inference routes never answer")
     p.add_argument("--big-line", type=int, default=None, metavar="N",
                    help="print one stdout line of N 'x' characters at startup")
+    p.add_argument("--big-line-count", type=int, default=1, metavar="K",
+                   help="print K such lines (each ends with its number)")
     a = p.parse_args(argv)
     if a.port < 0 or a.port > 65535:
         p.error("--port must be in 0..65535")
@@ -187,6 +190,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         embedding_dim=a.embedding_dim,
         hang=a.hang,
         big_line=a.big_line,
+        big_line_count=max(1, a.big_line_count),
     )
 
 
@@ -1004,7 +1008,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, sigterm_during_startup)
 
     if cfg.big_line is not None:
-        print("x" * cfg.big_line, flush=True)
+        for i in range(cfg.big_line_count):
+            print("x" * cfg.big_line + ("" if cfg.big_line_count == 1 else f" {i}"), flush=True)
     if cfg.exit_during_startup is not None:
         exit_during_startup(cfg, cfg.exit_during_startup)
     if cfg.bind_delay > 0:

@@ -14,11 +14,17 @@ import asyncio
 import base64
 import gzip
 import json
+import socket
 from typing import Any
 
 import pytest
 
-from support import make_config, models
+from support import fake, make_config, models, wait_until
+from swapproxy.logs import MAX_BUFFER_BYTES
+from swapproxy.web import proxy as proxy_module
+from swapproxy.web import streams
+
+TCP_ESTABLISHED = 1
 
 LIMIT_MB = 0.0625  # 64 KiB
 LIMIT = int(LIMIT_MB * 1024 * 1024)
@@ -104,3 +110,63 @@ async def test_silent_slow_and_idle_connections_are_closed(monkeypatch: pytest.M
     finally:
         stop.set()
         await asyncio.wait_for(serving, 30)
+
+
+# -- item 11: log bytes are capped; a client that does not read is dropped -----------------------------
+BIG = 60_000  # characters per line: under the 64 KiB at which swapproxy cuts a line
+
+
+def big_printer(count: int) -> Any:
+    return make_config({"a": fake("a", "--big-line", str(BIG), "--big-line-count", str(count))})
+
+
+async def test_log_buffers_and_responses_are_capped_in_bytes(proxy_factory: Any) -> None:
+    proxy = await proxy_factory(big_printer(150))  # ~9 MB of output at start-up
+    rt = proxy.runtime
+    async with proxy.http.get(proxy.url + "/upstream/a/load") as resp:
+        assert resp.status == 200
+    model_log = proxy.swapper.slot("a").process.log
+    await wait_until(lambda: any(line.endswith(" 149") for line in model_log.tail()), 10, "the last big line")
+    async with proxy.http.get(proxy.url + "/logs") as resp:
+        text = await resp.text()
+    assert (2 << 20) // 2 < len(text) <= (2 << 20) + 2000, len(text)  # the newest lines, up to the cap
+    assert " 149\n" in text
+    assert model_log.size <= MAX_BUFFER_BYTES and rt.all_log.size <= 2 << 20
+    async with proxy.http.get(proxy.url + "/api/events?logs=1000") as resp:
+        snapshot = await resp.content.readuntil(b"\n\n")
+    assert len(snapshot) <= streams.SNAPSHOT_LOG_BYTES + 10_000, len(snapshot)
+
+
+async def test_log_and_event_clients_that_stop_reading_are_dropped(proxy_factory: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streams, "WRITE_STALL", 0.5, raising=False)
+    monkeypatch.setattr(proxy_module, "FLUSH_GRACE", 0.2)
+    proxy = await proxy_factory(big_printer(300))  # ~18 MB that nobody reads
+    rt = proxy.runtime
+    port = int(proxy.url.rsplit(":", 1)[1])
+    loop = asyncio.get_running_loop()
+    socks = []
+    try:
+        for path in ("/logs/stream?no-history", "/logs/stream/upstream?no-history", "/api/events?logs=0"):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            socks.append(sock)  # and never read from it
+        await wait_until(lambda: len(rt.all_log._subscribers) == 1 and len(rt.upstream_log._subscribers) == 1
+                         and rt.events.subscriber_count == 1, 10, "the streams to subscribe")
+        async with proxy.http.get(proxy.url + "/upstream/a/load") as resp:
+            assert resp.status == 200
+
+        def dropped(sock: socket.socket) -> bool:
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] != TCP_ESTABLISHED
+
+        await wait_until(lambda: all(dropped(s) for s in socks), 20, "swapproxy to drop the clients that stopped reading")
+        await wait_until(lambda: not rt.all_log._subscribers and not rt.upstream_log._subscribers
+                         and rt.events.subscriber_count == 0, 10, "their subscriptions to end")
+    finally:
+        for sock in socks:
+            sock.close()
+    async with proxy.http.get(proxy.url + "/health") as resp:
+        assert resp.status == 200

@@ -82,7 +82,7 @@ class Runtime:
     events: EventBus = field(default_factory=EventBus)
     proxy_log: LogBuffer = field(default_factory=lambda: LogBuffer("proxy"))  # swapproxy's own records
     upstream_log: LogBuffer = field(default_factory=lambda: LogBuffer("upstream"))  # "[model] line"
-    all_log: LogBuffer = field(default_factory=lambda: LogBuffer("all", maxlen=2000))  # both, in order
+    all_log: LogBuffer = field(default_factory=lambda: LogBuffer("all", maxlen=2000, maxbytes=2 << 20))  # both
     reload: ReloadState = field(default_factory=ReloadState)
     background: Background = field(default_factory=Background)  # loads started by the API, TTL unloads, ...
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # set at shutdown: long streams end

@@ -86,10 +86,15 @@ def _host_name(host: str) -> str | None:
 
 def host_allowed(host: str, config: Config) -> bool:
     """Whether a Host header value is one this server answers for (module docstring, rule 2)."""
+    return _host_allowed(host, config.allowed_hosts)
+
+
+@functools.lru_cache(maxsize=256)  # clients send the same few Host values, once per request
+def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     name = _host_name(host)
     if name is None or name in _BUILTIN_HOSTS or name.endswith(".localhost") or name in _machine_names():
         return True
-    for entry in config.allowed_hosts:
+    for entry in allowed:
         if entry == "*" or name == entry or (entry.startswith(".") and name.endswith(entry)):
             return True
     return False

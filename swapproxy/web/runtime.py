@@ -161,5 +161,6 @@ def register(app: web.Application, tags: dict[web.AbstractRoute, RouteTag], tier
     for method, path, handler, kind in table:
         tag = RouteTag(tier, kind, below_model)
         if method == "GET":  # HEAD first, as add_get does; both land on one resource
-            tags[r.add_route("HEAD", path, handler if not kind.acts else _no_head)] = RouteTag(tier, Kind.READ)
+            head = r.add_route("HEAD", path, handler if not kind.acts else _no_head)
+            tags[head] = RouteTag(tier, Kind.READ, below_model)
         tags[r.add_route(method, path, handler)] = tag

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 from . import __version__
 from .config import Config, ConfigError, json_schema, load_config
-from .redact import Redactor
 
 __all__ = ["main"]
 
@@ -59,20 +58,10 @@ def _check(argv: Sequence[str]) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    print(f"{args.config}: OK, {len(config.models)} model(s), {len(config.groups)} group(s)")
-    shown = Redactor.for_config(config)  # a proxy URL may carry a key
-    for spec in config.models.values():
-        extras = []
-        if spec.aliases:
-            extras.append("aliases " + ", ".join(spec.aliases))
-        if spec.ttl:
-            extras.append(f"ttl {spec.ttl:g}s")
-        if spec.port is not None:
-            extras.append(f"port {spec.port}")
-        print(f"  model {spec.id}: {shown.url(spec.proxy)}" + (f" ({'; '.join(extras)})" if extras else ""))
-    for group in config.groups:
-        flags = [f for f, on in (("swap", group.swap), ("exclusive", group.exclusive), ("persistent", group.persistent)) if on]
-        print(f"  group {group.name} [{', '.join(flags) or 'no swap'}]: {', '.join(group.members)}")
+    from .checkreport import describe
+    from .nvml import gpu_provider
+
+    print("\n".join(describe(args.config, config, gpu_provider())))
     return 0
 
 

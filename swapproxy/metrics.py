@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .config import Config
+from .memory import MemoryModel
 from .processes import ProcessLike
 from .scheduler import Scheduler
 from .states import ProcessState
@@ -262,7 +263,23 @@ class _LiveCollector(Collector):
                 rss.add_metric([mid], sizes[status.pid])
         depth = GaugeMetricFamily("swapproxy_queue_depth", "Requests waiting for a model, all models")
         depth.add_metric([], scheduler.queue_depth())
-        return [state, inflight, waiting, depth, rss]
+        return [state, inflight, waiting, depth, rss, *self._memory(scheduler)]
+
+    def _memory(self, scheduler: Scheduler) -> list[Metric]:
+        memory = self._metrics.memory
+        if memory is None:
+            return []
+        footprint = GaugeMetricFamily("swapproxy_model_memory_bytes", "Each model's memory footprint per device "
+                                      "(source: declared, learned, estimated)", labels=["model", "device", "source"])
+        for mid, slot in scheduler.slots.items():
+            sizes, source = memory.footprint(slot.process.spec)
+            for device, size in (sizes or {}).items():
+                footprint.add_metric([mid, device, source], size)
+        budget = GaugeMetricFamily("swapproxy_device_memory_budget_bytes", "Memory models may use per device",
+                                   labels=["device"])
+        for device, size in memory.budgets().items():
+            budget.add_metric([device], size)
+        return [footprint, budget]
 
 
 class Metrics:
@@ -271,6 +288,7 @@ class Metrics:
     def __init__(self, config: Config) -> None:
         self.models = frozenset(config.models)
         self.scheduler: Scheduler | None = None
+        self.memory: MemoryModel | None = None
         self.registry = CollectorRegistry()
         reg = self.registry
         self.requests = Counter("swapproxy_requests", "HTTP requests answered", ["model", "route", "status"],
@@ -298,9 +316,10 @@ class Metrics:
         self._ttfb_children: dict[tuple[str, str], Any] = {}
         self._token_children: dict[tuple[str, str], Any] = {}
 
-    def bind(self, scheduler: Scheduler | None) -> None:
-        """Read live levels from ``scheduler`` (None once it is gone)."""
+    def bind(self, scheduler: Scheduler | None, memory: MemoryModel | None = None) -> None:
+        """Read live levels from ``scheduler`` and ``memory`` (None once they are gone)."""
         self.scheduler = scheduler
+        self.memory = memory
 
     def model_label(self, model: str | None) -> str:
         """``model`` if it is a configured id (after reloads too), else ""."""

@@ -1,30 +1,43 @@
-"""Scheduler: admission, the wait queue, leases, drains, TTL — over the processes of every model.
+"""Scheduler: admission, the wait queue, swaps, leases, drains, TTL — over the processes of every model.
 
 A request *acquires* its model before it is proxied and *releases* its
-:class:`Lease` after the last byte; in between the model counts it in flight.
-Which models must stop for another to run is the policy's answer
-(:func:`swapproxy.policy.evictions`); the scheduler does the waiting and the
-stopping:
+:class:`~swapproxy.slots.Lease` after the last byte; in between the model
+counts it in flight. Which models must stop for another to run is the
+policy's answer (:func:`swapproxy.policy.plan`); the scheduler decides *when*,
+and does the waiting and the stopping:
 
-* A model that is starting is joined, never started twice.
-* A swap never cuts a request in flight: a model chosen for eviction is
-  closed to new requests at once, and stopped only when its in-flight count
-  reaches zero. Drains happen outside the queue's lock, so a long drain holds
-  up only the requests that need that model gone.
-* Swaps are decided one at a time under a FIFO lock, so waiting requests are
-  served in arrival order; a request whose client leaves while waiting gives
-  up its place (its task is cancelled out of the lock's queue).
+* A request for a model that is ready and not being stopped is served at
+  once, whatever waits in the queue (llama-swap's ``fifo``: ABCABC runs as
+  AABBCC). Otherwise it waits in the queue with a :class:`~swapproxy.slots.Ticket`;
+  the tickets of one model are served together by one swap.
+* Among the models that wait, the next swap goes to the one waited for
+  longest past ``maxWait``; else to the highest priority; else to the one with
+  the most waiting requests per second of its (learned) start time — unless
+  that would keep an older waiter past its ``maxWait``.
+* A swap never cuts a request: the models it must stop are closed to new
+  requests, drained, then stopped. While the waiting request is younger than
+  ``maxWait``, busy models are left to drain on their own and keep serving;
+  after that they are closed so that the swap happens. So no request waits
+  longer than ``maxWait``, plus what remains of the requests already on the
+  model it waits for, plus one swap.
+* ``routing.scheduler.use: strict`` is today's baseline: arrival order, and
+  the models to stop are closed at once (``maxWait`` 0).
+* Swaps that stop nothing of each other's run side by side; a model that is
+  starting is joined, never started twice. A swap whose last waiter leaves
+  before anything was stopped is abandoned.
 * ``concurrencyLimit`` counts queued plus in-flight requests per model; above
-  it the request is refused with 429 at once.
-* TTL counts from the end of the last request and is disarmed while any
-  request is in flight.
+  it the request is refused with 429 at once. TTL counts from the end of the
+  last request and is disarmed while any request is in flight.
 * A reload (:meth:`Scheduler.apply_config`, diff from :mod:`swapproxy.config_diff`)
-  keeps unchanged models running; a changed running model is replaced when next
-  requested, after its in-flight requests finish.
+  keeps unchanged models running; a changed running model is replaced when
+  next requested, after its in-flight requests finish.
 
+The queue and the choice of the next model are in :mod:`swapproxy.waitqueue`;
+unloads, TTL and the drain they share in :mod:`swapproxy.stops` (a base class).
 Failures (circuit breaker, persistent restarts) are handled by
 :class:`~swapproxy.failures.FailureHandler`, which listens to state changes.
-Every stop is announced to ``swap_listeners`` as a typed :class:`StopEvent`.
+The learned start times (:class:`~swapproxy.learned.Learned`) are recorded
+here. Every stop is announced to ``swap_listeners`` as a typed :class:`StopEvent`.
 """
 
 from __future__ import annotations
@@ -36,42 +49,47 @@ from collections.abc import Callable, Iterable
 from .background import Background
 from .config import Config
 from .config_diff import diff_models
-from .errors import ModelNotFound, ShuttingDown, TooManyRequests
+from .errors import ModelNotFound, ShuttingDown, SwapProxyError, TooManyRequests
 from .failures import FailureHandler
-from .policy import evictions
+from .learned import Learned
+from .policy import Occupant, Plan, Resources, plan
 from .processes import ProcessHub, ProcessLike
-from .slots import ACTIVE, Lease, ModelSlot, StopCause, StopEvent
+from .slots import ACTIVE, Lease, ModelSlot, StopCause, StopEvent, Swap, Ticket
 from .states import ProcessState
+from .stops import Stops
+from .waitqueue import WaitQueue, order_models, overtakes_too_long
 
 __all__ = ["Scheduler", "ModelSlot", "Lease", "StopCause", "StopEvent"]
 
 logger = logging.getLogger(__name__)
 
+_GONE = (ProcessState.STOPPED, ProcessState.FAILED)
 
-class Scheduler:
-    """Decides which upstreams run, and hands requests a ready one."""
 
-    def __init__(self, config: Config, hub: ProcessHub, background: Background | None = None) -> None:
+class Scheduler(Stops):
+    """Decides which upstreams run, and when; hands requests a ready one."""
+
+    def __init__(self, config: Config, hub: ProcessHub, background: Background | None = None, *,
+                 learned: Learned | None = None, resources: Callable[[], Resources | None] | None = None) -> None:
         self.config = config
         self.hub = hub
         self.background = background or Background()
+        self.learned = learned or Learned()
+        self._resources = resources or (lambda: None)
         self.failures = FailureHandler(lambda: self.config, self.is_current, self._restart, self.background)
         hub.add_listener(self.failures.on_state_change)
+        hub.add_listener(self._on_state)
         self.slots: dict[str, ModelSlot] = {mid: ModelSlot(hub.new(spec)) for mid, spec in config.models.items()}
         self._retired: set[ModelSlot] = set()  # removed by a reload, still draining or stopping
-        self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
+        self._queue = WaitQueue()  # by priority, then arrival (strict: arrival)
+        self._swaps: dict[str, Swap] = {}  # by target
+        self._wake: asyncio.TimerHandle | None = None  # when a waiter's maxWait runs out
         self._closing = False
         self.preloaded = asyncio.Event()  # set once hooks.on_startup.preload has run
         self.last_swap: StopEvent | None = None
         self.swap_listeners: list[Callable[[StopEvent], None]] = []
 
     # -- queries ----------------------------------------------------------------------------
-    def slot(self, model_id: str) -> ModelSlot:
-        try:
-            return self.slots[model_id]
-        except KeyError:
-            raise ModelNotFound(model_id) from None
-
     def is_current(self, proc: ProcessLike) -> bool:
         """Whether ``proc`` is its model's process now (not one a reload retired or replaced)."""
         slot = self.slots.get(proc.name)
@@ -86,16 +104,41 @@ class Scheduler:
 
     def evictions_for(self, model_id: str) -> list[str]:
         """The names of the models that must stop before ``model_id`` may run."""
-        return [slot.process.name for slot in self._victims_for(model_id)]
+        return [slot.process.name for slot in self._victims(model_id, self._plan(model_id))]
 
-    def _victims_for(self, model_id: str) -> list[ModelSlot]:
-        active = [mid for mid, slot in self.slots.items() if slot.active]
-        out = [self.slots[mid] for mid in evictions(self.config, model_id, active)]
+    def _plan(self, model_id: str) -> Plan:
+        occupants = [
+            Occupant(mid, busy=slot.inflight > 0, last_used=slot.last_used,
+                     stopping=slot.process.state is ProcessState.STOPPING)
+            for mid, slot in self.slots.items() if mid != model_id and (slot.active or mid in self._swaps)
+        ]
+        return plan(self.config, model_id, occupants, self._resources())
+
+    def _victims(self, model_id: str, the_plan: Plan) -> list[ModelSlot]:
+        out = [self.slots[mid] for mid in the_plan.evict]
         # Models a reload removed still hold memory until they have drained and stopped.
         out.extend(slot for slot in self._retired if slot.active)
         return out
 
     # -- acquire / release ------------------------------------------------------------------
+    @property
+    def _strict(self) -> bool:
+        return self.config.scheduler.use == "strict"
+
+    def _queued_before(self, model_id: str, position: int) -> bool:
+        """strict: whether a request queued before ``position`` waits for a model that competes with ours."""
+        return any(t.model != model_id and self._competes(t.model, model_id) for t in self._queue.before(position))
+
+    def _competes(self, one: str, other: str) -> bool:
+        """Whether ``one`` and ``other`` cannot both run: running either stops the other."""
+        if one not in self.slots or other not in self.slots:
+            return False
+        return (other in self._plan(one).evict) or (one in self._plan(other).evict)
+
+    def _open(self, slot: ModelSlot) -> bool:
+        """Ready and taking requests: nothing is stopping or replacing it."""
+        return slot.process.state is ProcessState.READY and not slot.evicting and slot.pending is None
+
     async def acquire(self, model_id: str) -> Lease:
         """Make ``model_id`` ready and count one request in flight on it until the lease is released."""
         if self._closing:
@@ -107,65 +150,46 @@ class Scheduler:
                 f"model '{model_id}' has reached its concurrency limit of {limit} requests", retry_after=1
             )
         self.failures.check(slot.process)
-        victims: list[ModelSlot] = []
-        if not slot.evicting and slot.pending is None and slot.process.state in ACTIVE:
-            # Fast path: running (or starting after its evictions were done): join it.
-            self._enter(slot)
-        else:
-            victims = await self._reserve(model_id, slot)
-        lease = Lease(slot, self._leave)
+        if self._open(slot) and not (self._strict and self._queued_before(model_id, len(self._queue))):
+            self._enter(slot)  # the fast path: ready, and nothing stops it
+            return Lease(slot, self._leave)
+        loop = asyncio.get_running_loop()
+        ticket = Ticket(model_id, slot, self.config.scheduler.priority.get(model_id, 0), loop.time(),
+                        loop.create_future())
+        self._queue.add(ticket, by_priority=not self._strict)
+        self._pump()
         try:
-            # Outside the lock: a long drain holds up only the requests that need these
-            # models gone, never requests for other models or an operator's unload.
-            await self._drain_and_stop(victims, StopCause.SWAP, f"swap to {model_id}", target=model_id)
-            await lease.process.start()
-        except BaseException:
-            lease.release()
+            await ticket.future
+        except asyncio.CancelledError:
+            self._withdraw(ticket)
             raise
-        return lease
+        return Lease(slot, self._leave)
 
-    async def _reserve(self, model_id: str, slot: ModelSlot) -> list[ModelSlot]:
-        """Under the FIFO lock: choose the victims and mark them, and count us in flight on ``slot``.
+    def _grant(self, ticket: Ticket) -> None:
+        self._queue.remove(ticket)
+        self._enter(ticket.slot)
+        ticket.future.set_result(None)
 
-        A model that is itself being evicted cannot be reserved until that eviction is
-        over (or abandoned): that rule is what keeps two swaps from waiting on each other.
-        A model whose definition a reload changed is first drained and stopped — outside
-        the lock, so that its long requests hold up no other model's swaps or unloads.
-        """
-        slot.waiting += 1
-        try:
-            while True:
-                replace = False
-                async with self._lock:
-                    if self._closing:
-                        raise ShuttingDown("swapproxy is shutting down")
-                    if self.slots.get(model_id) is not slot:
-                        raise ModelNotFound(model_id)  # removed by a reload while we waited
-                    if not slot.evicting:
-                        if slot.pending is None:
-                            victims = self._victims_for(model_id)
-                            self._mark(victims)
-                            self._enter(slot)  # reserve before the lock goes, so nobody evicts it meanwhile
-                            return victims
-                        self._mark([slot])  # closed to new requests from now on
-                        replace = True
-                    gate = slot.not_evicting
-                if replace:
-                    await self._replace_pending(model_id, slot)
-                else:
-                    await gate.wait()  # our model is on its way out: ask again once it has gone
-        finally:
-            slot.waiting -= 1
+    def _fail(self, model_id: str, err: BaseException) -> None:
+        """Every ticket waiting for ``model_id`` gets ``err``."""
+        for ticket in self._queue.of(model_id):
+            self._queue.remove(ticket)
+            ticket.future.set_exception(err)
+            ticket.future.exception()  # marked as seen: a waiter that already left must not log it
 
-    async def _replace_pending(self, model_id: str, slot: ModelSlot) -> None:
-        """Drain and stop a (marked) model's old process, then swap in its new definition."""
-        reason = f"config of {model_id} changed"
-        await self._drain_and_stop([slot], StopCause.RELOAD, reason, unmark=False)
-        try:
-            if slot.pending is not None and slot.process.state in (ProcessState.STOPPED, ProcessState.FAILED):
-                self._swap_in_pending(slot)
-        finally:
-            self._unmark([slot])
+    def _withdraw(self, ticket: Ticket) -> None:
+        """The waiter left: give back its place (or the lease it was just granted)."""
+        if ticket.granted:
+            self._leave(ticket.slot)
+            return
+        if ticket not in self._queue:
+            return  # failed (the error was for it) or already given up
+        ticket.future.cancel()
+        self._queue.remove(ticket)
+        swap = self._swaps.get(ticket.model)
+        if swap is not None and not swap.stopping and swap.task is not None and not self._queue.of(ticket.model):
+            swap.task.cancel()  # its last waiter left before anything was stopped: abandon it
+        self._pump()
 
     async def load(self, model_id: str) -> None:
         """An operator's explicit load: clears an open circuit breaker, then starts the model."""
@@ -177,9 +201,12 @@ class Scheduler:
         assert slot.inflight > 0, "release without a matching acquire"
         slot.inflight -= 1
         if slot.inflight == 0:
+            slot.last_used = asyncio.get_running_loop().time()
             slot.idle.set()
             if self.slots.get(slot.process.name) is slot:
                 self._arm_ttl(slot.process.name, slot)
+            if self._queue:
+                self._pump()  # a model that had to drain may be idle now
 
     def _enter(self, slot: ModelSlot) -> None:
         slot.inflight += 1
@@ -191,106 +218,128 @@ class Scheduler:
     async def _restart(self, model_id: str) -> None:
         (await self.acquire(model_id)).release()
 
-    # -- eviction -----------------------------------------------------------------------------
-    def _mark(self, victims: Iterable[ModelSlot]) -> None:
-        for slot in victims:
-            slot.evictors += 1
-            slot.not_evicting.clear()
+    def _on_state(self, proc: ProcessLike, old: ProcessState, new: ProcessState) -> None:
+        if new is ProcessState.READY and proc.spawned_at is not None and proc.ready_at is not None:
+            self.learned.record_start(proc.spec, proc.ready_at - proc.spawned_at)
 
-    def _unmark(self, victims: Iterable[ModelSlot]) -> None:
-        for slot in victims:
-            slot.evictors -= 1
-            if slot.evictors == 0:
-                slot.not_evicting.set()
-
-    async def _drain_and_stop(
-        self, victims: list[ModelSlot], cause: StopCause, reason: str, *, target: str | None = None,
-        drain: bool = True, unmark: bool = True,
-    ) -> None:
-        """Wait for the (marked) victims' in-flight requests, then stop them; unmark at the end.
-
-        ``drain=False`` (a forced unload) stops them at once: their in-flight requests
-        see the upstream go and end with an error. Cancelling this (the client left)
-        does not cancel a stop already under way; a process still STOPPING counts as
-        active, so the next swap waits for it too.
-        """
-        if not victims:
+    # -- deciding swaps ---------------------------------------------------------------------
+    def _pump(self) -> None:
+        """Serve what can be served, and start the swaps that may start now. Never waits."""
+        if self._closing or not self._queue:
             return
+        for ticket in self._queue:
+            if self._open(ticket.slot) and not (self._strict and self._queued_before(ticket.model,
+                                                                                     self._queue.index(ticket))):
+                self._grant(ticket)
+        waiting = self._queue.by_model()
+        now = asyncio.get_running_loop().time()
+        strict = self._strict
+        cap = 0.0 if strict else self.config.scheduler.max_wait
+        wake: float | None = None
+        victims_of: dict[str, list[ModelSlot]] = {}
+
+        def involved(model_id: str) -> set[str]:
+            if model_id not in victims_of:
+                victims_of[model_id] = self._victims(model_id, self._plan(model_id))
+            return {model_id, *(v.process.name for v in victims_of[model_id])}
+
+        for model_id in order_models(waiting, now, cap, strict, self._expected_start):
+            slot = self.slots.get(model_id)
+            if model_id in self._swaps or slot is None or slot.evicting:
+                continue  # joined a swap under way, or being stopped by someone: wait for that
+            the_plan = self._plan(model_id)
+            victims = victims_of[model_id] = self._victims(model_id, the_plan)
+            if self._collides(model_id, victims):
+                continue
+            first = min(t.arrived for t in waiting[model_id])
+            starving = now - first >= cap
+            busy = any(v.inflight for v in victims) or (slot.pending is not None and slot.inflight > 0)
+            if busy and not starving:
+                wake = min(wake or first + cap, first + cap)
+                continue  # let them drain on their own for now; they keep serving meanwhile
+            others = {m: t for m, t in waiting.items() if m not in self._swaps}
+            if not starving and overtakes_too_long(model_id, others, now, cap, self._expected_start(model_id),
+                                                   involved):
+                continue
+            if strict and self._queued_before(model_id, self._queue.index(waiting[model_id][0])):
+                continue  # strict: an earlier request for a model we compete with goes first
+            self._start_swap(model_id, slot, victims, the_plan.overlap)
+        self._arm_wake(wake)
+
+    def _expected_start(self, model_id: str) -> float | None:
+        slot = self.slots.get(model_id)
+        return None if slot is None else self.learned.expected_start(slot.process.spec)
+
+    def _collides(self, model_id: str, victims: list[ModelSlot]) -> bool:
+        """Whether another swap under way stops our model, starts one of our victims, or shares one."""
+        names = {v.process.name for v in victims}
+        for swap in self._swaps.values():
+            theirs = {v.process.name for v in swap.victims}
+            if swap.target in names or model_id in theirs or names & theirs:
+                return True
+        return False
+
+    def _arm_wake(self, when: float | None) -> None:
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        if when is not None:
+            self._wake = asyncio.get_running_loop().call_at(when + 0.001, self._pump)
+
+    # -- running swaps ----------------------------------------------------------------------
+    def _start_swap(self, model_id: str, slot: ModelSlot, victims: list[ModelSlot], overlap: bool) -> None:
+        replacing = slot.pending is not None
+        drained = [*victims, slot] if replacing else list(victims)
+        self._mark(drained)  # closed to new requests from now on
+        swap = Swap(model_id, slot, victims, overlap and not replacing)
+        self._swaps[model_id] = swap
+        swap.task = self.background.spawn(self._run_swap(swap, drained, replacing))
+
+    async def _run_swap(self, swap: Swap, drained: list[ModelSlot], replacing: bool) -> None:
+        model_id, slot = swap.target, swap.slot
+        failure: SwapProxyError | None = None
+        stops: asyncio.Future[list[None]] | None = None
         try:
-            for slot in victims if drain else ():
-                await slot.idle.wait()
-            logger.info("%s: stopping %s", reason, ", ".join(s.process.name for s in victims))
-            await asyncio.gather(*(slot.process.stop(reason) for slot in victims))
+            for victim in drained:
+                await victim.idle.wait()  # a swap never cuts a request
+            swap.stopping = True
+            stops = asyncio.ensure_future(self._stop_victims(swap, replacing))
+            if not swap.overlap:
+                await stops
+            if slot.pending is not None and slot.process.state in _GONE:
+                self._swap_in_pending(slot)
+            await slot.process.start()
+            self._grant_ready(model_id)
+            await stops  # with overlap, the old ones finish stopping meanwhile
+        except SwapProxyError as err:  # the start failed, or swapproxy is shutting down
+            failure = err
         finally:
-            if unmark:
-                self._unmark(victims)
-        event = StopEvent(cause, reason, tuple(s.process.name for s in victims), target)
-        if cause is StopCause.SWAP:
-            self.last_swap = event
-        for listener in self.swap_listeners:
-            listener(event)
+            self._unmark(drained)
+            del self._swaps[model_id]
+            if failure is not None:
+                self._fail(model_id, failure)
+            self._pump()
 
-    async def unload(self, model_id: str, reason: str = "unload", *, force: bool = False) -> bool:
-        """Stop one model once its in-flight requests finish (at once with ``force``).
+    async def _stop_victims(self, swap: Swap, replacing: bool) -> list[None]:
+        """Stop the swap's victims (and the target's old process, after a reload changed it), then say so."""
+        model_id = swap.target
+        names = tuple(v.process.name for v in swap.victims)
+        if names:
+            logger.info("swap to %s: stopping %s", model_id, ", ".join(names))
+        stops = [v.process.stop(f"swap to {model_id}") for v in swap.victims]
+        if replacing:
+            stops.append(swap.slot.process.stop(f"config of {model_id} changed"))
+        done = await asyncio.gather(*stops)
+        if names:
+            self._announce(StopEvent(StopCause.SWAP, f"swap to {model_id}", names, model_id))
+        return done
 
-        False if it was not running. A forced unload cuts the requests in flight: an
-        operator's way to free a GPU from a runaway generation now. It does not queue
-        for the swap lock either (a swap may hold it while it drains a long request);
-        marking needs no lock, as it does not wait. A request that had reserved the
-        model but not started it yet starts it again afterwards.
-        """
-        slot = self.slot(model_id)
-        if not slot.active and slot.process.state is not ProcessState.FAILED:
-            return False
-        if force:
-            self._mark([slot])
-        else:
-            async with self._lock:
-                if slot.process.state is ProcessState.FAILED:
-                    await slot.process.stop(reason)
-                    return True
-                self._mark([slot])
-        if force and slot.inflight:
-            logger.warning("%s: forced, cutting %d request(s) in flight on %s", reason, slot.inflight, model_id)
-        await self._drain_and_stop([slot], StopCause.UNLOAD, reason, drain=not force)  # no lock held
-        return True
-
-    async def unload_all(self, reason: str = "unload", *, force: bool = False) -> list[str]:
-        stopped = []
-        for model_id in list(self.slots):
-            if await self.unload(model_id, reason, force=force):
-                stopped.append(model_id)
-        return stopped
-
-    # -- TTL ------------------------------------------------------------------------------------
-    def _arm_ttl(self, model_id: str, slot: ModelSlot) -> None:
-        ttl = slot.process.spec.ttl
-        if ttl <= 0 or self._closing:
-            return
-        if slot.ttl_handle is not None:
-            slot.ttl_handle.cancel()
-        slot.ttl_handle = asyncio.get_running_loop().call_later(ttl, self._ttl_expired, model_id)
-
-    def _ttl_expired(self, model_id: str) -> None:
+    def _grant_ready(self, model_id: str) -> None:
         slot = self.slots.get(model_id)
-        if slot is None:
-            return
-        slot.ttl_handle = None
-        if slot.inflight or slot.process.state is not ProcessState.READY:
-            return
-        self.background.spawn(self._ttl_unload(model_id))
-
-    async def _ttl_unload(self, model_id: str) -> None:
-        slot = self.slots.get(model_id)
-        if slot is None:
-            return
-        async with self._lock:
-            # Re-check under the lock: a request may have arrived since the timer fired.
-            if slot.inflight or slot.process.state is not ProcessState.READY or slot.ttl_handle is not None:
-                return
-            logger.info("%s: idle for %gs, unloading (ttl)", model_id, slot.process.spec.ttl)
-            self._mark([slot])
-        await self._drain_and_stop([slot], StopCause.TTL, "ttl expired")
+        if slot is not None and self._open(slot):
+            for ticket in self._queue.of(model_id):
+                if not (self._strict and self._queued_before(model_id, self._queue.index(ticket))):
+                    self._grant(ticket)
 
     # -- reload -----------------------------------------------------------------------------------
     def _swap_in_pending(self, slot: ModelSlot) -> None:
@@ -305,36 +354,38 @@ class Scheduler:
         An unchanged model keeps its process (same PID) and takes the new settings at
         once. A changed model that is running is replaced when next requested, after its
         in-flight requests finish; one that is not running is replaced now. A removed
-        model is stopped once its in-flight requests finish.
+        model is stopped once its in-flight requests finish; requests waiting for it get 404.
         """
-        async with self._lock:  # no swap decision sees half a reload
-            diff = diff_models({mid: slot.process.spec for mid, slot in self.slots.items()}, new)
-            self.config = new
-            old_slots, self.slots = self.slots, {}
-            for model_id, spec in new.models.items():
-                slot = old_slots.pop(model_id, None)
-                if slot is None:
-                    slot = ModelSlot(self.hub.new(spec))
-                elif model_id in diff.kept:
-                    slot.process.spec = spec
-                    if slot.pending is not None:  # changed, then changed back
-                        self.background.spawn(slot.pending.shutdown())
-                        slot.pending = None
-                else:
-                    if slot.pending is not None:
-                        self.background.spawn(slot.pending.shutdown())
-                    slot.pending = self.hub.new(spec)
-                    if not slot.active:  # nothing to drain: replace it now
-                        if slot.process.state is ProcessState.FAILED:
-                            await slot.process.stop("config changed")
-                        self._swap_in_pending(slot)
-                self.slots[model_id] = slot
-            for slot in old_slots.values():
-                self._retired.add(slot)
-                self.failures.forget(slot.process)
-                self.background.spawn(self._retire(slot))
+        diff = diff_models({mid: slot.process.spec for mid, slot in self.slots.items()}, new)
+        self.config = new
+        old_slots, self.slots = self.slots, {}
+        for model_id, spec in new.models.items():
+            slot = old_slots.pop(model_id, None)
+            if slot is None:
+                slot = ModelSlot(self.hub.new(spec))
+            elif model_id in diff.kept:
+                slot.process.spec = spec
+                if slot.pending is not None:  # changed, then changed back
+                    self.background.spawn(slot.pending.shutdown())
+                    slot.pending = None
+            else:
+                if slot.pending is not None:
+                    self.background.spawn(slot.pending.shutdown())
+                slot.pending = self.hub.new(spec)
+                if not slot.active and model_id not in self._swaps:  # nothing to drain: replace it now
+                    self._swap_in_pending(slot)
+            self.slots[model_id] = slot
+        for model_id, slot in old_slots.items():
+            self._retired.add(slot)
+            self.failures.forget(slot.process)
+            swap = self._swaps.get(model_id)
+            if swap is not None and swap.task is not None and not swap.stopping:
+                swap.task.cancel()
+            self._fail(model_id, ModelNotFound(model_id))
+            self.background.spawn(self._retire(slot))
         report = diff.report()
         logger.info("config applied: %s", ", ".join(f"{k} {v}" for k, v in report.items() if v) or "no models")
+        self._pump()
         return report
 
     async def _retire(self, slot: ModelSlot) -> None:
@@ -343,10 +394,11 @@ class Scheduler:
         await slot.idle.wait()  # in-flight requests finish first
         await slot.process.shutdown()
         self._retired.discard(slot)
+        self._pump()
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def preload(self, models: Iterable[str]) -> None:
-        """Start models at startup as if a request had asked (group rules apply)."""
+        """Start models at startup as if a request had asked (the rules apply)."""
         try:
             for model_id in models:
                 try:
@@ -357,12 +409,15 @@ class Scheduler:
             self.preloaded.set()
 
     def close(self) -> None:
-        """Refuse new requests and starts from now on (503); timers and restarts are cancelled."""
+        """Refuse new requests and starts from now on (503); timers, swaps and restarts are cancelled."""
         self._closing = True
         self.failures.closing = True
+        self._arm_wake(None)
         for slot in self.slots.values():
             if slot.ttl_handle is not None:
                 slot.ttl_handle.cancel()
+        for model_id in self._queue.by_model():
+            self._fail(model_id, ShuttingDown("swapproxy is shutting down"))
         self.background.cancel_all()
 
     async def shutdown(self) -> None:

@@ -1,4 +1,5 @@
-"""The scheduler's book-keeping: a slot per model, a lease per request, a typed event per stop.
+"""The scheduler's book-keeping: a slot per model, a ticket per waiting request, a lease per served one,
+a record per swap under way, a typed event per stop.
 
 Plain data with a few derived properties; the scheduler (:mod:`swapproxy.scheduler`)
 is the only writer.
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from .processes import ProcessLike
 from .states import ProcessState
 
-__all__ = ["ModelSlot", "Lease", "StopCause", "StopEvent", "ACTIVE", "OCCUPYING"]
+__all__ = ["ModelSlot", "Lease", "StopCause", "StopEvent", "Ticket", "Swap", "ACTIVE", "OCCUPYING"]
 
 #: Running or on its way there.
 ACTIVE = (ProcessState.STARTING, ProcessState.READY)
@@ -76,6 +77,7 @@ class ModelSlot:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     ttl_handle: asyncio.TimerHandle | None = None
     pending: ProcessLike | None = None  # a changed definition, swapped in when next needed
+    last_used: float = 0.0  # loop time its last request ended (the memory policy stops the least recent first)
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -94,3 +96,30 @@ class ModelSlot:
     def ttl_remaining(self, now: float) -> float | None:
         """Seconds until the TTL unloads this model (loop time ``now``); None when no TTL runs."""
         return None if self.ttl_handle is None else max(self.ttl_handle.when() - now, 0.0)
+
+
+@dataclass(eq=False)
+class Ticket:
+    """A request waiting for its model: granted (counted in flight) when the model is ready for it."""
+
+    model: str
+    slot: ModelSlot
+    priority: int
+    arrived: float  # loop time
+    future: asyncio.Future[None]
+
+    @property
+    def granted(self) -> bool:
+        return self.future.done() and not self.future.cancelled() and self.future.exception() is None
+
+
+@dataclass(eq=False)
+class Swap:
+    """A swap under way: the target, the models it stops first, and where it stands."""
+
+    target: str
+    slot: ModelSlot
+    victims: list[ModelSlot]
+    overlap: bool = False  # memory allows starting the target while the victims still stop
+    stopping: bool = False  # past the drain: the stops have begun (it can no longer be abandoned)
+    task: asyncio.Task[None] | None = None

@@ -13,8 +13,8 @@ and only its children (a wrapper script's server) are left.
 A record is trusted only if it is a regular file owned by this user and writable
 by nobody else, read without following a symbolic link: a record someone else
 planted could otherwise make swapproxy signal any process group. Records are
-written through a new, randomly named temporary file (never a planted link) and
-renamed into place; the folder is created private (0700).
+written by :func:`~swapproxy.statejson.write_json`: through a new, randomly named
+0600 file (never a planted link), renamed into place, in a private (0700) folder.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import itertools
 import json
 import logging
 import os
-import secrets
 import signal
 import stat
 import time
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from .statejson import write_json
 
 __all__ = ["RunRecord", "reap_leftovers", "read_record"]
 
@@ -59,18 +60,8 @@ class RunRecord:
         self._upstreams: dict[int, float | None] = {}
 
     def _write(self) -> None:
-        tmp = self.dir / f".{self.path.stem}.{secrets.token_hex(6)}.tmp"
-        try:
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            data = {"owner": self._owner, "upstreams": [{"pid": p, "started": t} for p, t in self._upstreams.items()]}
-            # a new file (O_EXCL), never through a link, readable by this user only
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(json.dumps(data))
-            os.replace(tmp, self.path)  # replaces a link planted at the path, never its target
-        except OSError as exc:  # a read-only home must not stop swapproxy from serving
-            logger.warning("cannot write pid record %s: %s", self.path, exc)
-            tmp.unlink(missing_ok=True)
+        data = {"owner": self._owner, "upstreams": [{"pid": p, "started": t} for p, t in self._upstreams.items()]}
+        write_json(self.path, data)
 
     def watch(self, pid: int) -> None:
         self._upstreams[pid] = _start_time(pid)

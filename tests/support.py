@@ -120,6 +120,11 @@ def free_port_block(n: int) -> int:
     raise RuntimeError("no free port block")
 
 
+#: Top-level keys for a config whose swaps close the models to stop at once (``maxWait: 0``):
+#: for tests of the drain itself, which would otherwise wait out the scheduler's patience first.
+NO_WAIT: dict[str, Any] = {"routing": {"scheduler": {"settings": {"fifo": {"maxWait": 0}}}}}
+
+
 def make_config(models: Mapping[str, Mapping[str, Any]], **top: Any) -> Config:
     """A Config from plain dicts, through the real YAML parser."""
     doc: dict[str, Any] = {

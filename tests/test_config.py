@@ -288,9 +288,7 @@ FULL_STYLE_UNSUPPORTED = [
     (57, "selectors"),
     (102, "models.thinker-70b.compat"),
     (110, "models.thinker-70b.filters.setParamsByID"),
-    (196, "routing.router.settings.matrix"),
-    (210, "routing.scheduler.settings"),
-    (216, "peers"),
+    (217, "peers"),
 ]
 # the mistakes it makes on purpose, as llama-swap's full example does: names that are not
 # models (a selector's, or none at all), and a model with neither proxy nor port
@@ -304,6 +302,7 @@ FULL_STYLE_MISTAKES = [
     (193, "routing.router.settings.groups.pinned.members[0]", "'pinned-a' is not a model id"),
     (194, "routing.router.settings.groups.pinned.members[1]", "'pinned-b' is not a model id"),
     (195, "routing.router.settings.groups.pinned.members[2]", "'pinned-c' is not a model id"),
+    (215, "routing.scheduler.settings.fifo.priority.ghost-model", "'ghost-model' is not a model id or alias"),
 ]
 
 
@@ -539,7 +538,7 @@ def test_unsupported_keys_in_a_small_config() -> None:
         """)
     assert [(p.line, p.key_path, p.message) for p in found] == [
         (1, "peers", "'peers' is not supported by swapproxy yet"),
-        (3, "routing.router.use", "the matrix router is not supported by swapproxy yet"),
+        (3, "routing.router.use", "routing.router.use is 'matrix' but routing.router.settings.matrix is not set"),
         (7, "models.m.compat", "'compat' is not supported by swapproxy yet")]
 
 

@@ -54,8 +54,6 @@ FULL_EXAMPLE_UNSUPPORTED = [
     (201, "selectors"),
     (311, "models.gpt-oss-120b.compat"),
     (354, "models.gpt-oss-120b.filters.setParamsByID"),
-    (608, "routing.router.settings.matrix"),
-    (662, "routing.scheduler.settings"),
     (682, "peers"),
 ]
 # genuine mistakes in the example itself: names that are not models (the example says its
@@ -70,6 +68,11 @@ FULL_EXAMPLE_MISTAKES = [
     (585, "routing.router.settings.groups.forever.members[0]", "'forever-modelA' is not a"),
     (586, "routing.router.settings.groups.forever.members[1]", "'forever-modelB' is not a"),
     (587, "routing.router.settings.groups.forever.members[2]", "'forever-modelc' is not a"),
+    # its scheduler priorities name models it does not define (llama-swap refuses them too)
+    (669, "routing.scheduler.settings.fifo.priority.A", "'A' is not a model id or alias"),
+    (670, "routing.scheduler.settings.fifo.priority.B", "'B' is not a model id or alias"),
+    (671, "routing.scheduler.settings.fifo.priority.C", "'C' is not a model id or alias"),
+    (672, "routing.scheduler.settings.fifo.priority.D", "'D' is not a model id or alias"),
 ]
 
 

@@ -7,13 +7,14 @@ from typing import Any
 
 import yaml
 
-from support import STATE_DIR, Proxy, fake, free_port_block, open_gated_stream, release_all, start_cli, wait_until
+from support import NO_WAIT, STATE_DIR, Proxy, fake, free_port_block, open_gated_stream, release_all, start_cli, wait_until
 from swapproxy.config import Config, parse_config
 from swapproxy.states import ProcessState
 
 
 def doc(models: dict[str, dict[str, Any]], start: int, **top: Any) -> dict[str, Any]:
-    return {"startPort": start, "stateDir": str(STATE_DIR), "models": models, **top}
+    """A config document; its swaps close the models to stop at once (the drains are what is tested)."""
+    return {"startPort": start, "stateDir": str(STATE_DIR), **NO_WAIT, "models": models, **top}
 
 
 def load(d: dict[str, Any], previous: Config | None = None) -> Config:

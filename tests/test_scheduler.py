@@ -15,6 +15,7 @@ import pytest
 from support import wait_until
 from fake_process import FakeHub, FakeProcess, spec
 from swapproxy.config import Config, GroupConfig
+from swapproxy.config.model import SchedulerConfig
 from swapproxy.errors import ModelNotFound, ModelStartFailed, TooManyRequests
 from swapproxy.scheduler import Scheduler, StopCause, StopEvent
 from swapproxy.states import ProcessState
@@ -23,11 +24,18 @@ S = ProcessState
 
 
 def make(*ids: str, groups: tuple[GroupConfig, ...] = (), tuned: dict[str, dict[str, Any]] | None = None,
+         use: str = "fifo", max_wait: float = 3.0, priority: dict[str, int] | None = None,
          **top: Any) -> tuple[Scheduler, FakeHub]:
     """A scheduler over fake processes for ``ids``; ``tuned`` overrides fields of some models' specs."""
     specs = {m: spec(m, **(tuned or {}).get(m, {})) for m in ids}
     hub = FakeHub()
-    return Scheduler(Config(models=specs, groups=groups, **top), hub), hub
+    settings = SchedulerConfig(use, priority or {}, max_wait)  # type: ignore[arg-type]
+    return Scheduler(Config(models=specs, groups=groups, scheduler=settings, **top), hub), hub
+
+
+def strict(*ids: str, **kw: Any) -> tuple[Scheduler, FakeHub]:
+    """The strict arrival-order baseline: the models to stop are closed at once."""
+    return make(*ids, use="strict", **kw)
 
 
 def proc(scheduler: Scheduler, model_id: str) -> FakeProcess:
@@ -66,7 +74,7 @@ async def test_a_swap_stops_the_old_model_before_the_new_one_starts() -> None:
 
 
 async def test_a_swap_waits_for_the_requests_in_flight_on_the_old_model() -> None:
-    scheduler, _ = make("a", "b")
+    scheduler, _ = strict("a", "b")
     lease = await scheduler.acquire("a")
     swap = asyncio.ensure_future(scheduler.acquire("b"))
     await wait_until(lambda: scheduler.slot("a").evicting)
@@ -87,7 +95,7 @@ async def _refused_while_evicting(scheduler: Scheduler) -> bool:
 
 
 async def test_requests_are_served_in_arrival_order() -> None:
-    scheduler, _ = make("a", "b", "c")
+    scheduler, _ = strict("a", "b", "c")
     lease = await scheduler.acquire("a")
     order: list[str] = []
 
@@ -107,7 +115,7 @@ async def test_requests_are_served_in_arrival_order() -> None:
 
 
 async def test_a_waiter_that_leaves_gives_up_its_place_and_the_eviction() -> None:
-    scheduler, _ = make("a", "b")
+    scheduler, _ = strict("a", "b")
     lease = await scheduler.acquire("a")
     swap = asyncio.ensure_future(scheduler.acquire("b"))
     await wait_until(lambda: scheduler.slot("a").evicting)
@@ -162,7 +170,7 @@ async def test_a_forced_unload_stops_at_once_and_a_plain_one_drains() -> None:
 
 
 async def test_a_reload_drain_happens_outside_the_queue() -> None:
-    scheduler, _ = make("a", "b", groups=(GroupConfig("all", swap=False, exclusive=False, members=("a", "b")),))
+    scheduler, _ = strict("a", "b", groups=(GroupConfig("all", swap=False, exclusive=False, members=("a", "b")),))
     await use(scheduler, "b")
     lease = await scheduler.acquire("a")
     old = proc(scheduler, "a")
@@ -190,8 +198,116 @@ async def test_a_removed_model_is_not_routable_and_stops_after_its_requests() ->
         await scheduler.acquire("b")
     assert retired.state is S.READY
     start_a = asyncio.ensure_future(use(scheduler, "a"))  # a retired model still holds memory
-    await wait_until(lambda: scheduler.slot("a").inflight == 1, what="a reserved")
+    await wait_until(lambda: scheduler.slot("a").waiting == 1, what="a waiting")
     assert not start_a.done() and proc(scheduler, "a").state is S.STOPPED  # waiting for b's drain
     lease.release()
     await asyncio.wait_for(start_a, 1)
     await wait_until(lambda: retired.state is S.SHUTDOWN, what="b shut down")
+
+
+# -- the batching scheduler (fifo, the default) -----------------------------------------------------
+async def ask(scheduler: Scheduler, model_id: str, served: list[str]) -> None:
+    """A request that notes when it is served and gives its lease back at once."""
+    lease = await scheduler.acquire(model_id)
+    served.append(model_id)
+    lease.release()
+
+
+def starts(hub: FakeHub) -> list[str]:
+    return [name for name, state in hub.history if state is S.STARTING]
+
+
+async def test_abcabc_runs_as_aabbcc_and_strict_swaps_for_each() -> None:
+    for build, expected_starts in ((make, ["a", "b", "c"]), (strict, ["a", "b", "c", "a", "b", "c"])):
+        scheduler, hub = build("a", "b", "c")
+        lease = await scheduler.acquire("a")
+        served: list[str] = []
+        tasks = []
+        for model_id in "abcabc"[1:]:
+            tasks.append(asyncio.ensure_future(ask(scheduler, model_id, served)))
+            await asyncio.sleep(0)
+        lease.release()
+        await asyncio.wait_for(asyncio.gather(*tasks), 2)
+        assert starts(hub) == expected_starts, build
+        if build is make:
+            assert served == ["a", "b", "b", "c", "c"]  # the second a came in while a ran: served at once
+
+
+async def test_waiting_requests_for_one_model_share_one_swap() -> None:
+    scheduler, hub = make("a", "b", "c")
+    for model_id in ("b", "c"):  # starts known, and alike: the count of waiting requests decides
+        scheduler.learned.record_start(scheduler.slot(model_id).process.spec, 0.1)
+    lease = await scheduler.acquire("a")
+    served: list[str] = []
+    tasks = [asyncio.ensure_future(ask(scheduler, m, served)) for m in ("c", "b", "b", "c", "b")]
+    await wait_until(lambda: scheduler.queue_depth() == 5)
+    assert not scheduler.slot("a").evicting  # a keeps serving until it is idle (or maxWait passes)
+    lease.release()
+    await asyncio.wait_for(asyncio.gather(*tasks), 2)
+    assert starts(hub) == ["a", "b", "c"]  # b first: three waiting against c's two
+    assert served == ["b", "b", "b", "c", "c"]
+
+
+async def test_max_wait_bounds_the_wait_behind_a_model_that_stays_busy() -> None:
+    scheduler, hub = make("a", "b", max_wait=0.05)
+    first = await scheduler.acquire("a")
+    waiting = asyncio.ensure_future(scheduler.acquire("b"))
+    leases = [first]
+    # a keeps receiving work: each new request overlaps the last, so a is never idle by itself
+    while not scheduler.slot("a").evicting:
+        leases.append(await scheduler.acquire("a"))
+        leases.pop(0).release()
+        await asyncio.sleep(0.005)
+    late = asyncio.ensure_future(scheduler.acquire("a"))
+    await asyncio.sleep(0)
+    assert not late.done()  # closed: new work for a queues now
+    for lease in leases:
+        lease.release()
+    (await asyncio.wait_for(waiting, 1)).release()
+    (await asyncio.wait_for(late, 1)).release()
+    assert starts(hub) == ["a", "b", "a"]
+
+
+async def test_higher_priority_models_are_served_first() -> None:
+    scheduler, hub = make("a", "low", "high", priority={"high": 5})
+    lease = await scheduler.acquire("a")
+    served: list[str] = []
+    tasks = [asyncio.ensure_future(ask(scheduler, m, served)) for m in ("low", "low", "high")]
+    await wait_until(lambda: scheduler.queue_depth() == 3)
+    lease.release()
+    await asyncio.wait_for(asyncio.gather(*tasks), 2)
+    assert served == ["high", "low", "low"]
+
+
+async def test_a_quicker_swap_goes_first_unless_an_older_waiter_would_pass_max_wait() -> None:
+    for max_wait, expected in ((60.0, ["quick", "slow"]), (0.05, ["slow", "quick"])):
+        scheduler, hub = make("a", "slow", "quick", max_wait=max_wait)
+        scheduler.learned.record_start(scheduler.slot("slow").process.spec, 30.0)
+        scheduler.learned.record_start(scheduler.slot("quick").process.spec, 0.1)
+        lease = await scheduler.acquire("a")
+        served: list[str] = []
+        tasks = [asyncio.ensure_future(ask(scheduler, "slow", served))]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.ensure_future(ask(scheduler, "quick", served)))
+        await wait_until(lambda: scheduler.queue_depth() == 2)
+        lease.release()
+        await asyncio.wait_for(asyncio.gather(*tasks), 2)
+        # same number waiting: the 0.1 s start beats the 30 s one, unless that would keep the
+        # older request for "slow" past its maxWait
+        assert served == expected, max_wait
+
+
+async def test_swaps_that_stop_nothing_of_each_other_run_side_by_side() -> None:
+    groups = (GroupConfig("left", swap=True, exclusive=False, members=("a", "b")),
+              GroupConfig("right", swap=True, exclusive=False, members=("c", "d")))
+    scheduler, hub = make("a", "b", "c", "d", groups=groups)
+    hub.held.update({"b", "d"})
+    await use(scheduler, "a")
+    await use(scheduler, "c")
+    to_b = asyncio.ensure_future(use(scheduler, "b"))
+    to_d = asyncio.ensure_future(use(scheduler, "d"))
+    await wait_until(lambda: proc(scheduler, "b").state is S.STARTING and proc(scheduler, "d").state is S.STARTING)
+    proc(scheduler, "b").release_start()
+    proc(scheduler, "d").release_start()
+    await asyncio.wait_for(asyncio.gather(to_b, to_d), 1)
+    assert scheduler.running() == ["b", "d"]

@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from support import make_config, models, open_gated_stream, pid_gone, release_all, wait_until
+from support import NO_WAIT, make_config, models, open_gated_stream, pid_gone, release_all, wait_until
 from swapproxy.states import ProcessState
 
 
@@ -82,7 +82,7 @@ async def test_concurrent_requests_across_models_all_succeed(proxy_factory) -> N
 
 
 async def test_stream_in_flight_is_not_cut_by_a_swap(proxy_factory) -> None:
-    proxy = await proxy_factory(make_config(models("a", "b", flags=("--tokens", "4"))))
+    proxy = await proxy_factory(make_config(models("a", "b", flags=("--tokens", "4")), **NO_WAIT))
     stream = await open_gated_stream(proxy, "a")
     pid_a = proxy.pid("a")
     swap = asyncio.ensure_future(proxy.chat("b"))
@@ -117,6 +117,7 @@ async def test_a_long_drain_does_not_hold_up_other_models(proxy_factory) -> None
             "chat": {"swap": True, "exclusive": True, "members": ["a", "b"]},
             "side": {"swap": False, "exclusive": False, "persistent": True, "members": ["emb"]},
         },
+        **NO_WAIT,
     )
     proxy = await proxy_factory(config)
     stream = await open_gated_stream(proxy, "a")  # a stream that does not end by itself
@@ -167,15 +168,15 @@ async def test_health_timeout_is_503(proxy_factory) -> None:
 
 
 async def test_waiter_that_disconnects_leaves_the_queue(proxy_factory) -> None:
-    proxy = await proxy_factory(make_config(models("a", "b")))
+    proxy = await proxy_factory(make_config(models("a", "b"), **NO_WAIT))
     stream = await open_gated_stream(proxy, "a")
     body = {"model": "b", "messages": []}
     waiter = asyncio.ensure_future(proxy.http.post(proxy.url + "/v1/chat/completions", json=body))
-    # b is reserved and a is closed to new requests while its stream drains
-    await wait_until(lambda: proxy.swapper.slot("a").evicting and proxy.swapper.slot("b").inflight == 1,
+    # b waits in the queue and a is closed to new requests while its stream drains
+    await wait_until(lambda: proxy.swapper.slot("a").evicting and proxy.swapper.slot("b").waiting == 1,
                      what="b waiting for a to drain")
     waiter.cancel()  # the client goes away while waiting for the swap
-    await wait_until(lambda: proxy.swapper.slot("b").inflight == 0, what="b's reservation given back")
+    await wait_until(lambda: proxy.swapper.slot("b").waiting == 0, what="b's place given back")
     await wait_until(lambda: not proxy.swapper.slot("a").evicting, what="eviction abandoned")
     await release_all(proxy, "a", stream)
     assert proxy.swapper.running() == ["a"]  # nobody asked for b any more
@@ -201,3 +202,45 @@ async def test_upstream_crash_mid_stream_ends_the_client_stream(proxy_factory) -
     assert b"upstream_disconnected" in text
     await wait_until(lambda: proxy.swapper.slot("a").process.state is ProcessState.FAILED, what="marked failed")
     assert (await proxy.chat("a"))[0] == 200  # the next request starts it again
+
+
+# -- the batching scheduler (routing.scheduler.use: fifo, the default) -----------------------------
+async def test_a_ready_model_is_served_at_once_while_a_swap_waits_for_it(proxy_factory) -> None:
+    """Request 1 streams on a; request 2 for b waits; request 3 for a is served at once, no swap."""
+    proxy = await proxy_factory(make_config(models("a", "b")))
+    stream = await open_gated_stream(proxy, "a")
+    pid_a = proxy.pid("a")
+    waiting = asyncio.ensure_future(proxy.chat("b"))
+    await wait_until(lambda: proxy.swapper.slot("b").waiting == 1, what="b waiting")
+    status, data = await asyncio.wait_for(proxy.chat("a"), 5)  # served while b waits
+    assert status == 200 and data["model"] == "a" and proxy.pid("a") == pid_a
+    assert not proxy.swapper.slot("a").evicting and not waiting.done()
+    await release_all(proxy, "a", stream)
+    status, data = await asyncio.wait_for(waiting, 20)
+    assert status == 200 and data["model"] == "b"
+    assert pid_gone(pid_a)
+
+
+async def test_a_model_busy_past_max_wait_is_closed_so_the_swap_happens(proxy_factory) -> None:
+    config = make_config(models("a", "b"), routing={"scheduler": {"settings": {"fifo": {"maxWait": 0.3}}}})
+    proxy = await proxy_factory(config)
+    stream = await open_gated_stream(proxy, "a")  # never ends by itself
+    waiting = asyncio.ensure_future(proxy.chat("b"))
+    await wait_until(lambda: proxy.swapper.slot("a").evicting, what="a closed after maxWait")
+    late = asyncio.ensure_future(proxy.chat("a"))  # a takes no new request now: it queues behind b
+    await wait_until(lambda: proxy.swapper.slot("a").waiting == 1, what="the late a request queued")
+    await release_all(proxy, "a", stream)
+    assert (await asyncio.wait_for(waiting, 20))[1]["model"] == "b"
+    assert (await asyncio.wait_for(late, 20))[1]["model"] == "a"
+
+
+async def test_strict_closes_the_running_model_at_once(proxy_factory) -> None:
+    proxy = await proxy_factory(make_config(models("a", "b"), routing={"scheduler": {"use": "strict"}}))
+    stream = await open_gated_stream(proxy, "a")
+    waiting = asyncio.ensure_future(proxy.chat("b"))
+    await wait_until(lambda: proxy.swapper.slot("a").evicting, what="a closed at once")
+    late = asyncio.ensure_future(proxy.chat("a"))
+    await wait_until(lambda: proxy.swapper.slot("a").waiting == 1, what="the late a request queued")
+    await release_all(proxy, "a", stream)
+    assert (await asyncio.wait_for(waiting, 20))[1]["model"] == "b"
+    assert (await asyncio.wait_for(late, 20))[1]["model"] == "a"

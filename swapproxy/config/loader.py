@@ -31,8 +31,7 @@ __all__ = ["_Loader", "load_config", "parse_config"]
 _ENV_REF = re.compile(r"\$\{env\.([A-Za-z_][A-Za-z0-9_]*)\}")
 _NOT_YET = "not supported by swapproxy yet"
 # keys that change routing and that swapproxy does not implement yet; "*" is any model id
-_UNSUPPORTED = (("matrix",), ("peers",), ("profiles",), ("selectors",), ("upstream",),
-                ("routing", "router", "settings", "matrix"), ("routing", "scheduler", "settings"),
+_UNSUPPORTED = (("peers",), ("profiles",), ("selectors",), ("upstream",),
                 ("models", "*", "compat"), ("models", "*", "filters", "setParamsByID"))
 
 
@@ -136,9 +135,6 @@ class _Loader(_Report):
         """Report the keys swapproxy does not implement yet; return their paths, to drop."""
         found = {path: f"'{path[-1]}' is {_NOT_YET}"
                  for pattern in _UNSUPPORTED for path in _matches(data, pattern)}
-        for path in _matches(data, ("routing", "router", "use")):
-            if data["routing"]["router"]["use"] == "matrix":
-                found[path] = f"the matrix router is {_NOT_YET}"
         for path, message in found.items():
             self.problem(path, message)
         return set(found)

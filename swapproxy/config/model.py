@@ -11,14 +11,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["DEFAULT_GROUP", "Config", "FiltersConfig", "GroupConfig", "LogLevel", "LogToStdout",
-           "ModelConfig", "_FrozenDict"]
+from ..matrix import Matrix
+
+__all__ = ["DEFAULT_GROUP", "Config", "FiltersConfig", "GroupConfig", "LogLevel", "LogToStdout", "MemoryConfig",
+           "ModelConfig", "Router", "SchedulerConfig", "SchedulerUse", "_FrozenDict"]
 
 #: Name of the implicit group holding every model that no configured group lists.
 DEFAULT_GROUP = "(default)"
 
 LogLevel = Literal["debug", "info", "warn", "error"]
 LogToStdout = Literal["proxy", "upstream", "both", "none"]
+Router = Literal["group", "matrix"]
+SchedulerUse = Literal["fifo", "strict"]
 
 
 class _FrozenDict(dict[str, Any]):
@@ -54,6 +58,25 @@ class FiltersConfig:
     set_params: Mapping[str, Any] = field(default_factory=_FrozenDict)
 
 
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """How waiting requests are ordered: llama-swap's batching ``fifo`` (default) or ``strict`` arrival order."""
+
+    use: SchedulerUse = "fifo"
+    priority: Mapping[str, int] = field(default_factory=_FrozenDict)  # model id -> priority (default 0)
+    max_wait: float = 3.0  # seconds before a busy model stops taking new requests for a waiting one
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Memory-aware scheduling: declared budgets per device (``gpu0``..., ``host``), in bytes."""
+
+    budgets: Mapping[str, int] = field(default_factory=_FrozenDict)
+    reserve: int = 0
+    share_default_group: bool = False  # models in no group may run together when they fit
+    learn: bool = True
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """One model, fully resolved: macros expanded, defaults applied, argv split."""
@@ -83,6 +106,7 @@ class ModelConfig:
     port: int | None = None  # the ${PORT} assigned to this model
     group: str = DEFAULT_GROUP
     upstream_api_key: str | None = None  # swapproxy: sent upstream as Bearer / x-api-key
+    memory: Mapping[str, int] | None = None  # swapproxy: declared footprint per device, bytes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +133,10 @@ class Config:
     breaker_failures: int = 3  # start failures within breaker_window that open the breaker; 0 = off
     breaker_window: float = 60.0
     state_dir: str | None = None  # where pid records live; None = no records
+    router: Router = "group"
+    matrix: Matrix | None = field(default=None, compare=False)  # compiled, when router is "matrix"
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     cors_origins: tuple[str, ...] = ("localhost",)  # swapproxy: "localhost", "*" or exact origins (browser.py)
     allowed_hosts: tuple[str, ...] = ()  # swapproxy: Host names accepted besides the built-in ones (browser.py)
     env_secrets: tuple[str, ...] = ()  # values of ${env.X} whose X names a secret: redacted where shown

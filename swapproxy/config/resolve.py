@@ -5,7 +5,8 @@ The top-level settings are read here, and each section is resolved by its own mo
 (``corsOrigins``, ``allowedHosts``) and :mod:`.resolve_models` (each ``models.<id>``, in config
 order since ``${PORT}`` follows it).
 Then the names that refer to models are cross-checked: aliases, group members, ``preload``
-and ``defaultModel``. A new top-level section gets its own ``resolve_<section>.py`` and one
+and ``defaultModel``. :mod:`.resolve_routing` resolves the router (groups or matrix) and the
+scheduler's settings, :mod:`.resolve_memory` the memory budgets. A new top-level section gets its own ``resolve_<section>.py`` and one
 call here.
 """
 
@@ -19,7 +20,9 @@ from .model import DEFAULT_GROUP, Config, ModelConfig
 from .problems import _Report
 from .resolve_browser import _allowed_hosts, _cors_origins
 from .resolve_groups import _resolve_groups
+from .resolve_memory import _resolve_memory
 from .resolve_models import _resolve_model
+from .resolve_routing import _resolve_router, _resolve_scheduler
 from .schema import RawConfig, RawModel
 
 __all__ = ["_resolve"]
@@ -37,7 +40,8 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
             report.notice((key,), _UI_ONLY)
     global_defs = _macro_defs(report, raw.macros, ("macros",))
     _expand_macros(report, global_defs, set())  # report bad references even if unused
-    groups, unknown_members = _resolve_groups(report, raw, ids)
+    router, matrix = _resolve_router(report, raw, ids)
+    groups, unknown_members = _resolve_groups(report, raw, ids) if router == "group" else ([], [])
     group_of = {member: g.name for g in groups for member in g.members}
     models: dict[str, ModelConfig] = {}
     next_port = raw.startPort
@@ -71,6 +75,8 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
                            f"'{name}' is not a model id or alias")
         elif target not in preload:
             preload.append(target)
+    scheduler = _resolve_scheduler(report, raw, {**{m: m for m in ids}, **owner})
+    memory = _resolve_memory(report, raw)
     default_model = find(raw.defaultModel) if raw.defaultModel is not None else None
     if raw.defaultModel is not None and default_model is None:
         report.problem(("defaultModel",), f"'{raw.defaultModel}' is not a model id or alias")
@@ -92,7 +98,8 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
         groups=tuple(groups), default_model=default_model,
         max_request_body_mb=raw.maxRequestBodyMB, models=models,
         breaker_failures=raw.circuitBreaker.failures, breaker_window=raw.circuitBreaker.window,
-        state_dir=_state_dir(environ, raw.stateDir), cors_origins=cors_origins, allowed_hosts=allowed_hosts,
+        state_dir=_state_dir(environ, raw.stateDir), router=router, matrix=matrix, scheduler=scheduler,
+        memory=memory, cors_origins=cors_origins, allowed_hosts=allowed_hosts,
         notices=tuple(str(n) for n in notices))
 
 

@@ -44,5 +44,7 @@ def _resolve_groups(report: _Report, raw: RawConfig,
                                    tuple(members)))
     rest = tuple(mid for mid in ids if mid not in member_of)
     if rest:
-        out.append(GroupConfig(DEFAULT_GROUP, members=rest))
+        # memory.shareDefaultGroup: models in no group may run together; memory alone keeps them apart
+        share = raw.memory.shareDefaultGroup
+        out.append(GroupConfig(DEFAULT_GROUP, swap=not share, exclusive=not share, members=rest))
     return out, unknown

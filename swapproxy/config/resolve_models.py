@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from .macros import _expand_macros, _macro_defs, _MacroDef, _Scope
 from .model import FiltersConfig, ModelConfig, _FrozenDict
 from .problems import _KeyPath, _Report
+from .resolve_memory import _resolve_footprint
 from .schema import RawCapabilities, RawConfig, RawFilters, RawModel
 from .validate import _translate
 
@@ -114,7 +115,8 @@ def _resolve_model(report: _Report, raw: RawConfig, mid: str, m: RawModel,
         response_header_timeout=m.timeouts.responseHeader,
         response_idle_timeout=m.timeouts.responseIdle,
         port=scope.port, group=group,
-        upstream_api_key=scope.text(m.apiKey, (*base, "apiKey")) or None)
+        upstream_api_key=scope.text(m.apiKey, (*base, "apiKey")) or None,
+        memory=_resolve_footprint(report, m.memory, (*base, "memory")))
     return model, next_port
 
 

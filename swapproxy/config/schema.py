@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .model import LogLevel, LogToStdout
 
 __all__ = ["LogLevel", "LogToStdout", "Modality", "Raw", "RawAlias", "RawBreaker", "RawCapabilities", "RawConfig",
-           "RawFilters", "RawGroup", "RawHooks", "RawModel", "RawOnStartup", "RawRouter", "RawRouterSettings",
-           "RawRouting", "RawScheduler", "RawTimeouts", "json_schema"]
+           "RawFifo", "RawFilters", "RawGroup", "RawHooks", "RawMatrix", "RawMemory", "RawModel", "RawOnStartup",
+           "RawRouter", "RawRouterSettings", "RawRouting", "RawScheduler", "RawSchedulerSettings", "RawTimeouts",
+           "Size", "json_schema"]
 
 Modality = Literal["text", "audio", "image", "video"]
 
@@ -45,17 +46,56 @@ class RawGroup(Raw, title="group"):
     members: list[str] = Field(description="model ids from `models`")
 
 
+class RawMatrix(Raw, title="matrix"):
+    """llama-swap's matrix: named sets of models that may run together."""
+
+    vars: dict[str, str] = Field(default_factory=dict, description="short name -> model id")
+    evict_costs: dict[str, int] = Field(default_factory=dict, description="var or model id -> cost of "
+                                        "stopping it (default 1)")
+    sets: dict[str, str] = Field(description="set name -> expression: a & b, a | b, (...), +set")
+
+
 class RawRouterSettings(Raw, title="router settings"):
     groups: dict[str, RawGroup] = Field(default_factory=dict)
+    # checked only when routing.router.use is matrix, as llama-swap does
+    matrix: dict[str, Any] | None = Field(default=None, description="see matrix")
 
 
 class RawRouter(Raw, title="router"):
-    use: Literal["group"] = "group"
+    use: Literal["group", "matrix"] = "group"
     settings: RawRouterSettings = RawRouterSettings()
 
 
+class RawFifo(Raw, title="fifo"):
+    priority: dict[str, int] = Field(default_factory=dict, description="model id -> priority (default 0); "
+                                     "higher is served first")
+    maxWait: float = Field(default=3.0, ge=0, description="swapproxy: seconds a request for another model "
+                           "waits before the running model stops taking new requests, so that it drains "
+                           "and the swap happens")
+
+
+class RawSchedulerSettings(Raw, title="scheduler settings"):
+    fifo: RawFifo = RawFifo()
+
+
 class RawScheduler(Raw, title="scheduler"):
-    use: Literal["fifo"] = "fifo"
+    use: Literal["fifo", "strict"] = Field(default="fifo", description="fifo: batch by model, serve ready "
+                                           "models at once; strict (swapproxy): strict arrival order")
+    settings: RawSchedulerSettings = RawSchedulerSettings()
+
+
+Size = int | str
+
+
+class RawMemory(Raw, title="memory"):
+    """swapproxy: memory-aware scheduling (budgets per device; footprints per model)."""
+
+    devices: dict[str, Size] = Field(default_factory=dict, description="budget per device (gpu0, gpu1, ..., "
+                                     "host): bytes or e.g. 24GiB; GPUs default to what NVML reports")
+    reserve: Size = Field(default=0, description="headroom kept free on every device")
+    shareDefaultGroup: bool = Field(default=False, description="models in no group may run together "
+                                    "when they fit (memory alone decides)")
+    learn: bool = Field(default=True, description="learn each model's real footprint once it has run")
 
 
 class RawRouting(Raw, title="routing"):
@@ -130,6 +170,8 @@ class RawModel(Raw, title="model"):
     sendLoadingState: bool | None = None
     timeouts: RawTimeouts = RawTimeouts()
     apiKey: str = Field(default="", description="swapproxy: key sent to this upstream (Bearer and x-api-key)")
+    memory: Size | dict[str, Size] | None = Field(default=None, description="swapproxy: the model's memory "
+                                                  "footprint: a size (on its device) or a size per device")
 
 
 class RawBreaker(Raw, title="circuitBreaker"):
@@ -155,6 +197,9 @@ class RawConfig(Raw, title="swapproxy config (llama-swap config.yaml format)"):
     hooks: RawHooks = RawHooks()
     groups: dict[str, RawGroup] = Field(default_factory=dict)
     routing: RawRouting = RawRouting()
+    matrix: dict[str, Any] | None = Field(default=None, description="older spelling of "
+                                          "routing.router.settings.matrix (with routing.router.use: matrix)")
+    memory: RawMemory = RawMemory()
     models: dict[str, RawModel]
     defaultModel: str | None = Field(default=None, description="swapproxy: model if none named")
     maxRequestBodyMB: float = Field(default=256.0, gt=0, description="swapproxy: body limit")

@@ -10,11 +10,12 @@ const LABEL = {
   stopped: "stopped", failed: "failed", shutdown: "shut down",
 };
 const ui = {
-  models: new Map(),       // id -> snapshot (see management.model_snapshot)
+  models: new Map(),       // id -> its ModelStatus (swapproxy/status.py) and memory footprint
   order: [],               // config order
   logs: new Map(),         // source -> [{text, cls}]
   selected: "all",
   queueDepth: 0,
+  devices: {},             // device -> {budget, planned, used, total}
   notes: new Map(),        // id -> last action error
   source: null,            // the EventSource
 };
@@ -60,7 +61,7 @@ function rowHtml(m) {
     <td class="num pid">${m.pid ?? "–"}</td>
     <td class="num">${m.port ?? "–"}</td>
     <td class="num uptime">${fmtSeconds(up)}</td>
-    <td class="num">${fmtBytes(m.rss_bytes)}</td>
+    <td class="num memory">${fmtBytes(m.rss_bytes)}${footprintHtml(m.memory)}</td>
     <td class="num inflight">${flight}</td>
     <td class="num">${m.state === "ready" ? ttl : "–"}</td>
     <td class="actions">
@@ -72,6 +73,15 @@ function rowHtml(m) {
         title="stop it now, cutting the ${m.inflight} request(s) in flight">Stop now</button>` : ""}
       <button type="button" class="small" data-action="logs">Logs</button>
     </td>`;
+}
+
+function footprintHtml(memory) {
+  // what the scheduler plans for it (declared, learned or estimated), per device
+  if (!memory) return "";
+  const title = `footprint the scheduler plans for (${memory.source})`;
+  if (!memory.bytes) return `<div class="model-sub footprint" title="${title}">plan: unknown</div>`;
+  const parts = Object.entries(memory.bytes).map(([device, n]) => `${fmtBytes(n)} ${esc(device)}`);
+  return `<div class="model-sub footprint" title="${title}">plan: ${parts.join(", ")} · ${esc(memory.source)}</div>`;
 }
 
 function starting(m) {
@@ -129,6 +139,9 @@ function renderSummary() {
   if (count("starting")) parts.push(`${count("starting")} starting`);
   if (count("failed")) parts.push(`${count("failed")} failed`);
   if (ui.queueDepth) parts.push(`${ui.queueDepth} queued`);
+  for (const [device, d] of Object.entries(ui.devices)) {
+    if (d.budget != null) parts.push(`${device}: ${fmtBytes(d.planned)} of ${fmtBytes(d.budget)} planned`);
+  }
   $("#summary").textContent = parts.join(" · ");
 }
 
@@ -208,6 +221,7 @@ function handle(ev) {
       ui.models = new Map(ev.models.map((m) => [m.model, { ...m, _at: Date.now() / 1000 }]));
       ui.order = ev.models.map((m) => m.model);
       ui.queueDepth = ev.queue_depth || 0;
+      ui.devices = ev.devices || {};
       ui.logs = new Map();
       for (const line of ev.logs.proxy || []) appendLog("proxy", line);
       for (const id of ui.order) for (const line of ev.logs[id] || []) appendLog(id, line);
@@ -328,7 +342,10 @@ async function refreshDetails() {
       // the truth for states and counts, and may already be ahead of this answer.
       const m = ui.models.get(id);
       if (m && m.pid != null && m.pid === d.pid) m.rss_bytes = d.rss_bytes;
+      if (m && d.memory) m.memory = d.memory;
     }
+    if (body.devices) ui.devices = body.devices;
+    renderSummary();
     ui.order.forEach(renderRow);
   } catch (err) {
     // the event stream shows the connection state; nothing to add here

@@ -29,11 +29,14 @@ from aiohttp import web
 
 from ..config import Config, ModelConfig
 from ..guardian import Guardian
+from ..learned import Learned
 from ..logs import BufferHandler
+from ..memory import MemoryModel
 from ..metrics import Metrics
+from ..nvml import gpu_provider
 from ..process import ManagedProcess, ProcessTracker
-from ..redact import Redactor
 from ..processes import ProcessHub, ProcessLike
+from ..redact import Redactor
 from ..scheduler import Scheduler, StopEvent
 from ..statefile import RunRecord, reap_leftovers
 from ..states import ProcessState
@@ -120,7 +123,10 @@ class _Resources:
             return ManagedProcess(spec, trackers=self.trackers, session=rt.session, on_line=on_line,
                                   secrets=config.all_keys, redactor=Redactor.for_config(config))
 
-        scheduler = Scheduler(rt.initial_config, ProcessHub(new_process), rt.background)
+        learned = Learned(rt.initial_config.state_dir)
+        memory = MemoryModel(lambda: rt.config, learned, gpu_provider())
+        scheduler = Scheduler(rt.initial_config, ProcessHub(new_process), rt.background, learned=learned,
+                              resources=memory.resources)
 
         def on_state(proc: ProcessLike, old: ProcessState, new: ProcessState) -> None:
             if not scheduler.is_current(proc):
@@ -135,7 +141,12 @@ class _Resources:
         scheduler.hub.add_listener(on_state)
         scheduler.swap_listeners.append(on_stop)
         rt._scheduler = scheduler
-        rt.metrics.bind(scheduler)
+        rt._memory = memory
+        rt.metrics.bind(scheduler, memory)
+        rt.background.spawn(memory.refresh())  # GGUF estimates: off the event loop, in a helper process
+        rt.background.spawn(memory.watch(lambda: [
+            (slot.process.spec, slot.process.pid) for slot in scheduler.slots.values()
+            if slot.process.state is ProcessState.READY and slot.process.pid is not None]))
         try:
             yield
         finally:

@@ -64,7 +64,8 @@ async def liveness(request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
 
 
-@api(tag="models", query=[("details", "1: add state, pid, port, uptime, RSS, in-flight, TTL left per model")])
+@api(tag="models", query=[("details", "1: add state, pid, port, uptime, RSS, memory footprint, in-flight, TTL "
+                                     "left per model, and each device's budget")])
 async def running(request: web.Request) -> web.Response:
     """The models that are running or starting."""
     scheduler = runtime(request).scheduler
@@ -73,7 +74,13 @@ async def running(request: web.Request) -> web.Response:
     if request.query.get("details", "0") not in ("", "0", "false", "no"):
         statuses = [model_status(scheduler, mid) for mid in ids]
         sizes = tree_rss(status.pid for status in statuses)
-        body["details"] = {status.model: status.as_json(sizes) for status in statuses}
+        memory = runtime(request).memory
+        specs = [scheduler.slot(mid).process.spec for mid in ids]
+        body["details"] = {status.model: {**status.as_json(sizes), "memory": memory.model_json(spec)}
+                           for status, spec in zip(statuses, specs)}
+        devices = memory.devices_json(specs)
+        if devices:
+            body["devices"] = devices
     return web.json_response(body)
 
 

@@ -22,6 +22,7 @@ from ..background import Background
 from ..config import Config
 from ..events import EventBus
 from ..logs import LogBuffer
+from ..memory import MemoryModel
 from ..metrics import Metrics
 from ..reload import ReloadState
 from ..scheduler import Scheduler
@@ -90,6 +91,7 @@ class Runtime:
     tags: dict[web.AbstractRoute, RouteTag] = field(default_factory=dict)  # by route: its tier and kind
     _scheduler: Scheduler | None = None
     _session: aiohttp.ClientSession | None = None
+    _memory: MemoryModel | None = None
 
     @property
     def scheduler(self) -> Scheduler:
@@ -102,6 +104,13 @@ class Runtime:
         if self._session is None:
             raise RuntimeError("swapproxy's app has not started")
         return self._session
+
+    @property
+    def memory(self) -> MemoryModel:
+        """Device budgets and model footprints."""
+        if self._memory is None:
+            raise RuntimeError("swapproxy's app has not started")
+        return self._memory
 
     @property
     def config(self) -> Config:

@@ -169,7 +169,10 @@ async def api_events(request: web.Request) -> web.StreamResponse:
             "version": __version__,
             "started": rt.started,
             "queue_depth": scheduler.queue_depth(),
-            "models": [status.as_json(sizes) for status in statuses],
+            "models": [{**status.as_json(sizes), "memory": rt.memory.model_json(scheduler.slot(status.model).process.spec)}
+                       for status in statuses],
+            "devices": rt.memory.devices_json([slot.process.spec for slot in scheduler.slots.values()
+                                               if slot.process.state in (ProcessState.STARTING, ProcessState.READY)]),
             "logs": log_tails,
         }
         resp = await _open_stream(request, sse.HEADERS)

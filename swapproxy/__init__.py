@@ -4,6 +4,7 @@ One request, in the order it meets the files::
 
     client ─▶ web/app.py         the app: middlewares, routes, resources (one cleanup_ctx each)
               web/middleware.py  metrics, the OpenAI error envelope, API keys
+              web/browser.py     request target, Host, OPTIONS/CORS; cross-site refused by route kind
               web/inference.py   an OpenAI or native route; routing.py finds the model it names
               web/naming.py      ... through the active profile's pins, a selector (selectors.py
                                  picks a target from the models' states) and aliases
@@ -23,7 +24,8 @@ One swap, when the model a request names is not running::
                    (status.py's ModelStatus), systemd's STATUS line
 
 Around them: config/ reads llama-swap's format into frozen types; states.py is
-the process state table; errors.py the error tree and its envelope; reload.py
+the process state table; errors.py the error tree and its envelope; redact.py
+hides secrets in shown command lines, URLs and log lines; reload.py
 and config_diff.py apply a changed config as a diff; web/runtime.py holds what
 the running app shares; web/management.py, web/controls.py, web/streams.py,
 web/catalogue.py and web/upstream.py (with web/websocket.py) the management,

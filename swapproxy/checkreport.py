@@ -7,6 +7,7 @@ from .learned import Learned
 from .memory import MemoryModel
 from .nvml import GpuProvider
 from .policy import Occupant, plan
+from .redact import Redactor
 from .sizes import format_size
 
 __all__ = ["describe"]
@@ -29,6 +30,7 @@ def describe(path: str, config: Config, gpus: GpuProvider | None = None, *, read
              + (f"matrix of {len(config.matrix.order)} set(s)" if config.matrix is not None
                 else f"{len(config.groups)} group(s)")
              + f", scheduler {config.scheduler.use}"]
+    shown = Redactor.for_config(config)  # a proxy URL may carry a key
     for spec in config.models.values():
         extras = []
         if spec.aliases:
@@ -39,7 +41,7 @@ def describe(path: str, config: Config, gpus: GpuProvider | None = None, *, read
             extras.append(f"port {spec.port}")
         if config.scheduler.priority.get(spec.id):
             extras.append(f"priority {config.scheduler.priority[spec.id]}")
-        lines.append(f"  model {spec.id}: {spec.proxy}" + (f" ({'; '.join(extras)})" if extras else ""))
+        lines.append(f"  model {spec.id}: {shown.url(spec.proxy)}" + (f" ({'; '.join(extras)})" if extras else ""))
     if config.matrix is not None:
         for name in config.matrix.order:
             lines.append(f"  set {name}: {config.matrix.source[name]}")

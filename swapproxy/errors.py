@@ -10,12 +10,16 @@ The tree::
     SwapProxyError                      500 internal_error
     ├── BadRequest                      400 invalid_request_error
     ├── Unauthorized                    401 authentication_error
+    ├── Forbidden                       403 permission_error
+    │   └── CrossSiteRefused            403 cross_site_request   (a browser on another site)
     ├── NotFound                        404 not_found_error
     │   ├── ModelNotFound               404 model_not_found
     │   └── ModelDisabled               404 model_not_found      (a profile's empty pin)
     ├── Conflict                        409 conflict             (model not loaded; nothing may start it)
     ├── PayloadTooLarge                 413 request_too_large
+    ├── UnsupportedMediaType            415 unsupported_media_type
     ├── ExpectationFailed               417 expectation_failed
+    ├── HostNotAllowed                  421 host_not_allowed     (DNS rebinding guard)
     ├── TooManyRequests                 429 rate_limit_exceeded  (+ Retry-After)
     ├── NotSupported                    501 not_implemented
     ├── UpstreamUnreachable             502 upstream_unreachable
@@ -40,12 +44,16 @@ __all__ = [
     "SwapProxyError",
     "BadRequest",
     "Unauthorized",
+    "Forbidden",
+    "CrossSiteRefused",
     "NotFound",
     "ModelNotFound",
     "ModelDisabled",
     "Conflict",
     "PayloadTooLarge",
+    "UnsupportedMediaType",
     "ExpectationFailed",
+    "HostNotAllowed",
     "TooManyRequests",
     "NotSupported",
     "UpstreamUnreachable",
@@ -96,6 +104,14 @@ class Unauthorized(SwapProxyError, status=401, type="authentication_error", code
     """No API key, or not one that opens this route."""
 
 
+class Forbidden(SwapProxyError, status=403, type="permission_error", code="forbidden"):
+    """The request is understood and refused."""
+
+
+class CrossSiteRefused(Forbidden, code="cross_site_request"):
+    """A browser sent a state-changing request from a page of another site (see web/browser.py)."""
+
+
 class NotFound(SwapProxyError, status=404, type="not_found_error", code="not_found"):
     """No such route, or no such thing."""
 
@@ -124,8 +140,17 @@ class PayloadTooLarge(SwapProxyError, status=413, type="invalid_request_error", 
     """The body passed maxRequestBodyMB."""
 
 
+class UnsupportedMediaType(SwapProxyError, status=415, type="invalid_request_error",
+                           code="unsupported_media_type"):
+    """A body of a type this route does not take (a form body from another origin to a JSON route)."""
+
+
 class ExpectationFailed(SwapProxyError, status=417, type="invalid_request_error", code="expectation_failed"):
     """An Expect header other than 100-continue."""
+
+
+class HostNotAllowed(SwapProxyError, status=421, type="invalid_request_error", code="host_not_allowed"):
+    """The Host header names a host this server does not answer for (allowedHosts)."""
 
 
 class TooManyRequests(SwapProxyError, status=429, type="rate_limit_error", code="rate_limit_exceeded"):

@@ -1,11 +1,12 @@
 """EventBus: live events for UIs — model state changes, log lines, in-flight counts.
 
 Producers call :meth:`EventBus.publish` with a plain JSON-able dict; the bus
-stamps it with a sequence number and hands it to every subscriber's bounded
-queue. Like :class:`~swapproxy.logs.LogBuffer`, a slow subscriber never slows
-a producer: when its queue is full the event is dropped for that subscriber
-only, and the next event it does get carries ``"dropped": N`` so a UI knows to
-resynchronise (re-read ``/running?details=1``).
+stamps it with a sequence number and hands it to every subscriber's queue,
+bounded in events and in size (a log event carries a line of up to 64 KiB). Like
+:class:`~swapproxy.logs.LogBuffer`, a slow subscriber never slows a producer: when
+its queue is full the event is dropped for that subscriber only, and the next
+event it does get carries ``"dropped": N`` so a UI knows to resynchronise
+(re-read ``/running?details=1``).
 
 Event shapes (``type`` says which)::
 
@@ -31,18 +32,33 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["EventBus", "Event"]
+from .logs import MAX_QUEUE_BYTES, SizedQueue
+
+__all__ = ["EventBus", "Event", "event_size"]
 
 logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 
 
+def event_size(event: Event) -> int:
+    """About how many characters ``event`` takes: its text values (a log line, a log tail) and a bit more."""
+    size = 64
+    for value in event.values():
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, (list, tuple)):
+            size += sum(len(v) if isinstance(v, str) else 16 for v in value)
+        else:
+            size += 16
+    return size
+
+
 class _Subscriber:
     __slots__ = ("queue", "dropped")
 
-    def __init__(self, maxsize: int) -> None:
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=maxsize)
+    def __init__(self, maxsize: int, maxbytes: int) -> None:
+        self.queue: SizedQueue[Event] = SizedQueue(maxsize, maxbytes, event_size)
         self.dropped = 0
 
 
@@ -59,19 +75,17 @@ class EventBus:
             return  # nobody listens: no work at all on the producer's path
         event["seq"] = next(self._seq)
         for sub in self._subscribers:
-            if sub.queue.full():
+            item = {**event, "dropped": sub.dropped} if sub.dropped else event
+            if not sub.queue.fits(item):
                 sub.dropped += 1
                 continue
-            if sub.dropped:
-                sub.queue.put_nowait({**event, "dropped": sub.dropped})
-                sub.dropped = 0
-            else:
-                sub.queue.put_nowait(event)
+            sub.queue.put_nowait(item)
+            sub.dropped = 0
 
     @contextmanager
-    def subscribe(self, maxsize: int = 2000) -> Iterator[asyncio.Queue[Event]]:
-        """A queue receiving every event published while the context is open."""
-        sub = _Subscriber(maxsize)
+    def subscribe(self, maxsize: int = 2000, maxbytes: int = MAX_QUEUE_BYTES) -> Iterator[asyncio.Queue[Event]]:
+        """A queue receiving every event published while the context is open (that fits in it)."""
+        sub = _Subscriber(maxsize, maxbytes)
         self._subscribers.add(sub)
         try:
             yield sub.queue

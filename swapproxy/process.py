@@ -28,6 +28,7 @@ from .config import ModelConfig
 from .errors import HealthCheckTimeout, ModelStartFailed, ShuttingDown
 from .health import is_ready_hint, probe_intervals
 from .logs import LogBuffer
+from .redact import Redactor
 from .spawn import check_port_free, child_setup, killpg, run_cmd_stop
 from .states import ProcessState, check_transition
 
@@ -48,8 +49,9 @@ class ProcessTracker(Protocol):
 
 LineListener = Callable[[str, str], None]
 
-#: How many of the upstream's last output lines a start-failure error carries.
+#: How many of the upstream's last output lines a start-failure error carries, and at most how much text.
 LOG_TAIL_LINES = 20
+LOG_TAIL_BYTES = 16 * 1024
 #: Seconds to wait for a SIGKILLed process to be reaped before giving up on it.
 KILL_WAIT = 10.0
 #: A line longer than this is cut into pieces rather than buffered whole.
@@ -68,6 +70,7 @@ class ManagedProcess:
         session: aiohttp.ClientSession | None = None,
         on_line: LineListener | None = None,
         secrets: Collection[str] = (),
+        redactor: Redactor | None = None,
     ) -> None:
         self.spec = spec
         self.log = log if log is not None else LogBuffer(spec.id)
@@ -77,6 +80,8 @@ class ManagedProcess:
         self._listeners: list[StateListener] = []
         self._on_line = on_line
         self._secrets = frozenset(secrets)
+        # what is shown (the spawning line, its output in the logs) with the config's secrets hidden
+        self._redactor = redactor if redactor is not None else Redactor(self._secrets)
         self.state = ProcessState.STOPPED
         self.state_since = time.time()  # wall time of the last state change
         self.last_error: ModelStartFailed | None = None
@@ -174,7 +179,7 @@ class ManagedProcess:
         env = {k: v for k, v in os.environ.items() if v not in self._secrets}
         env.update(self.spec.env)
         argv = list(self.spec.cmd)
-        logger.info("%s: spawning %s", self.name, " ".join(argv))
+        logger.info("%s: spawning %s", self.name, self._redactor.argv(argv))
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -216,6 +221,8 @@ class ManagedProcess:
 
     def _line(self, raw: bytes) -> None:
         line = raw.rstrip(b"\r").decode("utf-8", errors="replace")
+        if self._redactor:  # an upstream may print its own arguments, keys included
+            line = self._redactor.text(line)
         self.log.append(line)
         if self._on_line is not None:
             self._on_line(self.name, line)
@@ -232,11 +239,11 @@ class ManagedProcess:
             tracker.unwatch(proc.pid)
         if self.state is ProcessState.READY:
             message = f"{self.name}: process exited unexpectedly with code {code}"
-            self.last_error = ModelStartFailed(message, log_tail=self.log.tail(LOG_TAIL_LINES))
+            self.last_error = ModelStartFailed(message, log_tail=self.log.tail(LOG_TAIL_LINES, LOG_TAIL_BYTES))
             self.change_state(ProcessState.FAILED, f"exited with code {code}")  # no request routed to it now
             await self._drain_readers()
             if self._proc is proc and self.state is ProcessState.FAILED:  # now with its very last lines
-                self.last_error = ModelStartFailed(message, log_tail=self.log.tail(LOG_TAIL_LINES))
+                self.last_error = ModelStartFailed(message, log_tail=self.log.tail(LOG_TAIL_LINES, LOG_TAIL_BYTES))
 
     async def _drain_readers(self, timeout: float = 0.5) -> None:
         """Let the output readers reach EOF so error messages hold the last lines."""
@@ -281,13 +288,14 @@ class ManagedProcess:
                 await self._drain_readers()
                 raise ModelStartFailed(
                     f"{self.name}: process exited with code {self.exit_code} before becoming ready",
-                    log_tail=self.log.tail(LOG_TAIL_LINES),
+                    log_tail=self.log.tail(LOG_TAIL_LINES, LOG_TAIL_BYTES),
                 )
             if url is None:
                 return
             if loop.time() >= deadline:
                 raise HealthCheckTimeout(
-                    f"upstream health check timed out after {timeout:g}s", log_tail=self.log.tail(LOG_TAIL_LINES)
+                    f"upstream health check timed out after {timeout:g}s",
+                    log_tail=self.log.tail(LOG_TAIL_LINES, LOG_TAIL_BYTES),
                 )
             if await self._probe(url, min(2.0, max(deadline - loop.time(), 0.05))):
                 return

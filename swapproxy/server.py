@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import resource
 import signal
 import ssl
 from collections.abc import Callable, Sequence
@@ -45,6 +46,13 @@ _GC_THRESHOLD0 = 10_000
 #: Seconds open requests get after SIGTERM/SIGINT before upstreams are stopped.
 SHUTDOWN_GRACE = 0.5
 
+#: Seconds a client connection may go without a whole request's headers: from its start, or
+#: from the end of its last response (an idle keep-alive connection). aiohttp's keep-alive
+#: timer (armed at connect since aiohttp 3.14.4) closes it then, whether it sent nothing or
+#: is sending its headers too slowly; a request being handled is never cut by it. aiohttp's
+#: own default is over an hour, which let idle sockets use up the process's file descriptors.
+IDLE_TIMEOUT = 30.0
+
 
 async def serve(
     config: Config, addresses: Sequence[Address], stop: asyncio.Event, *, watch_config: bool = False,
@@ -56,7 +64,8 @@ async def serve(
     # shutdown_timeout: how long open requests may run on after SIGTERM before they are cut and
     # every upstream is stopped; kept short so the whole stop fits in unloadTimeout + 1 s and
     # well inside systemd's TimeoutStopSec.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_GRACE,
+                           keepalive_timeout=IDLE_TIMEOUT)
     await runner.setup()
     _tune_gc()
     try:
@@ -145,6 +154,20 @@ def _tune_gc() -> None:
     gc.set_threshold(_GC_THRESHOLD0, *gc.get_threshold()[1:])
 
 
+def _raise_fd_limit() -> None:
+    """Raise the soft limit on open files to the hard one (systemd's soft default is 1,024).
+
+    Every client connection and every upstream connection holds a descriptor; Go servers
+    (llama-swap) get the same raise from their runtime.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+    except (ValueError, OSError) as exc:  # a container may refuse it: serve with what there is
+        logger.debug("could not raise the open-file limit: %s", exc)
+
+
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop factory when uvloop is installed, else None (asyncio's own loop)."""
     try:
@@ -159,6 +182,7 @@ def run(config: Config, addresses: Sequence[Address], *, watch_config: bool = Fa
     """Blocking entry point used by the CLI; returns the process exit code."""
 
     logging.getLogger("aiohttp.server").addFilter(_client_fault_filter)
+    _raise_fd_limit()
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from .errors import ModelStartFailed
+from .redact import redact_url
 
 __all__ = ["child_setup", "killpg", "check_port_free", "run_cmd_stop"]
 
@@ -66,7 +67,7 @@ async def check_port_free(name: str, proxy: str) -> None:
         return  # nobody listening: good
     writer.close()
     raise ModelStartFailed(
-        f"{name}: port {parts.port} ({proxy}) is already in use by another process; "
+        f"{name}: port {parts.port} ({redact_url(proxy)}) is already in use by another process; "
         "stop that process or change startPort/proxy"
     )
 

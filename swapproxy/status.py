@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from .redact import redact_url
 from .scheduler import Scheduler
 from .states import ProcessState
 
@@ -79,7 +80,7 @@ def model_status(scheduler: Scheduler, model_id: str) -> ModelStatus:
     breaker = scheduler.failures.breaker_remaining(proc)
     return ModelStatus(
         model=model_id, name=spec.name or None, description=spec.description or None, aliases=spec.aliases,
-        state=proc.state, pid=proc.pid, port=urlsplit(spec.proxy).port, proxy=spec.proxy,
+        state=proc.state, pid=proc.pid, port=urlsplit(spec.proxy).port, proxy=redact_url(spec.proxy),
         ready_since=started if ready else None,
         uptime_s=round(time.time() - started, 3) if ready and started else None,
         state_since=proc.state_since, health_check_timeout_s=spec.health_check_timeout,

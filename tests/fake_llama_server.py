@@ -151,6 +151,7 @@ class Config:
     embedding_dim: int
     hang: bool
     big_line: int | None
+    big_line_count: int = 1
     aliases: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
 
@@ -181,6 +182,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
                    help="print one stdout line of N 'x' characters at startup")
     p.add_argument("--alias", default="", help="comma-separated aliases listed in /models (as llama-server's)")
     p.add_argument("--tags", default="", help="comma-separated tags listed in /models (as llama-server's)")
+    p.add_argument("--big-line-count", type=int, default=1, metavar="K",
+                   help="print K such lines (each ends with its number)")
     a = p.parse_args(argv)
     if a.port < 0 or a.port > 65535:
         p.error("--port must be in 0..65535")
@@ -206,6 +209,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         big_line=a.big_line,
         aliases=tuple(x.strip() for x in a.alias.split(",") if x.strip()),
         tags=tuple(x.strip() for x in a.tags.split(",") if x.strip()),
+        big_line_count=max(1, a.big_line_count),
     )
 
 
@@ -1103,7 +1107,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, sigterm_during_startup)
 
     if cfg.big_line is not None:
-        print("x" * cfg.big_line, flush=True)
+        for i in range(cfg.big_line_count):
+            print("x" * cfg.big_line + ("" if cfg.big_line_count == 1 else f" {i}"), flush=True)
     if cfg.exit_during_startup is not None:
         exit_during_startup(cfg, cfg.exit_during_startup)
     if cfg.bind_delay > 0:

@@ -61,6 +61,22 @@ async def test_tiers(proxy_factory) -> None:
     assert await status(proxy, "POST", "/models/load", MGMT, json={"model": "m"}) == 200
 
 
+async def test_passthrough_below_a_model_takes_inference_keys(proxy_factory) -> None:
+    """DELETE /upstream/m/<path> and GET /upstream/m/<path>/load are passthroughs: inference tier (item 6)."""
+    proxy = await proxy_factory(keyed_config())
+    for method, path in (("DELETE", "/upstream/m/debug/echo"), ("GET", "/upstream/m/debug/echo/load")):
+        assert await status(proxy, method, path, INF) == 200, path  # reaches the upstream's own route
+        assert await status(proxy, method, path, BOTH) == 200, path
+        assert await status(proxy, method, path, MGMT) == 401, path
+        assert await status(proxy, method, path, None) == 401, path
+    async with proxy.http.delete(proxy.url + "/upstream/m/debug/echo", headers={"x-api-key": INF}) as resp:
+        assert (await resp.json())["method"] == "DELETE"
+    # the exact model's own load and unload stay in the management tier
+    assert await status(proxy, "GET", "/upstream/m/load", INF) == 401
+    assert await status(proxy, "DELETE", "/upstream/m", INF) == 401
+    assert await status(proxy, "DELETE", "/upstream/m", MGMT) == 200
+
+
 async def test_keys_are_never_shown(proxy_factory) -> None:
     proxy = await proxy_factory(keyed_config())
     await status(proxy, "POST", "/v1/chat/completions", INF, json={"model": "m", "messages": []})

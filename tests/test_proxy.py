@@ -213,7 +213,7 @@ async def test_a_client_that_stops_reading_is_cut_after_response_idle(
     assert port is not None
     loop = asyncio.get_running_loop()
     body = json.dumps({"model": "m", "messages": [], "stream": True}).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills up after a few events

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .merge import config_files, merge_into
+from ..redact import is_secret_name
 from .model import Config
 from .problems import ConfigError, Problem, _dotted, _KeyPath, _Report
 from .resolve import _resolve
@@ -109,6 +110,7 @@ class _Loader(_Report):
         super().__init__(file)
         self.environ = environ
         self.port_hints: dict[str, int] = {}  # model id -> ${PORT} it had before a reload
+        self.env_secrets: dict[str, None] = {}  # values of ${env.X} whose X names a secret, in order
 
     def load(self, text: str) -> Config:
         data = self.parse(text)
@@ -128,6 +130,8 @@ class _Loader(_Report):
                   if raw is not None else None)
         if config is None or self.problems:
             raise self.error()
+        if self.env_secrets:  # hidden wherever a command line or URL is shown (swapproxy.redact)
+            config = dataclasses.replace(config, env_secrets=tuple(self.env_secrets))
         return config
 
     # ----- stage 1: YAML with line numbers
@@ -194,6 +198,8 @@ class _Loader(_Report):
         if value is None:
             self.problem(path, f"environment variable '{match[1]}' is not set (used as {match[0]})")
             return match[0]
+        if is_secret_name(match[1]):
+            self.env_secrets[value] = None
         return value
 
     # ----- stage 4: schema

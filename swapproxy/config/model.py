@@ -179,6 +179,9 @@ class Config:
     matrix: Matrix | None = field(default=None, compare=False)  # compiled, when router is "matrix"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    cors_origins: tuple[str, ...] = ("localhost",)  # swapproxy: "localhost", "*" or exact origins (browser.py)
+    allowed_hosts: tuple[str, ...] = ()  # swapproxy: Host names accepted besides the built-in ones (browser.py)
+    env_secrets: tuple[str, ...] = ()  # values of ${env.X} whose X names a secret: redacted where shown
     models: Mapping[str, ModelConfig]
     selectors: Mapping[str, SelectorConfig] = field(default_factory=_FrozenDict)
     profiles: Mapping[str, ProfileConfig] = field(default_factory=_FrozenDict)

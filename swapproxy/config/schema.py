@@ -261,6 +261,13 @@ class RawConfig(Raw, title="swapproxy config (llama-swap config.yaml format)"):
     circuitBreaker: RawBreaker = RawBreaker()
     stateDir: str | None = Field(default=None, description="swapproxy: pid records; default "
                                  "$XDG_STATE_HOME/swapproxy; empty string = none")
+    corsOrigins: list[str] | str = Field(default_factory=lambda: ["localhost"], description="swapproxy: origins "
+                                         "whose web pages may call this server from a browser (llama-server's "
+                                         "--cors-origins): 'localhost' (any localhost origin, the default), "
+                                         "'*' (any origin), or 'https://host[:port]'; a list or comma-separated")
+    allowedHosts: list[str] = Field(default_factory=list, description="swapproxy: host names the Host header may "
+                                    "carry besides IP addresses, localhost and this machine's name (DNS "
+                                    "rebinding guard); '.example.com' takes its subdomains, '*' any name")
     logRequests: bool | None = Field(default=None, description="accepted, unused")
     metricsMaxInMemory: int | None = Field(default=None, description="accepted, unused")
     captureBuffer: float | None = Field(default=None, description="accepted, unused")

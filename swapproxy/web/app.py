@@ -36,11 +36,13 @@ from ..metrics import Metrics
 from ..nvml import gpu_provider
 from ..process import ManagedProcess, ProcessTracker
 from ..processes import ProcessHub, ProcessLike
+from ..redact import Redactor
 from ..scheduler import Scheduler, StopEvent
 from ..statefile import RunRecord, reap_leftovers
 from ..states import ProcessState
 from ..status import model_status
 from . import catalogue, controls, inference, management, streams, upstream
+from .browser import add_cors_headers
 from .forward import publish_request
 from .middleware import MIDDLEWARES, use_expect_handler
 from .proxy import make_client_session
@@ -118,8 +120,9 @@ class _Resources:
 
         def new_process(spec: ModelConfig) -> ManagedProcess:
             # the keys of the config in force when it is made: they stay out of its environment
+            config = rt.config
             return ManagedProcess(spec, trackers=self.trackers, session=rt.session, on_line=on_line,
-                                  secrets=rt.config.all_keys)
+                                  secrets=config.all_keys, redactor=Redactor.for_config(config))
 
         learned = Learned(rt.initial_config.state_dir)
         memory = MemoryModel(lambda: rt.config, learned, gpu_provider())
@@ -181,13 +184,14 @@ def make_app(config: Config) -> web.Application:
     app.cleanup_ctx.extend([resources.session, resources.leftovers, resources.guardian, resources.pid_record,
                             resources.log_handler, resources.scheduler, resources.preload])
     app.on_shutdown.append(_on_shutdown)
+    app.on_response_prepare.append(add_cors_headers)
     # Specific routes first: the /upstream/ passthrough and the inference catch-all come last.
-    management.add_routes(app, rt.tiers)
-    controls.add_routes(app, rt.tiers)
-    streams.add_routes(app, rt.tiers)
-    upstream.add_routes(app, rt.tiers)
-    catalogue.add_routes(app, rt.tiers)
-    inference.add_routes(app, rt.tiers)
-    inference.add_catch_all(app, rt.tiers)
+    management.add_routes(app, rt.tags)
+    controls.add_routes(app, rt.tags)
+    streams.add_routes(app, rt.tags)
+    upstream.add_routes(app, rt.tags)
+    catalogue.add_routes(app, rt.tags)
+    inference.add_routes(app, rt.tags)
+    inference.add_catch_all(app, rt.tags)
     use_expect_handler(app)
     return app

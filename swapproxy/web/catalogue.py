@@ -20,7 +20,7 @@ from ..errors import NotSupported
 from ..scheduler import Scheduler
 from ..states import ProcessState
 from .openapi import api
-from .runtime import Tier, register, runtime
+from .runtime import Kind, RouteTag, Tier, register, runtime
 
 __all__ = ["add_routes", "list_models"]
 
@@ -112,9 +112,10 @@ async def catalogue_changes(request: web.Request) -> web.Response:
                        f"model in the config (then reload: SIGHUP or --watch-config)")
 
 
-def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
-    """The router's download and delete (management tier), then the list (inference tier, as in
-    llama-swap). In this order: consecutive routes on one path share a resource, and its tier."""
-    register(app, tiers, Tier.MANAGEMENT, [("POST", "/models", catalogue_changes),
-                                           ("DELETE", "/models", catalogue_changes)])
-    register(app, tiers, Tier.INFERENCE, [("GET", "/v1/models", list_models), ("GET", "/models", list_models)])
+def add_routes(app: web.Application, tags: dict[web.AbstractRoute, RouteTag]) -> None:
+    """The router's download and delete (management tier; they change nothing, but say so as loads
+    would), then the list (inference tier, as in llama-swap)."""
+    register(app, tags, Tier.MANAGEMENT, [("POST", "/models", catalogue_changes, Kind.LOAD),
+                                          ("DELETE", "/models", catalogue_changes, Kind.LOAD)])
+    register(app, tags, Tier.INFERENCE, [("GET", "/v1/models", list_models, Kind.READ),
+                                         ("GET", "/models", list_models, Kind.READ)])

@@ -20,7 +20,7 @@ from aiohttp import web
 from ..errors import BadRequest, NotFound
 from ..routing import parse_json_body
 from .openapi import api
-from .runtime import Tier, register, runtime
+from .runtime import Kind, RouteTag, Tier, register, runtime
 
 __all__ = ["add_routes"]
 
@@ -81,9 +81,11 @@ async def cancel_inflight(request: web.Request) -> web.Response:
     return web.json_response({"msg": "ok"})
 
 
-def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
+def add_routes(app: web.Application, tags: dict[web.AbstractRoute, RouteTag]) -> None:
     """Register the controls (management tier)."""
-    register(app, tiers, Tier.MANAGEMENT, [
-        ("GET", "/api/profiles", get_profiles), ("PUT", "/api/profiles/active", put_active_profile),
-        ("GET", "/api/inflight", list_inflight), ("POST", "/api/inflight/{id}/cancel", cancel_inflight),
+    register(app, tags, Tier.MANAGEMENT, [
+        ("GET", "/api/profiles", get_profiles, Kind.READ),
+        ("PUT", "/api/profiles/active", put_active_profile, Kind.PROFILE),
+        ("GET", "/api/inflight", list_inflight, Kind.READ),
+        ("POST", "/api/inflight/{id}/cancel", cancel_inflight, Kind.CANCEL),
     ])

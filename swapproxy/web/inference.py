@@ -28,7 +28,7 @@ from .loading import stream_with_loading_state
 from .naming import Release, route_request
 from .openapi import api
 from .proxy import request_headers
-from .runtime import Runtime, Tier, register, runtime
+from .runtime import Kind, RouteTag, Runtime, Tier, register, runtime
 from .spool import spool_body
 
 __all__ = ["add_routes", "add_catch_all", "OPENAI_POST", "NATIVE_POST", "NATIVE_GET", "NATIVE_BODY_POST",
@@ -166,15 +166,19 @@ async def native_body_post(request: web.Request) -> web.StreamResponse:
     return await _forward_by_query(request, requested, body=raw or None)
 
 
-def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
-    """Register the inference routes (named ones; the catch-all comes last, see :func:`add_catch_all`)."""
-    register(app, tiers, Tier.INFERENCE, [
-        *(("POST", path, inference) for path in (*OPENAI_POST, *sorted(NATIVE_POST), *PREFIXED_POST)),
-        *(("GET", path, native_get) for path in sorted(NATIVE_GET)),
-        *(("POST", path, native_body_post) for path in NATIVE_BODY_POST),
+def add_routes(app: web.Application, tags: dict[web.AbstractRoute, RouteTag]) -> None:
+    """Register the inference routes (named ones; the catch-all comes last, see :func:`add_catch_all`).
+
+    The native GETs start the model they name: they act, like the POSTs; the POSTs whose body
+    names no model (``/slots/{slot}``, ``/props``, ``/lora-adapters``) change a server's state.
+    """
+    register(app, tags, Tier.INFERENCE, [
+        *(("POST", path, inference, Kind.INFERENCE) for path in (*OPENAI_POST, *sorted(NATIVE_POST), *PREFIXED_POST)),
+        *(("GET", path, native_get, Kind.INFERENCE) for path in sorted(NATIVE_GET)),
+        *(("POST", path, native_body_post, Kind.SLOTS) for path in NATIVE_BODY_POST),
     ])
 
 
-def add_catch_all(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
+def add_catch_all(app: web.Application, tags: dict[web.AbstractRoute, RouteTag]) -> None:
     """Any other POST /v1/... (and a clear 404 or 405 for everything else): registered last."""
-    register(app, tiers, Tier.INFERENCE, [("*", "/{tail:.*}", inference)])
+    register(app, tags, Tier.INFERENCE, [("*", "/{tail:.*}", inference, Kind.INFERENCE)])

@@ -34,7 +34,7 @@ from ..states import ProcessState
 from ..status import model_status
 from .forward import publish_inflight
 from .openapi import api, build_openapi
-from .runtime import Runtime, Tier, register, runtime
+from .runtime import Kind, RouteTag, Runtime, Tier, register, runtime
 from .upstream import FORCE_QUERY, force_param
 
 __all__ = ["add_routes"]
@@ -223,15 +223,16 @@ async def ui_asset(request: web.Request) -> web.Response:
     return _ui_file(name)
 
 
-def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
+def add_routes(app: web.Application, tags: dict[web.AbstractRoute, RouteTag]) -> None:
     """Register the management routes (management tier, but the health routes, which are open)."""
-    register(app, tiers, Tier.MANAGEMENT, [
-        ("GET", "/", root), ("GET", "/ui", ui), ("GET", "/ui/{name}", ui_asset),
-        ("GET", "/health", health), ("GET", "/health/liveness", liveness), ("GET", "/running", running),
-        ("GET", "/v1/health", health), ("GET", "/wol-health", health),
-        ("GET", "/unload", unload_all), ("POST", "/api/models/unload", unload_all),
-        ("POST", "/api/models/unload/{model:.+}", unload_one),
-        ("POST", "/models/load", models_load), ("POST", "/models/unload", models_unload),
-        ("GET", "/metrics", metrics), ("GET", "/info", info), ("GET", "/api/version", version),
-        ("GET", "/openapi.json", openapi_json), ("GET", "/swagger", swagger),
+    read, load = Kind.READ, Kind.LOAD
+    register(app, tags, Tier.MANAGEMENT, [
+        ("GET", "/", root, read), ("GET", "/ui", ui, read), ("GET", "/ui/{name}", ui_asset, read),
+        ("GET", "/health", health, read), ("GET", "/health/liveness", liveness, read),
+        ("GET", "/running", running, read), ("GET", "/v1/health", health, read), ("GET", "/wol-health", health, read),
+        ("GET", "/unload", unload_all, load), ("POST", "/api/models/unload", unload_all, load),
+        ("POST", "/api/models/unload/{model:.+}", unload_one, load),
+        ("POST", "/models/load", models_load, load), ("POST", "/models/unload", models_unload, load),
+        ("GET", "/metrics", metrics, read), ("GET", "/info", info, read), ("GET", "/api/version", version, read),
+        ("GET", "/openapi.json", openapi_json, read), ("GET", "/swagger", swagger, read),
     ])

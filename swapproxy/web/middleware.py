@@ -1,6 +1,9 @@
-"""Middlewares, outermost first: metrics (sees the final status), errors (the OpenAI envelope), auth.
+"""Middlewares, outermost first: metrics (sees the final status), errors (the OpenAI envelope),
+the browser rules (:mod:`.browser`: request target, Host, OPTIONS and CORS, cross-site), auth.
 
-Also the ``Expect`` handler, which aiohttp runs before any middleware.
+Also the ``Expect`` handler, which aiohttp runs before any middleware: it applies the
+browser rules and auth itself, so ``100 Continue`` never invites the body of a request that
+is then refused.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from ..errors import (
     envelope,
     error_response,
 )
-from .runtime import MODEL_KEY, START_KEY, Tier, route_label, runtime
+from .browser import browser_middleware, browser_refusal
+from .runtime import MODEL_KEY, START_KEY, Tier, route_label, route_tag, runtime
 from .spool import too_large
 
 __all__ = ["MIDDLEWARES", "use_expect_handler"]
@@ -102,23 +106,30 @@ def _keys_for(request: web.Request) -> tuple[str, ...] | None:
     config = rt.config
     if not (config.api_keys or config.inference_keys or config.management_keys):
         return None
-    resource = request.match_info.route.resource
-    if resource is not None and rt.tiers.get(resource) is Tier.MANAGEMENT:
+    tag = route_tag(request)
+    if tag is not None and tag.tier is Tier.MANAGEMENT:
         return (*config.api_keys, *config.management_keys)
     return (*config.api_keys, *config.inference_keys)
 
 
+def _auth_refusal(request: web.Request) -> web.Response | None:
+    """The 401 this request gets, or None when its key opens its route (or no key is configured)."""
+    keys = _keys_for(request)
+    if keys is None or request.path in _OPEN_PATHS or _key_ok(_presented_key(request), keys):
+        return None
+    resp = error_response(Unauthorized("invalid or missing API key"))
+    if request.path == "/" or request.path.startswith(_BROWSER_PATHS):
+        # Pages a person opens: let the browser ask (any user name, the key as password);
+        # it then sends the same credentials with the page's own fetch/EventSource calls.
+        resp.headers["WWW-Authenticate"] = 'Basic realm="swapproxy", charset="UTF-8"'
+    return resp
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    keys = _keys_for(request)
-    if keys is not None and request.path not in _OPEN_PATHS and not _key_ok(_presented_key(request), keys):
-        if request.path == "/" or request.path.startswith(_BROWSER_PATHS):
-            # Pages a person opens: let the browser ask (any user name, the key as password);
-            # it then sends the same credentials with the page's own fetch/EventSource calls.
-            resp = error_response(Unauthorized("invalid or missing API key"))
-            resp.headers["WWW-Authenticate"] = 'Basic realm="swapproxy", charset="UTF-8"'
-            return resp
-        raise Unauthorized("invalid or missing API key")
+    refusal = _auth_refusal(request)
+    if refusal is not None:
+        return refusal
     return await handler(request)
 
 
@@ -144,11 +155,14 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         )
 
 
-MIDDLEWARES = (metrics_middleware, error_middleware, auth_middleware)
+MIDDLEWARES = (metrics_middleware, error_middleware, browser_middleware, auth_middleware)
 
 
 async def _expect_handler(request: web.Request) -> web.StreamResponse | None:
-    """``Expect: 100-continue`` is honoured; anything else gets 417 in the envelope.
+    """``Expect: 100-continue`` is honoured once the request passes the browser rules and auth.
+
+    A request they refuse gets its refusal instead of ``100 Continue``; any other Expect
+    value gets 417 in the envelope.
 
     aiohttp's default handler echoes the header's value into a text response and
     fails with a bare 500 (outside every middleware) when that value is not UTF-8.
@@ -156,6 +170,13 @@ async def _expect_handler(request: web.Request) -> web.StreamResponse | None:
     if request.version != HttpVersion11:
         return None
     if request.headers.get("Expect", "").lower() == "100-continue":
+        # What the middlewares would refuse is refused now, before the client sends its body.
+        refused = browser_refusal(request)
+        if refused is not None:
+            return error_response(refused)
+        denied = _auth_refusal(request)
+        if denied is not None:
+            return denied
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the main response has not started yet
         return None

@@ -19,7 +19,7 @@ import logging
 import socket
 import struct
 from collections.abc import AsyncIterable, Callable
-from typing import Any, TypedDict, Unpack
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import aiohttp
 from aiohttp import web
@@ -28,7 +28,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..config import ModelConfig
-from ..errors import BadRequest, UpstreamTimeout, UpstreamUnreachable
+from ..errors import BadRequest, SwapProxyError, UpstreamTimeout, UpstreamUnreachable
+from ..redact import redact_url
 from . import sse
 from .runtime import RESPONDING_KEY
 
@@ -45,6 +46,7 @@ _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "content-encoding"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
 Body = bytes | AsyncIterable[bytes] | None
+E = TypeVar("E", bound=BaseException)
 #: Responses of known length up to this size are read whole and sent in one write
 #: (headers and body together); anything larger, or of unknown length, streams.
 SMALL_BODY = 64 * 1024
@@ -137,30 +139,33 @@ async def open_upstream(
             return await sending
     except asyncio.TimeoutError:
         raise UpstreamTimeout(
-            f"model '{spec.id}': upstream {spec.proxy} sent no response within {header_timeout:g}s"
+            f"model '{spec.id}': upstream {redact_url(spec.proxy)} sent no response within {header_timeout:g}s"
             if header_timeout
-            else f"model '{spec.id}': could not connect to upstream {spec.proxy} within {connect}s"
+            else f"model '{spec.id}': could not connect to upstream {redact_url(spec.proxy)} within {connect}s"
         ) from None
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnreachable(f"model '{spec.id}': upstream {spec.proxy} is unreachable: {exc.os_error}") from None
+        raise UpstreamUnreachable(f"model '{spec.id}': upstream {redact_url(spec.proxy)} is unreachable: {exc.os_error}") from None
     except (aiohttp.ClientError, OSError) as exc:
-        if _request_body_broke(exc):  # the client's body, not the upstream, is at fault
+        ours = _in_chain(exc, SwapProxyError)
+        if ours is not None:  # the body we were sending refused to go on (over maxRequestBodyMB)
+            raise ours from None
+        if _in_chain(exc, RequestPayloadError) is not None:  # the client's body, not the upstream, is at fault
             raise BadRequest("request body could not be read (does it match its Content-Encoding?)") from None
         raise UpstreamUnreachable(
-            f"model '{spec.id}': upstream {spec.proxy} failed before responding: {exc.__class__.__name__}: {exc}"
+            f"model '{spec.id}': upstream {redact_url(spec.proxy)} failed before responding: {exc.__class__.__name__}: {exc}"
         ) from None
 
 
-def _request_body_broke(exc: BaseException) -> bool:
-    """Whether reading the client's request body is what failed (e.g. bad gzip)."""
+def _in_chain(exc: BaseException, kind: type[E]) -> E | None:
+    """The first exception of type ``kind`` among ``exc`` and its causes (e.g. a bad gzip body, a 413)."""
     seen: BaseException | None = exc
     for _ in range(8):
         if seen is None:
-            return False
-        if isinstance(seen, RequestPayloadError):
-            return True
+            return None
+        if isinstance(seen, kind):
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
 
 
 def _response_pairs(upstream: aiohttp.ClientResponse) -> list[tuple[str, str]]:
@@ -254,7 +259,7 @@ async def relay(
                 await resp.write(chunk)
                 on_chunk(chunk)
     except _Stalled as exc:
-        logger.warning("upstream %s: response cut, %s", upstream.url, exc)
+        logger.warning("upstream %s: response cut, %s", redact_url(str(upstream.url)), exc)
         if is_sse:
             event = sse.error_event(f"response cut: {exc}", "upstream_error", "upstream_timeout")
             try:  # the client may be the one not reading: do not wait on it again
@@ -269,7 +274,7 @@ async def relay(
         logger.debug("client went away mid-response from %s", upstream.url)
         return "client"
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-        logger.warning("upstream %s broke off mid-response: %s", upstream.url, exc)
+        logger.warning("upstream %s broke off mid-response: %s", redact_url(str(upstream.url)), exc)
         if is_sse:
             event = sse.error_event(f"upstream connection lost mid-stream: {exc.__class__.__name__}",
                                     "upstream_error", "upstream_disconnected")
@@ -297,11 +302,11 @@ async def _small_response(
         upstream.close()
         if deadline is not None and deadline.expired():  # our own limit, not an aiohttp timeout
             raise UpstreamTimeout(
-                f"model '{spec.id}': upstream {spec.proxy} sent its headers, then not its whole body within "
+                f"model '{spec.id}': upstream {redact_url(spec.proxy)} sent its headers, then not its whole body within "
                 f"{idle:g}s (timeouts.responseIdle)"
             ) from None
         raise UpstreamUnreachable(
-            f"model '{spec.id}': upstream {spec.proxy} broke off mid-response: {exc.__class__.__name__}"
+            f"model '{spec.id}': upstream {redact_url(spec.proxy)} broke off mid-response: {exc.__class__.__name__}"
         ) from None
     upstream.release()
     if on_chunk is not None:

@@ -29,8 +29,8 @@ from ..reload import ReloadState
 from ..scheduler import Scheduler
 from ..selectors import SelectorState
 
-__all__ = ["Runtime", "Tier", "RUNTIME", "MODEL_KEY", "START_KEY", "RESPONDING_KEY", "RouteTable", "runtime",
-           "route_label", "tag", "register"]
+__all__ = ["Runtime", "Tier", "Kind", "RouteTag", "RUNTIME", "MODEL_KEY", "START_KEY", "RESPONDING_KEY",
+           "RouteTable", "runtime", "route_label", "route_tag", "register"]
 
 
 class Tier(enum.Enum):
@@ -38,6 +38,41 @@ class Tier(enum.Enum):
 
     INFERENCE = "inference"  # /v1/..., native llama-server routes, /upstream passthrough
     MANAGEMENT = "management"  # load/unload, logs, events, metrics, info, the UI
+
+
+class Kind(enum.Enum):
+    """What a route does: the browser rules (:mod:`.browser`) let other sites reach only ``READ`` routes.
+
+    Every route declares its kind where it is registered; a request that asks for a
+    WebSocket upgrade is ``WEBSOCKET`` whatever its route says.
+    """
+
+    READ = "read"  # answers from swapproxy's state; changes nothing, starts nothing
+    INFERENCE = "inference"  # proxied to a model, which is started if needed
+    LOAD = "load"  # loads or unloads models
+    PROFILE = "profile"  # switches the active profile
+    CANCEL = "cancel"  # cancels a request in flight
+    SLOTS = "slots"  # llama-server slot actions (save, restore, erase)
+    WEBSOCKET = "websocket"  # a WebSocket upgrade
+
+    @property
+    def acts(self) -> bool:
+        """Whether the route changes state or starts work (so a GET of it must not answer HEAD)."""
+        return self is not Kind.READ
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTag:
+    """A route's tier (which keys open it) and kind (what it does).
+
+    ``below_model``: the tag that applies instead when the route's ``{model}`` match is not
+    exactly a configured model or alias: the path is then below a model, a passthrough
+    (``GET /upstream/m/x/load`` is the passthrough of ``/x/load``, not a load of ``m/x``).
+    """
+
+    tier: Tier
+    kind: Kind
+    below_model: RouteTag | None = None
 
 
 @dataclass(eq=False)
@@ -50,12 +85,12 @@ class Runtime:
     events: EventBus = field(default_factory=EventBus)
     proxy_log: LogBuffer = field(default_factory=lambda: LogBuffer("proxy"))  # swapproxy's own records
     upstream_log: LogBuffer = field(default_factory=lambda: LogBuffer("upstream"))  # "[model] line"
-    all_log: LogBuffer = field(default_factory=lambda: LogBuffer("all", maxlen=2000))  # both, in order
+    all_log: LogBuffer = field(default_factory=lambda: LogBuffer("all", maxlen=2000, maxbytes=2 << 20))  # both
     reload: ReloadState = field(default_factory=ReloadState)
     background: Background = field(default_factory=Background)  # loads started by the API, TTL unloads, ...
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # set at shutdown: long streams end
     started: float = field(default_factory=time.time)
-    tiers: dict[web.AbstractResource, Tier] = field(default_factory=dict)  # by route: which keys open it
+    tags: dict[web.AbstractRoute, RouteTag] = field(default_factory=dict)  # by route: its tier and kind
     inflight: InflightRequests = field(default_factory=InflightRequests)  # every proxied request, to list or cut
     selectors: SelectorState = field(default_factory=SelectorState)  # spillover turns and reservations
     active_profile: str | None = None  # at most one; none at start (never persisted, as in llama-swap)
@@ -119,19 +154,36 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else ""
 
 
-def tag(tiers: dict[web.AbstractResource, Tier], tier: Tier, *routes: web.AbstractRoute) -> None:
-    """Record that ``routes`` (and every other method on their paths) belong to ``tier``."""
-    for route in routes:
-        if route.resource is not None:
-            tiers[route.resource] = tier
+def route_tag(request: web.Request) -> RouteTag | None:
+    """The matched route's tag (None for aiohttp's own 404/405 routes); see :class:`RouteTag`."""
+    rt = runtime(request)
+    tag = rt.tags.get(request.match_info.route)
+    if tag is not None and tag.below_model is not None and rt.config.resolve(request.match_info["model"]) is None:
+        return tag.below_model
+    return tag
 
 
-#: (method, path, handler) rows; a GET also answers HEAD.
-RouteTable = Sequence[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: (method, path, handler, kind) rows.
+RouteTable = Sequence[tuple[str, str, Handler, Kind]]
 
 
-def register(app: web.Application, tiers: dict[web.AbstractResource, Tier], tier: Tier, table: RouteTable) -> None:
-    """Add every route of ``table`` to ``app``, in order, and tag it with ``tier``."""
+async def _no_head(request: web.Request) -> web.StreamResponse:
+    """HEAD of a GET that acts (unload, load, a native route that starts a model): 405, nothing done."""
+    raise web.HTTPMethodNotAllowed("HEAD", ["GET"])
+
+
+def register(app: web.Application, tags: dict[web.AbstractRoute, RouteTag], tier: Tier, table: RouteTable, *,
+             below_model: RouteTag | None = None) -> None:
+    """Add every route of ``table`` to ``app``, in order, tagged with ``tier`` and its row's kind.
+
+    A GET answers HEAD too, unless its kind acts: then HEAD is a 405 that does nothing.
+    ``below_model``: see :class:`RouteTag`.
+    """
     r = app.router
-    for method, path, handler in table:
-        tag(tiers, tier, r.add_get(path, handler) if method == "GET" else r.add_route(method, path, handler))
+    for method, path, handler, kind in table:
+        tag = RouteTag(tier, kind, below_model)
+        if method == "GET":  # HEAD first, as add_get does; both land on one resource
+            head = r.add_route("HEAD", path, handler if not kind.acts else _no_head)
+            tags[head] = RouteTag(tier, Kind.READ, below_model)
+        tags[r.add_route(method, path, handler)] = tag

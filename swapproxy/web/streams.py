@@ -9,7 +9,10 @@
 
 Each stream subscribes before it sends anything, so nothing published after its
 first byte is missed, and ends when the app shuts down (``Runtime.closing``) instead of
-holding the shutdown up.
+holding the shutdown up. What a stream holds is bounded: its history by the buffers'
+sizes (and a snapshot's log tails by :data:`SNAPSHOT_LOG_BYTES` in all), its queue in
+items and characters; and a client that takes nothing for :data:`WRITE_STALL` seconds
+is dropped rather than buffered for.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from ..states import ProcessState
 from ..status import all_statuses
 from . import sse
 from .openapi import api
-from .runtime import Tier, register, runtime
+from .proxy import drop_client
+from .runtime import Kind, RouteTag, Tier, register, runtime
 
 __all__ = ["add_routes"]
 
@@ -45,6 +49,10 @@ _ROUTER_STATUS = {
     ProcessState.FAILED.value: "unloaded",
 }
 _HEARTBEAT_S = 15.0
+#: Seconds a stream's write may wait on a client that reads nothing before the client is dropped.
+WRITE_STALL = 30.0
+#: Characters of log lines one /api/events snapshot carries, all sources together.
+SNAPSHOT_LOG_BYTES = 1 << 20
 
 
 async def _until_closed(
@@ -71,6 +79,20 @@ async def _until_closed(
         closed.cancel()
         if getter is not None:
             getter.cancel()
+
+
+async def _send(request: web.Request, resp: web.StreamResponse, data: bytes) -> bool:
+    """Write ``data``; False when the client took nothing for WRITE_STALL s and was dropped (or is gone)."""
+    try:
+        async with asyncio.timeout(WRITE_STALL):
+            await resp.write(data)
+    except TimeoutError:
+        logger.info("%s: dropping a client that stopped reading", request.path)
+        drop_client(request)
+        return False
+    except ConnectionError:
+        return False
+    return True
 
 
 async def _open_stream(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
@@ -112,13 +134,13 @@ async def logs_stream(request: web.Request) -> web.StreamResponse:
         history = [] if "no-history" in request.query else buffer.tail()
         resp = await _open_stream(request, {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache",
                                             "X-Accel-Buffering": "no"})
-        if history:
-            await resp.write("".join(line + "\n" for line in history).encode())
+        if history and not await _send(request, resp, "".join(line + "\n" for line in history).encode()):
+            return resp
         live = _until_closed(queue, runtime(request).closing, None)
         async with aclosing(live) as lines:
             async for line in lines:
-                if line is not None:
-                    await resp.write(line.encode() + b"\n")
+                if line is not None and not await _send(request, resp, line.encode() + b"\n"):
+                    break
     return resp
 
 
@@ -140,8 +162,9 @@ async def api_events(request: web.Request) -> web.StreamResponse:
         # Snapshot and subscription in one synchronous step: no event is missed or doubled.
         statuses = all_statuses(scheduler)
         sizes = tree_rss(status.pid for status in statuses)
-        log_tails = {"proxy": rt.proxy_log.tail(n_lines)}
-        log_tails.update({mid: slot.process.log.tail(n_lines) for mid, slot in scheduler.slots.items()})
+        budget = SNAPSHOT_LOG_BYTES // (1 + len(scheduler.slots))  # each source's share of the snapshot
+        log_tails = {"proxy": rt.proxy_log.tail(n_lines, budget)}
+        log_tails.update({mid: slot.process.log.tail(n_lines, budget) for mid, slot in scheduler.slots.items()})
         snapshot = {
             "type": "snapshot",
             "version": __version__,
@@ -157,11 +180,13 @@ async def api_events(request: web.Request) -> web.StreamResponse:
             "requests": [entry.as_json() for entry in rt.inflight.list()],
         }
         resp = await _open_stream(request, sse.HEADERS)
-        await resp.write(sse.event(snapshot))
+        if not await _send(request, resp, sse.event(snapshot)):
+            return resp
         live = _until_closed(queue, rt.closing, _HEARTBEAT_S)
         async with aclosing(live) as events:
             async for event in events:
-                await resp.write(sse.PING if event is None else sse.event(event))
+                if not await _send(request, resp, sse.PING if event is None else sse.event(event)):
+                    break
     return resp
 
 
@@ -185,15 +210,20 @@ async def models_sse(request: web.Request) -> web.StreamResponse:
         async with aclosing(live) as events:
             async for event in events:
                 if event is None:
-                    await resp.write(sse.PING)
+                    data = sse.PING
                 elif event.get("type") == "state" and event["state"] in _ROUTER_STATUS:
-                    await resp.write(sse.event(_router_event(event)))
+                    data = sse.event(_router_event(event))
+                else:
+                    continue
+                if not await _send(request, resp, data):
+                    break
     return resp
 
 
-def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
-    """Register the streaming routes (management tier)."""
-    register(app, tiers, Tier.MANAGEMENT, [
-        ("GET", "/models/sse", models_sse), ("GET", "/logs", logs), ("GET", "/logs/stream", logs_stream),
-        ("GET", "/logs/stream/{source:.+}", logs_stream), ("GET", "/api/events", api_events),
+def add_routes(app: web.Application, tags: dict[web.AbstractRoute, RouteTag]) -> None:
+    """Register the streaming routes (management tier; they only read)."""
+    register(app, tags, Tier.MANAGEMENT, [
+        ("GET", "/models/sse", models_sse, Kind.READ), ("GET", "/logs", logs, Kind.READ),
+        ("GET", "/logs/stream", logs_stream, Kind.READ), ("GET", "/logs/stream/{source:.+}", logs_stream, Kind.READ),
+        ("GET", "/api/events", api_events, Kind.READ),
     ])

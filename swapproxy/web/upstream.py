@@ -26,7 +26,7 @@ from ..config import COMFYUI_MODEL, Config
 from ..errors import BadRequest, ModelDisabled, ModelNotFound, NotFound
 from .forward import leased_forward, publish_inflight, take_lease, tracked
 from .openapi import api
-from .runtime import Tier, register, runtime
+from .runtime import Kind, RouteTag, Tier, register, runtime
 from .spool import spool_body, too_large
 from .websocket import is_websocket_upgrade, relay_websocket, unleased_websocket
 
@@ -107,8 +107,12 @@ async def _passthrough(request: web.Request, model_id: str, rest: str, query: st
         raise too_large(limit)
     if not request.can_read_body:
         body: bytes | AsyncIterator[bytes] | None = None
-    elif request.content_length is not None:
+    elif request.content_length is not None and "Content-Encoding" not in request.headers:
         body = request.content  # its length is known and within the limit: stream it as it comes
+    elif request.content_length is not None:
+        # aiohttp decodes a gzip/deflate body: the declared length is the compressed one, so the
+        # bytes actually sent on are counted (a 200 KiB gzip body can hold 200 MiB)
+        body = _within(request, limit)
     else:  # chunked, length unknown: spool it so the limit holds before anything goes upstream
         spool = await spool_body(request, limit)
         try:
@@ -147,6 +151,16 @@ async def upstream_index(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/ui")
 
 
+async def _within(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    """The request's (decoded) body as it arrives; 413 as soon as more than ``limit`` bytes went on."""
+    sent = 0
+    async for chunk in request.content.iter_any():
+        sent += len(chunk)
+        if sent > limit:
+            raise too_large(limit)
+        yield chunk
+
+
 def _exact_model(request: web.Request) -> str | None:
     """The model the whole ``{model}`` match names, or None (then it is a passthrough path)."""
     return runtime(request).config.resolve(request.match_info["model"])
@@ -181,10 +195,18 @@ async def upstream_load(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok", "message": f"{model_id} is ready"})
 
 
-def add_routes(app: web.Application, tiers: dict[web.AbstractResource, Tier]) -> None:
-    """Register the family: load and unload (management tier) before the passthrough (inference tier)."""
-    register(app, tiers, Tier.MANAGEMENT, [("GET", "/upstream/{model:.+}/load", upstream_load),
-                                           ("DELETE", "/upstream/{model:.+}", upstream_unload),
-                                           ("GET", "/upstream", upstream_index)])
-    register(app, tiers, Tier.INFERENCE, [("*", "/upstream/{tail:.+}", upstream_passthrough),
-                                          ("*", "/comfyui", comfyui_redirect), ("*", "/comfyui/{tail:.*}", comfyui)])
+def add_routes(app: web.Application, tags: dict[web.AbstractRoute, RouteTag]) -> None:
+    """Register the family: load and unload (management tier) before the passthrough (inference tier).
+
+    A load or unload path whose ``{model}`` is not exactly a model is a passthrough, and is
+    tagged as one: inference tier and kind, so inference keys open it and management keys do not.
+    The passthroughs may be WebSocket upgrades too (the browser rules treat those as acting).
+    """
+    passthrough = RouteTag(Tier.INFERENCE, Kind.INFERENCE)
+    register(app, tags, Tier.MANAGEMENT, [("GET", "/upstream", upstream_index, Kind.READ)])
+    register(app, tags, Tier.MANAGEMENT, [("GET", "/upstream/{model:.+}/load", upstream_load, Kind.LOAD),
+                                          ("DELETE", "/upstream/{model:.+}", upstream_unload, Kind.LOAD)],
+             below_model=passthrough)
+    register(app, tags, Tier.INFERENCE, [("*", "/upstream/{tail:.+}", upstream_passthrough, Kind.INFERENCE),
+                                         ("*", "/comfyui", comfyui_redirect, Kind.READ),
+                                         ("*", "/comfyui/{tail:.*}", comfyui, Kind.INFERENCE)])

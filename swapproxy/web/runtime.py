@@ -13,7 +13,7 @@ import enum
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -75,6 +75,16 @@ class RouteTag:
     below_model: RouteTag | None = None
 
 
+T = TypeVar("T")
+
+
+def _started(value: T | None) -> T:
+    """What the app's start-up made (an error before it has started)."""
+    if value is None:
+        raise RuntimeError("swapproxy's app has not started")
+    return value
+
+
 @dataclass(eq=False)
 class Runtime:
     """What the running app holds: the scheduler, the shared session, logs, events, metrics."""
@@ -100,22 +110,16 @@ class Runtime:
 
     @property
     def scheduler(self) -> Scheduler:
-        if self._scheduler is None:
-            raise RuntimeError("swapproxy's app has not started")
-        return self._scheduler
+        return _started(self._scheduler)
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("swapproxy's app has not started")
-        return self._session
+        return _started(self._session)
 
     @property
     def memory(self) -> MemoryModel:
         """Device budgets and model footprints."""
-        if self._memory is None:
-            raise RuntimeError("swapproxy's app has not started")
-        return self._memory
+        return _started(self._memory)
 
     @property
     def config(self) -> Config:

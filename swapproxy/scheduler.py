@@ -17,9 +17,11 @@ and does the waiting and the stopping:
 * A swap never cuts a request: the models it must stop are closed to new
   requests, drained, then stopped. While the waiting request is younger than
   ``maxWait``, busy models are left to drain on their own and keep serving;
-  after that they are closed so that the swap happens. So no request waits
-  longer than ``maxWait``, plus what remains of the requests already on the
-  model it waits for, plus one swap.
+  after that they are closed so that the swap happens. A model whose last
+  request ended a moment ago lingers a little (a tenth of its start time, at
+  most 1 s) before a swap stops it: the client that sends one request after
+  another comes back. So no request waits longer than ``maxWait``, plus what
+  remains of the requests already on the model it waits for, plus one swap.
 * ``routing.scheduler.use: strict`` is today's baseline: arrival order, and
   the models to stop are closed at once (``maxWait`` 0).
 * Swaps that stop nothing of each other's run side by side; a model that is
@@ -64,6 +66,11 @@ __all__ = ["Scheduler", "ModelSlot", "Lease", "StopCause", "StopEvent"]
 logger = logging.getLogger(__name__)
 
 _GONE = (ProcessState.STOPPED, ProcessState.FAILED)
+#: A model whose last request just ended is kept this share of its own start time (at most
+#: LINGER_MAX s; LINGER_UNKNOWN s before its first start is learned) before a swap stops it: a
+#: client that sends its requests one after another (Open WebUI's title, tags, follow-ups) comes
+#: back within milliseconds, and the wait costs at most a tenth of the swap back it may save.
+LINGER_SHARE, LINGER_MAX, LINGER_UNKNOWN = 0.1, 1.0, 0.05
 
 
 class Scheduler(Stops):
@@ -271,8 +278,12 @@ class Scheduler(Stops):
             first = min(t.arrived for t in waiting[model_id])
             starving = now - first >= cap
             busy = any(v.inflight for v in victims) or (slot.pending is not None and slot.inflight > 0)
-            if busy and not starving:
-                wake = min(wake or first + cap, first + cap)
+            # A model whose last request ended a moment ago is likely to get the next one from the
+            # same client (one that sends requests one after another): let it linger a little.
+            lingering = [] if strict else [v.last_used + self._linger(v) for v in victims
+                                           if not v.inflight and now < v.last_used + self._linger(v)]
+            if (busy or lingering) and not starving:
+                wake = min(wake or first + cap, first + cap, *lingering)
                 continue  # let them drain on their own for now; they keep serving meanwhile
             others = {m: t for m, t in waiting.items() if m not in self._swaps}
             if not starving and overtakes_too_long(model_id, others, now, cap, self._expected_start(model_id),
@@ -282,6 +293,12 @@ class Scheduler(Stops):
                 continue  # strict: an earlier request for a model we compete with goes first
             self._start_swap(model_id, slot, victims, the_plan.overlap)
         self._arm_wake(wake)
+
+    def _linger(self, slot: ModelSlot) -> float:
+        """How long after its last request a model is kept for the next one before a swap stops it:
+        a tenth of what starting it again would cost (learned), at most a second; 50 ms when unknown."""
+        start = self.learned.expected_start(slot.process.spec)
+        return LINGER_UNKNOWN if start is None else min(LINGER_SHARE * start, LINGER_MAX)
 
     def _expected_start(self, model_id: str) -> float | None:
         slot = self.slots.get(model_id)

@@ -311,3 +311,19 @@ async def test_swaps_that_stop_nothing_of_each_other_run_side_by_side() -> None:
     proc(scheduler, "d").release_start()
     await asyncio.wait_for(asyncio.gather(to_b, to_d), 1)
     assert scheduler.running() == ["b", "d"]
+
+
+async def test_a_client_sending_one_request_after_another_keeps_its_model() -> None:
+    scheduler, hub = make("a", "b")
+    scheduler.learned.record_start(scheduler.slot("a").process.spec, 1.0)  # it lingers 0.1 s after a request
+    lease = await scheduler.acquire("a")
+    waiting = asyncio.ensure_future(scheduler.acquire("b"))
+    await wait_until(lambda: scheduler.slot("b").waiting == 1)
+    for _ in range(3):  # the same client's next request comes right after the last one ends
+        lease.release()
+        await asyncio.sleep(0)
+        lease = await asyncio.wait_for(scheduler.acquire("a"), 0.05)
+    assert starts(hub) == ["a"] and not waiting.done()
+    lease.release()
+    (await asyncio.wait_for(waiting, 1)).release()  # a while later, nobody came back: b's turn
+    assert starts(hub) == ["a", "b"]

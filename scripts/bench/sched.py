@@ -162,16 +162,17 @@ async def bursts(c: Client) -> None:
 
 
 async def open_webui(c: Client) -> None:
-    """c. Three users send four messages each (users 1-2 to chat-a, user 3 to chat-b); after each
-    answer the UI asks the task model for tags and follow-ups (and a title for the first)."""
+    """c. Three users send four messages each (users 1-2 to chat-a, user 3 to chat-b). After each
+    answer Open WebUI asks the task model, one request after the other as its background task
+    handler does, for follow-ups, a title (first message only) and tags."""
     rng = random.Random(303)
 
     async def user(model: str, start: float, think: list[float]) -> None:
         await asyncio.sleep(start)
         for i, pause in enumerate(think):
             await c.chat(model)
-            tasks = ["title"] * (i == 0) + ["tags", "follow-ups"]
-            await asyncio.gather(*(c.chat("task") for _ in tasks))
+            for _ in ["follow-ups", *["title"] * (i == 0), "tags"]:
+                await c.chat("task")
             await asyncio.sleep(pause)
 
     await asyncio.gather(*(user(model, rng.uniform(0, 1.0), [rng.expovariate(1 / 3.0) for _ in range(4)])

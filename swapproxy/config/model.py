@@ -104,7 +104,7 @@ class SchedulerConfig:
 
     use: SchedulerUse = "fifo"
     priority: Mapping[str, int] = field(default_factory=_FrozenDict)  # model id -> priority (default 0)
-    max_wait: float = 3.0  # seconds before a busy model stops taking new requests for a waiting one
+    max_wait: float = 2.0  # seconds before a busy model stops taking new requests for a waiting one
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ class RawRouter(Raw, title="router"):
 class RawFifo(Raw, title="fifo"):
     priority: dict[str, int] = Field(default_factory=dict, description="model id -> priority (default 0); "
                                      "higher is served first")
-    maxWait: float = Field(default=3.0, ge=0, description="swapproxy: seconds a request for another model "
+    maxWait: float = Field(default=2.0, ge=0, description="swapproxy: seconds a request for another model "
                            "waits before the running model stops taking new requests, so that it drains "
                            "and the swap happens")
 

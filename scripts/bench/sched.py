@@ -331,7 +331,7 @@ def bound_verdict(name: str, fifo: Run) -> str:
             over.append((record.model, round(record.sent, 2), round(record.first - record.sent, 2), k))
     return (f"{name}: max wait {max(fifo.waits()):.2f} s; every wait within maxWait + the swaps it waited "
             f"through ({swap:.2f} s each) + one request: {'PASS' if not over else f'FAIL {over}'}; "
-            f"{through} waited through more than one swap (behind older waiters)")
+            f"{through} waited through more than one swap (waiters past maxWait are served in arrival order)")
 
 
 async def main_async(only: list[str]) -> int:

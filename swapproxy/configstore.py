@@ -17,9 +17,9 @@ never interleaves):
    the answer, and kept until the next reload from the files or restart;
 5. apply the new config as a reload applies one: unchanged models keep running, same PID.
 
-Which file: a model's update or delete goes to the file that defines it; a new model to
-``instances.file`` (a name in ``--config-dir``), else the ``-c`` file, else
-``<config-dir>/instances.yaml``.
+``instances.edits: false`` refuses every change (403). Which file: a model's update or delete
+goes to the file that defines it; a new model to ``instances.file`` (a name in
+``--config-dir``), else the ``-c`` file, else ``<config-dir>/instances.yaml``.
 """
 
 from __future__ import annotations
@@ -165,6 +165,9 @@ class ConfigStore:
     async def _commit(self, src: Sources, path: str, text: str) -> Edited:
         """Steps 3 to 5 of the module docstring; the caller holds the lock."""
         reloader = self.reloader
+        if not self.config.instances.edits:
+            raise ConfigReadOnly("changes to the config through the API and the UI are turned off "
+                                 "(instances.edits: false); edit the file and reload it")
         texts = {**src.texts, path: text}
         try:
             new = await asyncio.to_thread(load_config, reloader.path, None, self.config, reloader.config_dir, texts)

@@ -310,6 +310,14 @@ async def test_a_read_only_file_refuses_or_keeps_the_change_in_memory(proxy_fact
     # the file is the truth: a reload from it drops what was kept in memory
     assert await proxy.runtime.reloader.reload()
     assert "b" not in proxy.runtime.config.models
+    # and an operator may turn changes off altogether
+    path.chmod(0o644)
+    path.write_text(original.replace("instances: {", 'instances: {"edits": false, '))
+    assert await proxy.runtime.reloader.reload()
+    async with proxy.http.post(proxy.url + "/api/v1/instances/b", json={"cmd": fake_model("b")}) as r:
+        assert r.status == 403 and "instances.edits: false" in (await r.json())["error"]
+    async with proxy.http.get(proxy.url + "/api/v1/instances/a") as r:
+        assert r.status == 200  # reading is still allowed
 
 
 async def test_with_a_config_dir_changes_go_to_the_file_of_the_model(proxy_factory: Any, tmp_path: Path) -> None:

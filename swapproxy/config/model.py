@@ -128,6 +128,7 @@ class InstancesConfig:
     llama_server: tuple[str, ...] | None = None  # argv; None: found when needed (swapproxy.llamabin)
     file: str | None = None  # --config-dir: a file name in the directory
     on_read_only: OnReadOnly = "refuse"
+    edits: bool = True  # false: the API and the UI only read the config
 
 
 @dataclass(frozen=True, kw_only=True)

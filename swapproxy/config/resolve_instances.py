@@ -4,7 +4,8 @@
 model created through ``/api/v1/instances`` runs, flags appended, and the one
 ``/api/v1/server/help|version|devices`` asks. ``file`` names, with ``--config-dir``, the file
 in that directory created models are written to: a plain ``*.yaml``/``*.yml`` name, never a
-path. ``onReadOnly`` says what a change does when the config file cannot be written.
+path. ``onReadOnly`` says what a change does when the config file cannot be written;
+``edits: false`` turns changes through the API and the UI off.
 """
 
 from __future__ import annotations
@@ -28,4 +29,4 @@ def _resolve_instances(report: _Report, raw: RawConfig) -> InstancesConfig:
         report.problem(("instances", "file"), f"must be a file name in the --config-dir directory ending in "
                                               f".yaml or .yml (got {name!r})")
         name = None
-    return InstancesConfig(llama_server=llama_server, file=name, on_read_only=section.onReadOnly)
+    return InstancesConfig(llama_server=llama_server, file=name, on_read_only=section.onReadOnly, edits=section.edits)

@@ -210,6 +210,8 @@ class RawInstances(Raw, title="instances"):
     file: str | None = Field(default=None, description="with --config-dir: the file (a name in that "
                              "directory) created models are written to; default the -c file, else "
                              "instances.yaml")
+    edits: bool = Field(default=True, description="whether the API and the UI may change the config (and so "
+                        "the commands swapproxy runs); false: they only read it")
     onReadOnly: Literal["refuse", "memory"] = Field(default="refuse", description="a change when the config "
                                                     "file cannot be written: refuse it, or apply it in memory "
                                                     "only (lost at the next reload or restart)")

@@ -168,7 +168,8 @@
     if (!file) return;
     $("#config-text").value = file.text;
     const notes = [];
-    if (!file.writable) notes.push(`Read-only: ${file.read_only_reason}. ${editor.onReadOnly === "memory"
+    if (!editor.edits) notes.push("Changes through the UI are turned off (instances.edits: false): this is a view.");
+    else if (!file.writable) notes.push(`Read-only: ${file.read_only_reason}. ${editor.onReadOnly === "memory"
       ? "A change is applied in memory only (instances.onReadOnly: memory)." : "A change is refused (instances.onReadOnly: refuse)."}`);
     if (file.unsaved) notes.push("This text was changed in memory only: it is not what the file on disk says.");
     $("#config-note").textContent = notes.join(" ");
@@ -186,6 +187,7 @@
     editor.version = data.version;
     editor.files = data.files;
     editor.onReadOnly = data.on_read_only;
+    editor.edits = data.edits;
     $("#config-file").innerHTML = data.files.map((f) => `<option>${f.path.replace(/[&<>"]/g, "")}</option>`).join("");
     $("#config-file-box").hidden = data.files.length < 2;
     showFile(data.files.length ? data.files[0].path : null);

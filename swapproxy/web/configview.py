@@ -1,7 +1,7 @@
 """The config view's routes: the config files as text, and a save that validates and applies as a reload does.
 
 * ``GET /api/config`` → ``{"version", "files": [{"path", "text", "writable",
-  "read_only_reason", "unsaved"}], "on_read_only"}``: every source file in merge order
+  "read_only_reason", "unsaved"}], "on_read_only", "edits"}``: every source file in merge order
   (the ``-c`` file, then ``--config-dir``'s), exactly as on disk (or as kept in memory);
 * ``PUT /api/config`` with ``{"path", "text", "version"}`` replaces one file's text:
   validated like a reload (400 ``config_invalid`` with ``problems``: file, line, key path,
@@ -31,7 +31,8 @@ async def get_config(request: web.Request) -> web.Response:
     rt = runtime(request)
     version, files = await rt.store.files()
     resp = web.json_response({"version": version, "files": [f.as_json() for f in files],
-                              "on_read_only": rt.config.instances.on_read_only})
+                              "on_read_only": rt.config.instances.on_read_only,
+                              "edits": rt.config.instances.edits})
     resp.headers["ETag"] = f'"{version}"'
     return resp
 

@@ -338,6 +338,13 @@ async def test_with_a_config_dir_changes_go_to_the_file_of_the_model(proxy_facto
     async with proxy.http.post(proxy.url + "/api/v1/instances/chat", json={"cmd": fake_model("chat")}) as r:
         assert r.status == 409 and (await r.json()) == {"error": "instance 'chat' already exists"}
     assert set(proxy.runtime.config.models) == {"chat", "new"}
+    # instances.file: created models go to that file of the directory instead
+    (conf / "10-base.yaml").write_text((conf / "10-base.yaml").read_text().replace(
+        "instances: {", 'instances: {"file": "50-mine.yaml", '))
+    assert await proxy.runtime.reloader.reload()
+    async with proxy.http.post(proxy.url + "/api/v1/instances/mine?start=0", json={"cmd": fake_model("m")}) as r:
+        assert r.status == 201 and (await r.json())["file"] == str(conf / "50-mine.yaml")
+    assert set(proxy.runtime.config.models) == {"chat", "new", "mine"}
 
 
 async def test_llamactl_routes_answer_in_its_shapes(proxy_factory: Any, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from .errors import BadRequest, ConfigChanged, ConfigInvalid, ConfigReadOnly, Co
 from .reload import Reloader
 
 __all__ = ["ConfigStore", "Edited", "FileView", "NEW_FILE"]
+
+logger = logging.getLogger(__name__)
 
 #: With --config-dir and no -c file, new models go to this file of the directory (unless instances.file).
 NEW_FILE = "instances.yaml"
@@ -187,5 +190,9 @@ class ConfigStore:
                                      "memory only") from None
             saved, reason = False, str(exc)
             reloader.unsaved[path] = text
+        if saved:
+            logger.info("config changed through the API: %s written", path)
+        else:
+            logger.warning("config changed through the API: kept in memory only, %s", reason)
         report = await reloader.apply(new)
         return Edited(version_of(texts), path, report, saved, reason)

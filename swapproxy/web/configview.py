@@ -42,16 +42,19 @@ async def put_config(request: web.Request) -> web.Response:
     """Replace one config file's text: validated like a reload, written, applied as a diff."""
     rt = runtime(request)
     body = parse_json_body(await request.read())
-    fields = {key: body.get(key) for key in ("path", "text", "version")}
-    for key, value in fields.items():
-        if not isinstance(value, str) or (key != "text" and not value):
-            raise BadRequest(f"'{key}' must be a string" + ("" if key == "text" else " (from GET /api/config)"),
-                             param=key)
-    edited = await rt.store.replace_file(fields["path"], fields["text"], fields["version"])
+    path, text, version = (_text(body, key) for key in ("path", "text", "version"))
+    edited = await rt.store.replace_file(path, text, version)
     resp = web.json_response({"version": edited.version, "file": edited.file, "saved": edited.saved,
                               "reason": edited.reason, "report": edited.report})
     resp.headers["ETag"] = f'"{edited.version}"'
     return resp
+
+
+def _text(body: dict[str, object], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or (key != "text" and not value):
+        raise BadRequest(f"'{key}' must be a string" + ("" if key == "text" else " (from GET /api/config)"), param=key)
+    return value
 
 
 def add_routes(app: web.Application, tags: dict[web.AbstractRoute, RouteTag]) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from support import free_port_block, wait_until
+from support import STATE_DIR, free_port_block, wait_until
 from swapproxy.config import load_config
 from swapproxy.states import ProcessState
 
@@ -25,7 +25,7 @@ async def test_a_llamactl_instance_of_the_real_llama_server(proxy_factory: Any, 
     server, model = llama
     path = tmp_path / "config.yaml"
     path.write_text(f"# real llama-server\nstartPort: {free_port_block(4)}\nhealthCheckTimeout: 60\n"
-                    f"stateDir: {tmp_path / 'state'}\ninstances:\n  llamaServer: {server}\n"
+                    f"stateDir: {STATE_DIR}\ninstances:\n  llamaServer: {server}\n"
                     f"models:\n  placeholder:\n    cmd: {server} -m {model} --port ${{PORT}}\n")
     proxy = await proxy_factory(load_config(path))
     async with proxy.http.get(proxy.url + "/api/v1/server/version") as r:

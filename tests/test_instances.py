@@ -431,3 +431,19 @@ def test_the_cli_serves_the_api_and_edits_its_file(tmp_path: Path) -> None:
         with urllib.request.urlopen(request, timeout=30) as reply:
             assert reply.status == 201 and json.loads(reply.read())["status"] == "stopped"
     assert list(load_config(tmp_path / "swapproxy.yaml").models) == ["a", "b"]  # a JSON file: still loads
+
+
+async def test_a_running_model_whose_command_changed_is_restarted(proxy_factory: Any, tmp_path: Path) -> None:
+    """As llamactl does on update; its requests in flight finish first (the scheduler's replacement)."""
+    path = write_config(tmp_path, f"models:\n  a:\n    cmd: {fake_model('a')}\n")
+    proxy = await proxy_factory(load_config(path))
+    assert (await proxy.chat("a"))[0] == 200
+    old = proxy.pid("a")
+    async with proxy.http.put(proxy.url + "/api/v1/instances/a", json={"cmd": fake_model("a", "--tokens", "2")}) as r:
+        body = await r.json()
+    assert r.status == 200 and body["status"] == "restarting" and proxy.runtime.reload.report["changed"] == ["a"]
+    await wait_until(lambda: proxy.pid("a") not in (None, old) and
+                     proxy.swapper.slot("a").process.state is ProcessState.READY, 15, "the new process")
+    assert pid_gone(old)
+    status, answer = await proxy.chat("a")
+    assert status == 200 and answer["choices"][0]["message"]["content"] == "tok0 tok1 "

@@ -114,6 +114,12 @@ def _start(rt: Runtime, model_id: str) -> str:
     proc = rt.scheduler.slot(model_id).process
     if proc.state in (ProcessState.READY, ProcessState.STARTING):
         return STATUS[proc.state]
+    _load(rt, model_id)
+    return "starting"
+
+
+def _load(rt: Runtime, model_id: str) -> None:
+    """The scheduler's load of ``model_id``, in the background; a failure is logged (its output is in its log)."""
 
     def done(task: asyncio.Task[None]) -> None:
         publish_inflight(rt, model_id)
@@ -122,7 +128,6 @@ def _start(rt: Runtime, model_id: str) -> str:
             logger.warning("start of %s failed: %s", model_id, getattr(err, "reason", None) or err)
 
     rt.background.spawn(rt.scheduler.load(model_id), on_done=done)
-    return "starting"
 
 
 def _binary(rt: Runtime) -> tuple[str, ...]:
@@ -218,7 +223,7 @@ async def update_instance(request: web.Request) -> web.Response:
     status = None
     if was_active and model_id in edited.report.get("changed", ()):
         status = "restarting"  # llamactl restarts a running instance that changed; its requests finish first
-        rt.background.spawn(rt.scheduler.load(model_id), on_done=lambda _: publish_inflight(rt, model_id))
+        _load(rt, model_id)
     return _answer({**instance_json(rt, model_id, status), **_edit_fields(edited, notices)}, edited.version)
 
 

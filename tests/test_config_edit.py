@@ -9,7 +9,6 @@ as the same config plus the change. The whole test files of tests/configs/ are e
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 
 import pytest
 

@@ -22,7 +22,7 @@ def test_llamactl_options_become_llama_server_flags() -> None:
                                    "backend_options": {"m": "/m.gguf", "ctx_size": 4096, "flash_attn": True,
                                                        "temperature": 0.5, "override_tensor": ["a=CPU", "b=CPU"],
                                                        "port": 9000}}, binary)
-    cmd = parse_config(f"models:\n  x:\n    cmd: |\n      " + keys["cmd"].replace("\n", "\n      ")).models["x"].cmd
+    cmd = parse_config("models:\n  x:\n    cmd: |\n      " + keys["cmd"].replace("\n", "\n      ")).models["x"].cmd
     assert cmd[1:] == ("--model", "/m.gguf", "--ctx-size", "4096", "--flash-attn", "--temp", "0.5",
                        "--override-tensor", "a=CPU", "--override-tensor", "b=CPU", "--host", "127.0.0.1",
                        "--port", "5800")

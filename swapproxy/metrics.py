@@ -28,17 +28,18 @@ from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .config import Config
 from .memory import MemoryModel
+from .slotcache import SlotCache
 from .processes import ProcessLike
 from .scheduler import Scheduler
 from .states import ProcessState
 from .status import all_statuses
 
-__all__ = ["Metrics", "TokenTap", "usage_from_tail", "tree_rss", "CONTENT_TYPE"]
+__all__ = ["Metrics", "TokenTap", "usage_from_tail", "timings_from_tail", "tree_rss", "CONTENT_TYPE"]
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +234,17 @@ def usage_from_tail(tail: bytes | bytearray, *, sse: bool, complete: bool) -> tu
     return timings
 
 
+def timings_from_tail(tail: bytes | bytearray, *, sse: bool) -> dict[str, Any] | None:
+    """llama-server's ``timings`` object at the end of a response (None if it has none)."""
+    if sse:
+        for obj in _sse_objects(tail):
+            if isinstance(obj, dict) and isinstance(obj.get("timings"), dict):
+                return obj["timings"]
+        return None
+    found = _find_object(bytes(tail).decode("utf-8", errors="replace"), "timings")
+    return found["timings"] if found is not None and isinstance(found["timings"], dict) else None
+
+
 # -- the registry -------------------------------------------------------------------------------
 class _LiveCollector(Collector):
     """Levels read from the scheduler at scrape time."""
@@ -263,7 +275,22 @@ class _LiveCollector(Collector):
                 rss.add_metric([mid], sizes[status.pid])
         depth = GaugeMetricFamily("swapproxy_queue_depth", "Requests waiting for a model, all models")
         depth.add_metric([], scheduler.queue_depth())
-        return [state, inflight, waiting, depth, rss, *self._memory(scheduler)]
+        return [state, inflight, waiting, depth, rss, *self._memory(scheduler), *self._slot_cache()]
+
+    def _slot_cache(self) -> list[Metric]:
+        cache = self._metrics.slot_cache
+        if cache is None:
+            return []
+        actions = CounterMetricFamily("swapproxy_slot_cache", "Slot cache actions by result: save (ok, failed, "
+                                      "timeout), restore (ok, failed, discarded: the command changed, dropped: over the budget), reuse (hit, miss: the first "
+                                      "answer after a restore had cached tokens or not)",
+                                      labels=["model", "action", "result"])
+        for (model, action, result), count in sorted(cache.counts.items()):
+            actions.add_metric([model, action, result], count)
+        size = GaugeMetricFamily("swapproxy_slot_cache_bytes", "Bytes of saved slot files per model", labels=["model"])
+        for model, used in cache.usage().items():
+            size.add_metric([model], used)
+        return [actions, size]
 
     def _memory(self, scheduler: Scheduler) -> list[Metric]:
         memory = self._metrics.memory
@@ -289,6 +316,7 @@ class Metrics:
         self.models = frozenset(config.models)
         self.scheduler: Scheduler | None = None
         self.memory: MemoryModel | None = None
+        self.slot_cache: SlotCache | None = None
         self.registry = CollectorRegistry()
         reg = self.registry
         self.requests = Counter("swapproxy_requests", "HTTP requests answered", ["model", "route", "status"],
@@ -316,10 +344,12 @@ class Metrics:
         self._ttfb_children: dict[tuple[str, str], Any] = {}
         self._token_children: dict[tuple[str, str], Any] = {}
 
-    def bind(self, scheduler: Scheduler | None, memory: MemoryModel | None = None) -> None:
-        """Read live levels from ``scheduler`` and ``memory`` (None once they are gone)."""
+    def bind(self, scheduler: Scheduler | None, memory: MemoryModel | None = None,
+             slot_cache: SlotCache | None = None) -> None:
+        """Read live levels from ``scheduler``, ``memory`` and ``slot_cache`` (None once they are gone)."""
         self.scheduler = scheduler
         self.memory = memory
+        self.slot_cache = slot_cache
 
     def model_label(self, model: str | None) -> str:
         """``model`` if it is a configured id (after reloads too), else ""."""

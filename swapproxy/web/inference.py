@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, NotFound, SlotFilesManaged
 from ..routing import Route, model_from_json, multipart_boundary, parse_json_body, rewrite_body
 from ..states import ProcessState
 from .forward import leased_forward
@@ -134,6 +134,13 @@ def _by_query(rt: Runtime, requested: str | None) -> tuple[Route, Release]:
 async def _forward_by_query(request: web.Request, requested: str | None, **kwargs: object) -> web.StreamResponse:
     rt = runtime(request)
     found, release = _by_query(rt, requested)
+    try:  # a client's slot save or restore, where swapproxy keeps the model's slot files: 403
+        rt.slot_cache.guard(rt.config.models[found.model_id], request.method, request.raw_path.split("?")[0],
+                            request.raw_path.partition("?")[2])
+    except SlotFilesManaged:
+        if release is not None:
+            release()
+        raise
     path_qs = None
     if found.renamed and "model" in request.query:  # the pinned or chosen name goes upstream
         path_qs = str(request.rel_url.update_query(model=found.name))

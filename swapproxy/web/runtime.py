@@ -28,6 +28,7 @@ from ..memory import MemoryModel
 from ..metrics import Metrics
 from ..reload import Reloader, ReloadState
 from ..scheduler import Scheduler
+from ..slotcache import SlotCache
 from ..selectors import SelectorState
 
 __all__ = ["Runtime", "Tier", "Kind", "RouteTag", "RUNTIME", "MODEL_KEY", "START_KEY", "RESPONDING_KEY",
@@ -107,11 +108,15 @@ class Runtime:
     selectors: SelectorState = field(default_factory=SelectorState)  # spillover turns and reservations
     active_profile: str | None = None  # at most one; none at start (never persisted, as in llama-swap)
     created: dict[str, float] = field(default_factory=dict)  # model id -> when added after start (llamactl's)
+    slot_cache: SlotCache = field(init=False)  # saved llama-server slots of the models with slotCache
     _scheduler: Scheduler | None = None
     _reloader: Reloader | None = None
     _store: ConfigStore | None = None
     _session: aiohttp.ClientSession | None = None
     _memory: MemoryModel | None = None
+
+    def __post_init__(self) -> None:
+        self.slot_cache = SlotCache(lambda: self.config, lambda: self.session)
 
     @property
     def scheduler(self) -> Scheduler:

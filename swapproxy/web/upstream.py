@@ -90,6 +90,7 @@ async def passthrough(request: web.Request, model_id: str, rest: str, query: str
         raise BadRequest("path segments '.' and '..' are not allowed in /upstream/ paths")
     path_qs = "/" + rest + (("?" + query) if query is not None else "")
     spec = rt.config.models[model_id]
+    rt.slot_cache.guard(spec, request.method, "/" + rest, query or "")
     if is_websocket_upgrade(request):
         if spec.ignore_websockets:
             return await unleased_websocket(request, spec, path_qs)

@@ -43,7 +43,8 @@ def server_cmd(*flags: str) -> list[str]:
     return [PY, str(SERVERS), *flags]
 
 
-def swapproxy_argv(config: Path, port: int, *, profile: str | None = None, no_uvloop: bool = False) -> list[str]:
+def swapproxy_argv(config: Path, port: int, *, profile: str | None = None, no_uvloop: bool = False,
+                   log_level: str = "warn") -> list[str]:
     """``python -m swapproxy -c CONFIG --listen 127.0.0.1:PORT --log-level warn`` (optionally under cProfile,
     or with uvloop hidden: the fallback path, as without the [fast] extra)."""
     argv = [PY]
@@ -54,17 +55,18 @@ def swapproxy_argv(config: Path, port: int, *, profile: str | None = None, no_uv
                        "from swapproxy.cli import main; sys.exit(main())"]
     else:
         argv += ["-m", "swapproxy"]
-    return argv + ["-c", str(config), "--listen", f"127.0.0.1:{port}", "--log-level", "warn"]
+    return argv + ["-c", str(config), "--listen", f"127.0.0.1:{port}", "--log-level", log_level]
 
 
 # -- swapproxy -----------------------------------------------------------------------------------
 def start_swapproxy(config: Path, port: int, log: Path, *, src: Path = ROOT, profile: str | None = None,
-                    no_uvloop: bool = False) -> subprocess.Popen[bytes]:
+                    no_uvloop: bool = False, log_level: str = "warn") -> subprocess.Popen[bytes]:
     """swapproxy from the package in ``src`` (first on PYTHONPATH), its output to ``log``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     with log.open("wb") as out:
-        return subprocess.Popen(swapproxy_argv(config, port, profile=profile, no_uvloop=no_uvloop), cwd=src,
+        return subprocess.Popen(swapproxy_argv(config, port, profile=profile, no_uvloop=no_uvloop,
+                                                       log_level=log_level), cwd=src,
                                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 

@@ -174,6 +174,7 @@ class Config:
     max_request_body_mb: float = 256.0
     breaker_failures: int = 3  # start failures within breaker_window that open the breaker; 0 = off
     breaker_window: float = 60.0
+    breaker_backoff: float = 5.0  # after a failed start, requests get that failure for this long (no new spawn)
     state_dir: str | None = None  # where pid records live; None = no records
     router: Router = "group"
     matrix: Matrix | None = field(default=None, compare=False)  # compiled, when router is "matrix"

@@ -192,6 +192,8 @@ class RawBreaker(Raw, title="circuitBreaker"):
 
     failures: int = Field(default=3, ge=0, description="0 disables the breaker")
     window: float = Field(default=60.0, gt=0, description="seconds")
+    backoff: float = Field(default=5.0, ge=0, description="swapproxy: seconds after a failed start during which "
+                           "requests get that failure (503, Retry-After) without a new start; 0 = none")
 
 
 class RawUpstream(Raw, title="upstream"):

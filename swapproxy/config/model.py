@@ -15,8 +15,8 @@ from typing import Any, Literal
 from ..matrix import Matrix
 
 __all__ = ["COMFYUI_MODEL", "DEFAULT_GROUP", "DEFAULT_IGNORE_PATHS", "Config", "FiltersConfig", "GroupConfig",
-           "LogLevel", "LogToStdout", "MemoryConfig", "ModelConfig", "ProfileConfig", "Router", "SchedulerConfig",
-           "SchedulerUse", "SelectorConfig", "Strategy", "_FrozenDict"]
+           "LoadingState", "LogLevel", "LogToStdout", "MemoryConfig", "ModelConfig", "ProfileConfig", "Router",
+           "SchedulerConfig", "SchedulerUse", "SelectorConfig", "Strategy", "_FrozenDict"]
 
 #: Name of the implicit group holding every model that no configured group lists.
 DEFAULT_GROUP = "(default)"
@@ -27,6 +27,9 @@ DEFAULT_IGNORE_PATHS = (re.compile(r".*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$
 
 LogLevel = Literal["debug", "info", "warn", "error"]
 LogToStdout = Literal["proxy", "upstream", "both", "none"]
+#: sendLoadingState: off, llama-swap's progress in ``reasoning_content`` (True), or swapproxy's
+#: SSE comment lines that only keep the connection alive ("keepalive").
+LoadingState = bool | Literal["keepalive"]
 Router = Literal["group", "matrix"]
 SchedulerUse = Literal["fifo", "strict"]
 
@@ -139,7 +142,7 @@ class ModelConfig:
     capabilities: Mapping[str, Any] | None = None
     concurrency_limit: int = 10
     filters: FiltersConfig = field(default_factory=FiltersConfig)
-    send_loading_state: bool = False
+    send_loading_state: LoadingState = False  # True: progress in reasoning_content; "keepalive": comments only
     connect_timeout: float = 30.0  # 0 = none
     response_header_timeout: float = 0.0  # 0 = none
     response_idle_timeout: float = 0.0  # swapproxy: 0 = none; no body progress for this long cuts the response
@@ -166,7 +169,7 @@ class Config:
     api_keys: tuple[str, ...] = ()  # llama-swap's: grant both tiers
     inference_keys: tuple[str, ...] = ()  # swapproxy: /v1/... and native routes only
     management_keys: tuple[str, ...] = ()  # swapproxy: load/unload, logs, events, metrics, UI only
-    send_loading_state: bool = False
+    send_loading_state: LoadingState = False
     include_aliases_in_list: bool = False
     preload: tuple[str, ...] = ()
     groups: tuple[GroupConfig, ...] = ()

@@ -47,6 +47,7 @@ from .forward import publish_request
 from .middleware import MIDDLEWARES, use_expect_handler
 from .proxy import make_client_session
 from .runtime import RUNTIME, Runtime
+from .upstream_props import UpstreamProps
 
 __all__ = ["make_app"]
 
@@ -139,10 +140,13 @@ class _Resources:
         def on_stop(event: StopEvent) -> None:
             rt.events.publish({"type": "swap", "reason": event.reason, "stopped": list(event.stopped)})
 
+        props = UpstreamProps(rt.session, rt.background)
         scheduler.hub.add_listener(on_state)
+        scheduler.hub.add_listener(props.on_state)  # a server that is ready is asked for its /props
         scheduler.swap_listeners.append(on_stop)
         rt._scheduler = scheduler
         rt._memory = memory
+        rt._upstream_props = props
         rt.metrics.bind(scheduler, memory)
         rt.background.spawn(memory.refresh())  # GGUF estimates: off the event loop, in a helper process
         rt.background.spawn(memory.watch(lambda: [

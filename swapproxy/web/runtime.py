@@ -28,6 +28,7 @@ from ..metrics import Metrics
 from ..reload import ReloadState
 from ..scheduler import Scheduler
 from ..selectors import SelectorState
+from .upstream_props import UpstreamProps
 
 __all__ = ["Runtime", "Tier", "Kind", "RouteTag", "RUNTIME", "MODEL_KEY", "START_KEY", "RESPONDING_KEY",
            "RouteTable", "runtime", "route_label", "route_tag", "register"]
@@ -107,6 +108,7 @@ class Runtime:
     _scheduler: Scheduler | None = None
     _session: aiohttp.ClientSession | None = None
     _memory: MemoryModel | None = None
+    _upstream_props: UpstreamProps | None = None
 
     @property
     def scheduler(self) -> Scheduler:
@@ -120,6 +122,11 @@ class Runtime:
     def memory(self) -> MemoryModel:
         """Device budgets and model footprints."""
         return _started(self._memory)
+
+    @property
+    def upstream_props(self) -> UpstreamProps:
+        """What each loaded llama-server said in its /props (context size, model name)."""
+        return _started(self._upstream_props)
 
     @property
     def config(self) -> Config:

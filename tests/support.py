@@ -400,6 +400,35 @@ class FakeServer:
 Spawn = Callable[..., Awaitable[FakeServer]]
 
 
+# -- a small GGUF file ------------------------------------------------------------------------------
+def write_gguf(path: Path, *, context: int = 2048, file_type: int | None = None, size_label: str | None = None,
+               name: str | None = None) -> Path:
+    """A tiny llama GGUF (2 layers, one 64x64 f32 tensor: 4,096 parameters, 16 KiB) for tests that read one."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_embedding_length(64)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_context_length(context)
+    if file_type is not None:
+        writer.add_file_type(file_type)
+    if size_label is not None:
+        writer.add_size_label(size_label)
+    if name is not None:
+        writer.add_name(name)
+    writer.add_token_list([f"t{i}".encode() for i in range(100)])
+    writer.add_tensor("w", np.zeros((64, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 # -- things outside the repository some tests need -------------------------------------------------
 #: Where scripts/install_llama.py caches the real llama-server and model (the ``llama`` marker's tests).
 CACHE = Path(os.environ.get("SWAPPROXY_CACHE", Path.home() / ".cache" / "swapproxy"))

@@ -7,11 +7,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fake_process import FakeHub, spec
-from support import fake, make_config, wait_until
+from support import fake, make_config, wait_until, write_gguf
 from swapproxy.config import Config, GroupConfig
 from swapproxy.estimate import footprint, parse_options
 from swapproxy.learned import Learned
@@ -172,23 +171,7 @@ def test_what_a_model_really_used_is_learned_and_kept(tmp_path: Path) -> None:
 
 
 def test_a_real_gguf_file_is_read_in_a_helper_process(tmp_path: Path) -> None:
-    gguf = pytest.importorskip("gguf")
-    import numpy as np
-
-    path = tmp_path / "tiny.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(2)
-    writer.add_embedding_length(64)
-    writer.add_feed_forward_length(128)
-    writer.add_head_count(4)
-    writer.add_head_count_kv(2)
-    writer.add_context_length(2048)
-    writer.add_token_list([f"t{i}".encode() for i in range(100)])
-    writer.add_tensor("w", np.zeros((64, 64), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = write_gguf(tmp_path / "tiny.gguf")
     config = make_config({"tiny": {"cmd": f"llama-server -m {path} -c 1024 -np 1 --port ${{PORT}}"}},
                          stateDir=str(tmp_path), memory={"devices": {"host": "1GiB"}})
     memory = MemoryModel(lambda: config, Learned(tmp_path))

@@ -107,6 +107,20 @@ async def test_keepalive_leaves_a_clients_records_to_the_upstreams_chunks(proxy_
     assert warm_status == 200 and data_events(warm)[0]["id"].startswith("chatcmpl")
 
 
+async def test_with_true_a_client_keeps_the_loading_chunks(proxy_factory) -> None:
+    """What the README warns of: the openai SDK's .stream() helper takes the first chunk's id."""
+    proxy = await proxy_factory(config())
+    sdk = client(proxy, max_retries=0)
+    try:
+        async with sdk.chat.completions.stream(model="m-true", messages=[{"role": "user", "content": "hi"}]
+                                               ) as stream:
+            final = await stream.get_final_completion()
+    finally:
+        await sdk.close()
+    assert final.id == "swapproxy-loading"
+    assert final.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4 "
+
+
 async def test_loading_chunks_carry_the_upstreams_model_name(proxy_factory) -> None:
     """sendLoadingState: true — the chunks a client keeps name the model as the upstream's own do."""
     proxy = await proxy_factory(make_config({

@@ -90,16 +90,20 @@ async def test_an_upstream_error_is_the_upstreams_own_cold_and_warm(proxy_factor
         assert raw.startswith(b": swapproxy: ")
 
 
-async def test_keepalive_leaves_a_clients_records_to_the_upstreams_chunks(proxy_factory) -> None:
-    proxy = await proxy_factory(config())
+async def final_completion(proxy: Proxy, model: str) -> Any:
+    """What the openai SDK's ``.stream()`` helper reports as the whole completion of a cold request."""
     sdk = client(proxy, max_retries=0)
     try:
-        async with sdk.chat.completions.stream(model="m-keepalive", messages=[{"role": "user", "content": "hi"}]
-                                               ) as stream:
-            final = await stream.get_final_completion()
-        warm_status, warm = await raw_stream(proxy, "m-keepalive", "hi")
+        async with sdk.chat.completions.stream(model=model, messages=[{"role": "user", "content": "hi"}]) as stream:
+            return await stream.get_final_completion()
     finally:
         await sdk.close()
+
+
+async def test_keepalive_leaves_a_clients_records_to_the_upstreams_chunks(proxy_factory) -> None:
+    proxy = await proxy_factory(config())
+    final = await final_completion(proxy, "m-keepalive")
+    warm_status, warm = await raw_stream(proxy, "m-keepalive", "hi")
     assert proxy.swapper.slot("m-keepalive").process.state is ProcessState.READY
     assert final.id.startswith("chatcmpl") and final.model == "m-keepalive"
     assert final.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4 "
@@ -109,14 +113,7 @@ async def test_keepalive_leaves_a_clients_records_to_the_upstreams_chunks(proxy_
 
 async def test_with_true_a_client_keeps_the_loading_chunks(proxy_factory) -> None:
     """What the README warns of: the openai SDK's .stream() helper takes the first chunk's id."""
-    proxy = await proxy_factory(config())
-    sdk = client(proxy, max_retries=0)
-    try:
-        async with sdk.chat.completions.stream(model="m-true", messages=[{"role": "user", "content": "hi"}]
-                                               ) as stream:
-            final = await stream.get_final_completion()
-    finally:
-        await sdk.close()
+    final = await final_completion(await proxy_factory(config()), "m-true")
     assert final.id == "swapproxy-loading"
     assert final.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4 "
 

@@ -151,7 +151,8 @@ async def api_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events for UIs: a snapshot first, then state changes, log lines, in-flight counts.
 
     Every event is one `data:` JSON object whose "type" is snapshot, state, log, inflight, swap,
-    request (a request in flight starts or ends) or profile (the active profile changed).
+    request (a request in flight starts or ends), profile (the active profile changed) or
+    unloading (a router-mode unload was asked for; it may drain first).
     """
     rt = runtime(request)
     try:

@@ -10,7 +10,8 @@ type *llama.cpp*, as a user would set it up; it runs offline (no Ollama, no embe
 model, no telemetry, no update check) from a temporary data folder. Checked: the model
 list with what the picker shows (parameters, quantisation, size) and the loaded state; a
 streamed chat on model a, then b (a swap), then a; the picker's Eject (Open WebUI's
-``POST /api/models/unload``), also while a model generates.
+``POST /api/models/unload``), also while a model generates. One test opens Open WebUI's page
+in headless chromium (as the UI test does) to see the picker itself.
 """
 
 from __future__ import annotations
@@ -173,6 +174,30 @@ async def test_the_model_list_carries_what_the_picker_shows(stack: Stack) -> Non
     assert a["meta"]["n_ctx_train"] == 4096 and b["meta"]["n_ctx_train"] == 8192
     assert "params_string" not in listed["slow"]  # no -m: nothing known, nothing shown
     assert a["loaded"] is False and b["loaded"] is False
+
+
+async def test_the_picker_shows_parameters_and_quantisation(stack: Stack, page: Any) -> None:
+    """Open WebUI's own page, in headless chromium: its model picker, as a user opens it."""
+    from playwright.async_api import Error as PlaywrightError, expect
+
+    token = stack.headers["Authorization"].removeprefix("Bearer ")
+    await page.goto(stack.webui + "/auth")
+    await page.evaluate("token => localStorage.setItem('token', token)", token)  # signed in as the admin
+    await page.goto(stack.webui + "/")
+    try:  # the release notes Open WebUI shows once per version
+        await page.get_by_text("Okay, Let's Go!").click(timeout=10_000)
+    except PlaywrightError:
+        pass
+    await page.locator("[aria-label^='Selected model']").first.click(timeout=TIMEOUT * 1000)
+
+    def option(model: str) -> Any:
+        return page.locator(f"#model-selector-list [data-value='{model}']")
+
+    await expect(option("a")).to_contain_text("4K", timeout=TIMEOUT * 1000)  # params_string
+    await expect(option("b")).to_contain_text("4K")
+    await expect(option("slow")).not_to_contain_text("4K")  # nothing known, nothing shown
+    await option("a").get_by_text("4K").hover()  # its tooltip: quantization.name and size_bytes
+    await expect(page.locator("[data-tippy-root]")).to_contain_text("Q4_K_M (0.0GB)")
 
 
 async def test_a_streamed_chat_on_a_then_b_then_a(stack: Stack) -> None:

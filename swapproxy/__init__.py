@@ -24,6 +24,15 @@ One swap, when the model a request names is not running::
                    metrics.py, the event bus (status.py's ModelStatus), systemd's STATUS
                    line, web/upstream_props.py (asks a server that is ready for its /props)
 
+One change to the config made at runtime (llamactl's API, the UI's form or editor)::
+
+    web/instances.py   POST/PUT/DELETE /api/v1/instances/{name}; llamactl.py turns its options
+                       into a model entry (llama-server flags); web/configview.py: the whole file
+    configstore.py     under the reload lock: read the files (configfiles.py: version, atomic write),
+                       change one file's text (config/edit.py keeps the rest as written), validate
+                       it with the loader as a reload would, write it, then apply it:
+    reload.py          Reloader.apply → Scheduler.apply_config: unchanged models keep running
+
 Around them: config/ reads llama-swap's format into frozen types; states.py is
 the process state table; errors.py the error tree and its envelope; redact.py
 hides secrets in shown command lines, URLs and log lines; reload.py
@@ -32,7 +41,8 @@ the running app shares; web/management.py, web/controls.py, web/streams.py,
 web/catalogue.py and web/upstream.py (with web/websocket.py) the management,
 profile, event, model-list (with describe.py) and /upstream routes;
 web/loading.py what a streamed chat sees while its model loads (sendLoadingState);
-server.py, listen.py and cli.py start it all.
+llamabin.py the configured llama-server binary (/api/v1/server/...); server.py,
+listen.py and cli.py start it all.
 """
 
 __all__ = ["__version__"]

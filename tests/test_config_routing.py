@@ -103,7 +103,7 @@ routing:
     assert config.scheduler.use == "strict" and config.scheduler.max_wait == 1.5
     assert config.scheduler.priority == {"a": 10, "b": -1}
     defaults = parse(MODELS).scheduler
-    assert (defaults.use, dict(defaults.priority), defaults.max_wait) == ("fifo", {}, 3.0)
+    assert (defaults.use, dict(defaults.priority), defaults.max_wait) == ("fifo", {}, 2.0)
     found = problems(MODELS + "routing: {scheduler: {settings: {fifo: {priority: {ghost: 1}}}}}\n")
     assert (found[0].key_path, found[0].message) == ("routing.scheduler.settings.fifo.priority.ghost",
                                                       "'ghost' is not a model id or alias")

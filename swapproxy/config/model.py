@@ -15,8 +15,8 @@ from typing import Any, Literal
 from ..matrix import Matrix
 
 __all__ = ["COMFYUI_MODEL", "DEFAULT_GROUP", "DEFAULT_IGNORE_PATHS", "Config", "FiltersConfig", "GroupConfig",
-           "LoadingState", "LogLevel", "LogToStdout", "MemoryConfig", "ModelConfig", "ProfileConfig", "Router",
-           "SchedulerConfig", "SchedulerUse", "SelectorConfig", "Strategy", "_FrozenDict"]
+           "InstancesConfig", "LoadingState", "LogLevel", "LogToStdout", "MemoryConfig", "ModelConfig", "OnReadOnly",
+           "ProfileConfig", "Router", "SchedulerConfig", "SchedulerUse", "SelectorConfig", "Strategy", "_FrozenDict"]
 
 #: Name of the implicit group holding every model that no configured group lists.
 DEFAULT_GROUP = "(default)"
@@ -107,7 +107,7 @@ class SchedulerConfig:
 
     use: SchedulerUse = "fifo"
     priority: Mapping[str, int] = field(default_factory=_FrozenDict)  # model id -> priority (default 0)
-    max_wait: float = 3.0  # seconds before a busy model stops taking new requests for a waiting one
+    max_wait: float = 2.0  # seconds before a busy model stops taking new requests for a waiting one
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,20 @@ class MemoryConfig:
     reserve: int = 0
     share_default_group: bool = False  # models in no group may run together when they fit
     learn: bool = True
+
+
+OnReadOnly = Literal["refuse", "memory"]
+
+
+@dataclass(frozen=True)
+class InstancesConfig:
+    """Models managed at runtime (swapproxy's ``instances`` section): what a created model runs,
+    where it is written with ``--config-dir``, and what a change does when the file is read-only."""
+
+    llama_server: tuple[str, ...] | None = None  # argv; None: found when needed (swapproxy.llamabin)
+    file: str | None = None  # --config-dir: a file name in the directory
+    on_read_only: OnReadOnly = "refuse"
+    edits: bool = True  # false: the API and the UI only read the config
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,6 +198,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     cors_origins: tuple[str, ...] = ("localhost",)  # swapproxy: "localhost", "*" or exact origins (browser.py)
+    instances: InstancesConfig = field(default_factory=InstancesConfig)
     allowed_hosts: tuple[str, ...] = ()  # swapproxy: Host names accepted besides the built-in ones (browser.py)
     env_secrets: tuple[str, ...] = ()  # values of ${env.X} whose X names a secret: redacted where shown
     models: Mapping[str, ModelConfig]

@@ -9,7 +9,9 @@ in the reverse one, so a failure half-way tears down exactly what started:
 4. this run's pid record;
 5. the log handler that copies swapproxy's own records into the ``proxy`` buffer;
 6. the scheduler and, through its :class:`~swapproxy.processes.ProcessHub`, every
-   model's process — its teardown stops them all;
+   model's process — its teardown stops them all; beside it the
+   :class:`~swapproxy.reload.Reloader` that applies config reloads and edits, and the
+   :class:`~swapproxy.configstore.ConfigStore` through which the API and the UI edit the files;
 7. the preload of ``hooks.on_startup.preload``.
 
 Observability is wired in (6): every process state change is counted in the
@@ -23,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from ..config import Config, ModelConfig
+from ..configstore import ConfigStore
 from ..guardian import Guardian
 from ..learned import Learned
 from ..logs import BufferHandler
@@ -37,11 +41,12 @@ from ..nvml import gpu_provider
 from ..process import ManagedProcess, ProcessTracker
 from ..processes import ProcessHub, ProcessLike
 from ..redact import Redactor
+from ..reload import Reloader
 from ..scheduler import Scheduler, StopEvent
 from ..statefile import RunRecord, reap_leftovers
 from ..states import ProcessState
 from ..status import model_status
-from . import catalogue, controls, inference, management, streams, upstream
+from . import catalogue, configview, controls, inference, instances, management, streams, upstream
 from .browser import add_cors_headers
 from .forward import publish_request
 from .middleware import MIDDLEWARES, use_expect_handler
@@ -144,7 +149,12 @@ class _Resources:
         scheduler.hub.add_listener(on_state)
         scheduler.hub.add_listener(props.on_state)  # a server that is ready is asked for its /props
         scheduler.swap_listeners.append(on_stop)
+        config = rt.initial_config
+        reloader = Reloader(config.source_file, scheduler, rt.reload, config_dir=config.config_dir)
+        reloader.listeners.append(lambda new, report: _on_applied(rt, report))
         rt._scheduler = scheduler
+        rt._reloader = reloader
+        rt._store = ConfigStore(reloader)
         rt._memory = memory
         rt._upstream_props = props
         rt.metrics.bind(scheduler, memory)
@@ -166,6 +176,16 @@ class _Resources:
         finally:
             if task is not None:
                 task.cancel()
+
+
+def _on_applied(rt: Runtime, report: dict[str, list[str]]) -> None:
+    """A new config is in force (a reload or an edit): note when models were added, tell the UIs."""
+    now = time.time()
+    for model_id in report.get("added", ()):
+        rt.created[model_id] = now
+    for model_id in report.get("removed", ()):
+        rt.created.pop(model_id, None)
+    rt.events.publish({"type": "config", "report": report})
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -191,6 +211,8 @@ def make_app(config: Config) -> web.Application:
     app.on_response_prepare.append(add_cors_headers)
     # Specific routes first: the /upstream/ passthrough and the inference catch-all come last.
     management.add_routes(app, rt.tags)
+    instances.add_routes(app, rt.tags)
+    configview.add_routes(app, rt.tags)
     controls.add_routes(app, rt.tags)
     streams.add_routes(app, rt.tags)
     upstream.add_routes(app, rt.tags)

@@ -48,8 +48,8 @@ _ACTIVE = (ProcessState.STARTING, ProcessState.READY)
 UNLOAD_DRAIN_LIMIT = 30.0
 _ROUTER_UNLOAD_QUERY = [*FORCE_QUERY, ("drain", f"swapproxy: seconds to wait for the requests in flight before "
                                                f"cutting them (default {UNLOAD_DRAIN_LIMIT:g})")]
-_UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css",
-             "swagger.html": "text/html"}
+_UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "editor.js": "text/javascript",
+             "style.css": "text/css", "swagger.html": "text/html"}
 
 
 @api(tag="health")

@@ -20,8 +20,9 @@ One swap, when the model a request names is not running::
     scheduler.py   outside the lock: wait for the victims' requests to finish, stop them
     process.py     ManagedProcess: stop (cmdStop or SIGTERM → SIGKILL), spawn, probe /health
     processes.py   ProcessHub: every state change reaches its listeners — failures.py
-                   (circuit breaker, persistent restarts), metrics.py, the event bus
-                   (status.py's ModelStatus), systemd's STATUS line
+                   (back-off after a failed start, circuit breaker, persistent restarts),
+                   metrics.py, the event bus (status.py's ModelStatus), systemd's STATUS
+                   line, web/upstream_props.py (asks a server that is ready for its /props)
 
 One change to the config made at runtime (llamactl's API, the UI's form or editor)::
 
@@ -38,9 +39,10 @@ hides secrets in shown command lines, URLs and log lines; reload.py
 and config_diff.py apply a changed config as a diff; web/runtime.py holds what
 the running app shares; web/management.py, web/controls.py, web/streams.py,
 web/catalogue.py and web/upstream.py (with web/websocket.py) the management,
-profile, event, model-list and /upstream routes; llamabin.py the configured
-llama-server binary (/api/v1/server/...); server.py, listen.py and cli.py
-start it all.
+profile, event, model-list (with describe.py) and /upstream routes;
+web/loading.py what a streamed chat sees while its model loads (sendLoadingState);
+llamabin.py the configured llama-server binary (/api/v1/server/...); server.py,
+listen.py and cli.py start it all.
 """
 
 __all__ = ["__version__"]

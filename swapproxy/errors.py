@@ -35,6 +35,12 @@ The tree::
     ├── RequestCancelled                503 request_cancelled    (POST /api/inflight/{id}/cancel)
     └── UpstreamTimeout                 504 upstream_timeout
 
+Every 503 carries ``Retry-After`` (a class's ``retry_after``, or the instance's: a failed
+start says when swapproxy would try it again). Those a client should not simply send again
+(a failed start, a request an operator cancelled, an instance nobody started) also carry
+``x-should-retry: false``, the header the openai and anthropic SDKs obey before their own
+retry rules.
+
 Upstream HTTP errors are never wrapped: they pass through as the upstream sent them. On
 llamactl's routes (``/api/v1/...``) the same errors travel in llamactl's body instead,
 ``{"error": "message"}`` (:func:`error_response` with ``plain``); an error's :meth:`details`
@@ -87,6 +93,8 @@ class SwapProxyError(Exception):
     status: int = 500
     type: str = "internal_error"
     code: str = "internal_error"
+    retry_after: int | None = None  # seconds: the Retry-After header
+    should_retry: bool | None = None  # the x-should-retry header (SDKs obey it before their own rules)
 
     def __init_subclass__(cls, status: int | None = None, type: str | None = None, code: str | None = None,
                           **kwargs: object) -> None:
@@ -105,8 +113,13 @@ class SwapProxyError(Exception):
         self.param = param
 
     def headers(self) -> dict[str, str]:
-        """Extra response headers this error needs (e.g. Retry-After)."""
-        return {}
+        """Extra response headers this error needs (Retry-After, x-should-retry)."""
+        out: dict[str, str] = {}
+        if self.retry_after is not None:
+            out["Retry-After"] = str(self.retry_after)
+        if self.should_retry is not None:
+            out["x-should-retry"] = "true" if self.should_retry else "false"
+        return out
 
     def details(self) -> dict[str, object]:
         """Extra fields of the error body (e.g. a config's problems)."""
@@ -200,9 +213,6 @@ class TooManyRequests(SwapProxyError, status=429, type="rate_limit_error", code=
         super().__init__(message)
         self.retry_after = retry_after
 
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
-
 
 class NotSupported(SwapProxyError, status=501, type="invalid_request_error", code="not_implemented"):
     """A route swapproxy knows of but deliberately does not implement."""
@@ -213,15 +223,30 @@ class UpstreamUnreachable(SwapProxyError, status=502, type="upstream_error", cod
 
 
 class ModelStartFailed(SwapProxyError, status=503, type="upstream_error", code="model_start_failed"):
-    """The model's process failed to become ready; ``log_tail`` holds its last output."""
+    """The model's process failed to become ready; ``log_tail`` holds its last output.
 
-    def __init__(self, message: str, *, log_tail: Sequence[str] = ()) -> None:
+    ``retry_after``: when swapproxy would start it again (the failure handler sets it to
+    the back-off, or to the open breaker's time left). An SDK is told not to retry on its
+    own: a start that failed seldom succeeds a second later, and each try may load a
+    model's weights again.
+    """
+
+    retry_after = 1
+    should_retry = False
+
+    def __init__(self, message: str, *, log_tail: Sequence[str] = (), retry_after: int | None = None) -> None:
         self.log_tail = tuple(log_tail)
         full = message
         if self.log_tail:
             full += "\nlast output:\n" + "\n".join(self.log_tail)
         super().__init__(full)
         self.reason = message
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+    def again(self, retry_after: int) -> ModelStartFailed:
+        """The same failure (class, message, output), to answer anew with ``retry_after``."""
+        return type(self)(self.reason, log_tail=self.log_tail, retry_after=retry_after)
 
 
 class HealthCheckTimeout(ModelStartFailed, code="health_check_timeout"):
@@ -229,19 +254,30 @@ class HealthCheckTimeout(ModelStartFailed, code="health_check_timeout"):
 
 
 class ShuttingDown(SwapProxyError, status=503, type="server_error", code="shutting_down"):
-    """swapproxy is stopping: no new work."""
+    """swapproxy is stopping: no new work (a service manager may have it back in seconds)."""
+
+    retry_after = 5
 
 
 class NotRunning(SwapProxyError, status=503, type="server_error", code="instance_not_running"):
-    """llamactl's proxy route: the instance is not running (it is not started for the request)."""
+    """llamactl's proxy route: the instance is not running (it is not started for the request,
+    so a retry alone does not help)."""
+
+    retry_after = 5
+    should_retry = False
 
 
 class NoTargetAvailable(SwapProxyError, status=503, type="server_error", code="no_target_available"):
     """A selector has no target that can take the request now."""
 
+    retry_after = 1
+
 
 class RequestCancelled(SwapProxyError, status=503, type="server_error", code="request_cancelled"):
-    """An operator cancelled the request before its response began."""
+    """An operator cancelled the request before its response began: an SDK must not send it again."""
+
+    retry_after = 1
+    should_retry = False
 
 
 class UpstreamTimeout(SwapProxyError, status=504, type="upstream_error", code="upstream_timeout"):

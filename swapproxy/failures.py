@@ -1,14 +1,18 @@
 """Failure handling: the circuit breaker and the restarts of persistent models.
 
 :class:`FailureHandler` is a state listener (on the :class:`~swapproxy.processes.ProcessHub`);
-the scheduler only asks it, at admission, whether a model's breaker is open
-(:meth:`FailureHandler.check`).
+the scheduler only asks it, at admission, whether a model's breaker is open or its
+back-off runs (:meth:`FailureHandler.check`).
 
+* Back-off: for ``circuitBreaker.backoff`` seconds after a failed start,
+  requests get that same failure again (503, its message and output,
+  ``Retry-After``) without a new start: clients that retry at once, or several
+  that arrive together, cost no spawn each. Only real starts count below.
 * Circuit breaker: after ``circuitBreaker.failures`` start failures within
   ``circuitBreaker.window`` seconds, requests get 503 at once (with the last
   error and log lines) until the window has passed or an operator loads the
-  model explicitly (:meth:`FailureHandler.clear`). Below that count, the next
-  request simply tries again.
+  model explicitly (:meth:`FailureHandler.clear`). Below that count, the first
+  request after the back-off tries again.
 * Members of a ``persistent`` group that crash (or fail to restart) are
   restarted on their own, with a back-off of 1, 2, 4 ... 30 s.
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -44,6 +49,7 @@ _STABLE_AFTER = 60.0
 class _Record:
     failures: collections.deque[float] = field(default_factory=collections.deque)  # start failures, loop time
     breaker_until: float = 0.0  # loop time until which requests are refused at once
+    backoff_until: float = 0.0  # loop time until which requests get the last start failure again
     restarts: int = 0  # consecutive automatic restarts
     restart_task: asyncio.Task[None] | None = None
 
@@ -80,18 +86,24 @@ class FailureHandler:
         return record.breaker_until - asyncio.get_running_loop().time()
 
     def check(self, proc: ProcessLike) -> None:
-        """Raise :class:`ModelStartFailed` (503) while ``proc``'s breaker is open."""
+        """Raise :class:`ModelStartFailed` (503) while ``proc``'s breaker is open, or (the same
+        failure again) within the back-off after its failed start; either says when to retry."""
         remaining = self.breaker_remaining(proc)
-        if remaining <= 0:
-            return
         last = proc.last_error
-        reason = last.reason if last is not None else "start failed"
-        failures = len(self._records[proc].failures)
-        raise ModelStartFailed(
-            f"{proc.name} failed to start {failures} times within {self._config().breaker_window:g}s; "
-            f"not retrying for {remaining:.0f}s (load it explicitly to retry now). Last error: {reason}",
-            log_tail=last.log_tail if last is not None else (),
-        )
+        if remaining > 0:
+            reason = last.reason if last is not None else "start failed"
+            failures = len(self._records[proc].failures)
+            raise ModelStartFailed(
+                f"{proc.name} failed to start {failures} times within {self._config().breaker_window:g}s; "
+                f"not retrying for {remaining:.0f}s (load it explicitly to retry now). Last error: {reason}",
+                log_tail=last.log_tail if last is not None else (), retry_after=_seconds(remaining),
+            )
+        record = self._records.get(proc)
+        if record is None or last is None or proc.state is not ProcessState.FAILED:
+            return
+        backoff = record.backoff_until - asyncio.get_running_loop().time()
+        if backoff > 0:
+            raise last.again(retry_after=_seconds(backoff))
 
     # -- changes --------------------------------------------------------------------------
     def clear(self, proc: ProcessLike) -> None:
@@ -99,7 +111,7 @@ class FailureHandler:
         record = self._records.get(proc)
         if record is not None:
             record.failures.clear()
-            record.breaker_until = 0.0
+            record.breaker_until = record.backoff_until = 0.0
 
     def forget(self, proc: ProcessLike) -> None:
         """``proc`` was replaced or retired: drop its record and any restart it had coming."""
@@ -132,13 +144,16 @@ class FailureHandler:
                 record.breaker_until = now + window
                 logger.error("%s: %d start failures within %gs; circuit breaker open for %gs",
                              proc.name, len(record.failures), window, window)
+            record.backoff_until = now + config.breaker_backoff
+            if proc.last_error is not None:  # the error its waiters get: when to come back
+                proc.last_error.retry_after = _seconds(max(record.backoff_until, record.breaker_until) - now)
         if config.group_of(proc.name).persistent and not self.closing:
             self._schedule_restart(proc, record, now)
 
     def _schedule_restart(self, proc: ProcessLike, record: _Record, now: float) -> None:
         if record.restart_task is not None and not record.restart_task.done():
             return
-        delay = max(min(2.0**record.restarts, RESTART_CAP), record.breaker_until - now)
+        delay = max(min(2.0**record.restarts, RESTART_CAP), record.breaker_until - now, record.backoff_until - now)
         record.restarts += 1
         logger.warning("%s: persistent model failed; restarting in %.0fs", proc.name, delay)
         record.restart_task = self._background.spawn(self._restart_later(proc, record, delay))
@@ -148,7 +163,13 @@ class FailureHandler:
         record.restart_task = None
         if self.closing or not self._is_current(proc) or proc.state is not ProcessState.FAILED:
             return
+        record.backoff_until = 0.0  # waited out above: this restart is the next real start
         try:
             await self._restart(proc.name)
         except ModelStartFailed:
             return  # the FAILED transition scheduled the next attempt
+
+
+def _seconds(remaining: float) -> int:
+    """Whole seconds for Retry-After: rounded up, at least 1."""
+    return max(1, math.ceil(remaining))

@@ -68,9 +68,13 @@ class MemoryModel:
         if not budgets:
             return None
         config = self._config()
+        self._read_new_files(config)
+        return Resources(budgets, {mid: self.footprint(spec)[0] for mid, spec in config.models.items()})
+
+    def _read_new_files(self, config: Config) -> None:
+        """Once per config: read the GGUF files it names that are not read yet (in the background)."""
         if self._read_for != id(config) and (self._reading is None or self._reading.done()):
             self._refresh_soon(config)
-        return Resources(budgets, {mid: self.footprint(spec)[0] for mid, spec in config.models.items()})
 
     def _refresh_soon(self, config: Config) -> None:
         """A new config (a reload) may name new GGUF files: read them, off the event loop (if one runs)."""
@@ -121,6 +125,15 @@ class MemoryModel:
         facts = self._facts.get(self._file_key(opts))
         return (isinstance(facts, dict) and not opts.swa_full and int(facts.get("n_swa") or 0) > 0
                 and any(facts.get("windowed") or ()))
+
+    def facts(self, spec: ModelConfig) -> dict[str, Any] | None:
+        """The facts of the GGUF file ``spec``'s command names (``-m``: architecture, parameters,
+        file type, weight bytes, trained context; see :mod:`swapproxy.gguf_facts`), once read;
+        None until then, or when there is no such file. Asks for the files of a config that
+        a reload brought to be read, as :meth:`resources` does."""
+        self._read_new_files(self._config())
+        facts = self._facts.get(self._file_key(parse_options(spec.cmd)))
+        return facts if isinstance(facts, dict) else None
 
     def why_unknown(self, spec: ModelConfig) -> str | None:
         """Why a model has no estimate (for ``swapproxy check`` and the UI), or None when it has one."""
@@ -194,6 +207,7 @@ class MemoryModel:
 
     async def refresh(self) -> None:
         """:meth:`read_gguf_files` without blocking the event loop (at start-up and after a reload)."""
+        self._read_for = id(self._config())  # this config's files are being read: not again
         pending = self.pending_files()
         if pending:
             self._take(pending, await read_facts_async(list(pending.values())))

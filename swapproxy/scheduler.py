@@ -150,13 +150,19 @@ class Scheduler(Stops, Replacements):
         """Ready and taking requests: nothing is stopping or replacing it."""
         return slot.process.state is ProcessState.READY and not slot.evicting and slot.pending is None
 
-    async def acquire(self, model_id: str) -> Lease:
-        """Make ``model_id`` ready and count one request in flight on it until the lease is released."""
+    def admit(self, model_id: str) -> ModelSlot:
+        """Raise what :meth:`acquire` refuses at once, before any wait: shutting down (503), the
+        concurrency limit (429), a failed start's back-off or an open breaker (503)."""
         if self._closing:
             raise ShuttingDown("swapproxy is shutting down")
         slot = self.slot(model_id)
         self._admit(model_id, slot)
         self.failures.check(slot.process)
+        return slot
+
+    async def acquire(self, model_id: str) -> Lease:
+        """Make ``model_id`` ready and count one request in flight on it until the lease is released."""
+        slot = self.admit(model_id)
         if self._open(slot) and not (self._strict and self._queued_before(model_id, len(self._queue))):
             self._enter(slot)  # the fast path: ready, and nothing stops it
             return Lease(slot, self._leave)

@@ -83,16 +83,17 @@ class Stops:
             listener(event)
 
     async def _drain_and_stop(self, victims: list[ModelSlot], cause: StopCause, reason: str, *,
-                              drain: bool = True) -> None:
+                              drain: bool = True, limit: float | None = None) -> None:
         """Wait for the (marked) victims' in-flight requests, then stop them; unmark at the end.
 
         ``drain=False`` (a forced unload) stops them at once: their in-flight requests
-        see the upstream go and end with an error. Cancelling this (the client left)
-        does not cancel a stop already under way.
+        see the upstream go and end with an error; so do those still in flight after
+        ``limit`` seconds (None: no limit). Cancelling this (the client left) does not
+        cancel a stop already under way.
         """
         try:
-            for slot in victims if drain else ():
-                await slot.idle.wait()
+            if drain:
+                await self._drain(victims, reason, limit)
             logger.info("%s: stopping %s", reason, ", ".join(s.process.name for s in victims))
             await asyncio.gather(*(self._stop_gracefully(slot, reason) if drain else slot.process.stop(reason)
                                    for slot in victims))
@@ -101,23 +102,40 @@ class Stops:
         self._announce(StopEvent(cause, reason, tuple(s.process.name for s in victims)))
         self._pump()
 
-    async def unload(self, model_id: str, reason: str = "unload", *, force: bool = False) -> bool:
-        """Stop one model once its in-flight requests finish (at once with ``force``).
+    @staticmethod
+    async def _drain(victims: list[ModelSlot], reason: str, limit: float | None) -> None:
+        """Wait until the victims have no request in flight, or ``limit`` seconds (then the stop cuts them)."""
+        try:
+            async with asyncio.timeout(limit):
+                for slot in victims:
+                    await slot.idle.wait()
+        except TimeoutError:
+            logger.warning("%s: requests still in flight after %gs: cutting them", reason, limit)
+
+    def unloadable(self, model_id: str) -> bool:
+        """Whether :meth:`unload` has something to stop: the model runs, starts, or failed (cleared then)."""
+        slot = self.slot(model_id)
+        return slot.active or slot.process.state is ProcessState.FAILED
+
+    async def unload(self, model_id: str, reason: str = "unload", *, force: bool = False,
+                     drain_limit: float | None = None) -> bool:
+        """Stop one model once its in-flight requests finish (at once with ``force``; after
+        ``drain_limit`` seconds at most, when given).
 
         False if it was not running. A forced unload cuts the requests in flight: an
         operator's way to free a GPU from a runaway generation now. Requests waiting
         for the model start it again afterwards.
         """
-        slot = self.slot(model_id)
-        if not slot.active and slot.process.state is not ProcessState.FAILED:
+        if not self.unloadable(model_id):
             return False
+        slot = self.slot(model_id)
         if slot.process.state is ProcessState.FAILED and not force:
             await slot.process.stop(reason)  # clears the failure
             return True
         self._mark([slot])
         if force and slot.inflight:
             logger.warning("%s: forced, cutting %d request(s) in flight on %s", reason, slot.inflight, model_id)
-        await self._drain_and_stop([slot], StopCause.UNLOAD, reason, drain=not force)
+        await self._drain_and_stop([slot], StopCause.UNLOAD, reason, drain=not force, limit=drain_limit)
         return True
 
     async def unload_all(self, reason: str = "unload", *, force: bool = False) -> list[str]:

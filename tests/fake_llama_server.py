@@ -63,6 +63,11 @@ write.  Chat and text completions end with a finish chunk (carrying
 ``timings``), a usage chunk with ``choices: []`` when
 ``stream_options.include_usage`` is true, then ``data: [DONE]``; the native
 ``/completion`` stream ends with an event whose ``"stop"`` is true (no [DONE]).
+With ``--ctx-size N`` (``-c``) a prompt of more than N words is refused as llama-server
+refuses it: 400 ``{"error": {"code": 400, "message": "request (X tokens) exceeds the
+available context size (N tokens), try increasing it", "type": "exceed_context_size_error",
+"n_prompt_tokens": X, "n_ctx": N}}``, streamed or not. ``-m PATH`` names a model file
+(shown as ``/props``' ``model_path``; never read).
 
 Like llama-server, ``--help``, ``--version`` and ``--list-devices`` print their answer
 and exit 0 (no ``--port`` needed), and ``-m``/``--model PATH`` names the model (the file is
@@ -170,6 +175,8 @@ class Config:
     slot_restore_fail: bool = False
     slot_file_bytes: int = 0
     slot_restore_delay: float = 0.0
+    ctx_size: int | None = None
+    model_path: str | None = None
 
 
 #: What --version and --list-devices print (llama-server's shapes: it prints them on stderr).
@@ -195,7 +202,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--list-devices", action=_PrintAndExit, text=FAKE_DEVICES, help="list the (pretend) devices")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True, help="0 picks a free port")
-    p.add_argument("-m", "--model", default=None, help="a GGUF path (never read); names the model")
+    p.add_argument("-m", "--model", default=None, help="a GGUF path (never read); names the model, and is "
+                   "/props' model_path")
     p.add_argument("--model-name", default=None, help="the model's name in answers (default: --model's "
                    "file name, else fake-model)")
     p.add_argument("--startup-delay", type=float, default=0.0,
@@ -229,6 +237,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
                    help="a slot restore waits S seconds, or until a POST /debug/release credit")
     p.add_argument("--slot-file-bytes", type=int, default=0, metavar="N",
                    help="pad each saved slot file with N bytes (for disk budget tests)")
+    p.add_argument("-c", "--ctx-size", type=int, default=None, metavar="N",
+                   help="context size: a prompt of more words gets llama-server's 400 exceed_context_size_error")
     a = p.parse_args(argv)
     if a.port < 0 or a.port > 65535:
         p.error("--port must be in 0..65535")
@@ -261,6 +271,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         slot_restore_fail=a.slot_restore_fail,
         slot_file_bytes=max(0, a.slot_file_bytes),
         slot_restore_delay=max(0.0, a.slot_restore_delay),
+        ctx_size=a.ctx_size,
+        model_path=a.model,
     )
 
 
@@ -271,6 +283,15 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 class BadRequest(Exception):
     """Raised by handlers; turned into a 400 invalid_request_error."""
+
+
+class ContextExceeded(Exception):
+    """The prompt is longer than --ctx-size: llama-server's 400, in its exact shape."""
+
+    def __init__(self, n_prompt: int, n_ctx: int) -> None:
+        super().__init__(f"request ({n_prompt} tokens) exceeds the available context size ({n_ctx} tokens), "
+                         f"try increasing it")
+        self.n_prompt, self.n_ctx = n_prompt, n_ctx
 
 
 def error_response(code: int, message: str, err_type: str) -> web.Response:
@@ -532,6 +553,10 @@ class FakeLlamaServer:
             return await handler(request)
         except BadRequest as exc:
             return error_response(400, str(exc), "invalid_request_error")
+        except ContextExceeded as exc:
+            return web.json_response({"error": {
+                "code": 400, "message": str(exc), "type": "exceed_context_size_error",
+                "n_prompt_tokens": exc.n_prompt, "n_ctx": exc.n_ctx}}, status=400)
         except web.HTTPNotFound:
             return error_response(404, "File Not Found", "not_found_error")
         except web.HTTPMethodNotAllowed as exc:
@@ -597,7 +622,10 @@ class FakeLlamaServer:
             cap = body.get(key)
             if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0 and cap < n:
                 n, finish = cap, "length"
-        return Plan(n_tokens=n, finish_reason=finish, prompt_tokens=count_words(prompt))
+        prompt_tokens = count_words(prompt)
+        if self.cfg.ctx_size is not None and prompt_tokens > self.cfg.ctx_size:
+            raise ContextExceeded(prompt_tokens, self.cfg.ctx_size)
+        return Plan(n_tokens=n, finish_reason=finish, prompt_tokens=prompt_tokens)
 
     @staticmethod
     def include_usage(body: JSONDict) -> bool:
@@ -694,7 +722,7 @@ class FakeLlamaServer:
         return {
             "id": 0,
             "id_task": -1,
-            "n_ctx": N_CTX,
+            "n_ctx": self.cfg.ctx_size or N_CTX,
             "speculative": False,
             "is_processing": self.stats.active_streams > 0,
             "params": self.generation_settings(),
@@ -704,7 +732,7 @@ class FakeLlamaServer:
         return web.json_response({
             "default_generation_settings": {**self.slot(), "is_processing": False},
             "total_slots": 1,
-            "model_path": f"/models/{self.cfg.model_name}.gguf",
+            "model_path": self.cfg.model_path or f"/models/{self.cfg.model_name}.gguf",
             "model_alias": self.cfg.model_name,
             "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}",
             "build_info": "fake-llama-server",

@@ -327,30 +327,6 @@ async def release_all(proxy: Proxy, model: str, resp: aiohttp.ClientResponse) ->
     return rest
 
 
-# -- GGUF files ----------------------------------------------------------------------------------------
-def write_gguf(path: Path, arch: str = "llama", layers: int = 2, sliding_window: int = 0) -> Path:
-    """A tiny but real GGUF file (llama.cpp's own writer): 64-wide, 4 heads (2 for K/V), 100 tokens."""
-    import gguf
-    import numpy as np
-
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_block_count(layers)
-    writer.add_embedding_length(64)
-    writer.add_feed_forward_length(128)
-    writer.add_head_count(4)
-    writer.add_head_count_kv(2)
-    writer.add_context_length(2048)
-    if sliding_window:
-        writer.add_sliding_window(sliding_window)
-    writer.add_token_list([f"t{i}".encode() for i in range(100)])
-    writer.add_tensor("w", np.zeros((64, 64), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 # -- the fake llama-server on its own --------------------------------------------------------------
 #: Upper bound for anything a FakeServer test waits on; they normally take milliseconds.
 FAKE_TIMEOUT = 5.0
@@ -422,6 +398,38 @@ class FakeServer:
 
 
 Spawn = Callable[..., Awaitable[FakeServer]]
+
+
+# -- a small GGUF file ------------------------------------------------------------------------------
+def write_gguf(path: Path, *, arch: str = "llama", layers: int = 2, context: int = 2048, sliding_window: int = 0,
+               file_type: int | None = None, size_label: str | None = None, name: str | None = None) -> Path:
+    """A tiny GGUF (llama.cpp's own writer; 2 layers unless told, one 64x64 f32 tensor: 4,096
+    parameters, 16 KiB) for tests that read one."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(layers)
+    writer.add_embedding_length(64)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_context_length(context)
+    if sliding_window:
+        writer.add_sliding_window(sliding_window)
+    if file_type is not None:
+        writer.add_file_type(file_type)
+    if size_label is not None:
+        writer.add_size_label(size_label)
+    if name is not None:
+        writer.add_name(name)
+    writer.add_token_list([f"t{i}".encode() for i in range(100)])
+    writer.add_tensor("w", np.zeros((64, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
 
 
 # -- things outside the repository some tests need -------------------------------------------------

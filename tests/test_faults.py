@@ -16,7 +16,7 @@ from swapproxy.states import ProcessState
 
 
 async def test_circuit_breaker_opens_after_repeated_failures(proxy_factory) -> None:
-    config = make_config({"bad": fake("bad", "--exit-during-startup", "4")}, circuitBreaker={"failures": 2, "window": 30})
+    config = make_config({"bad": fake("bad", "--exit-during-startup", "4")}, circuitBreaker={"failures": 2, "window": 30, "backoff": 0})
     proxy = await proxy_factory(config)
     starts: list[int] = []
     proxy.swapper.slot("bad").process.add_listener(

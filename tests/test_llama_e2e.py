@@ -13,7 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from support import Proxy, make_config, pid_gone
+from support import Proxy, make_config, pid_gone, wait_until
 
 pytestmark = pytest.mark.llama
 
@@ -221,3 +221,43 @@ async def test_llama_server_routes_and_variants_through_swapproxy(proxy_factory,
         assert r.status == 200, await r.text()
         assert (await r.json())["usage"]["completion_tokens"] <= 2  # the variant's max_tokens
     assert proxy.swapper.running() == ["chat-v"]
+
+
+async def test_a_cold_context_error_is_llama_servers_own_in_every_loading_state_mode(proxy_factory, llama) -> None:
+    """The real server's exceed_context_size_error: BadRequestError warm; cold with a loading state,
+    the same error object in the stream (APIError), no [DONE]; and /v1/models lists the GGUF's facts."""
+    server, model = llama
+    base = f"{server} --host 127.0.0.1 --port ${{PORT}} -m {model} -t 2 -c 256"
+    proxy = await proxy_factory(make_config({
+        "off": {"cmd": base}, "true": {"cmd": base, "sendLoadingState": True},
+        "keepalive": {"cmd": base, "sendLoadingState": "keepalive"},
+    }, healthCheckTimeout=60))
+    long = [{"role": "user", "content": "hello " * 400}]
+    client = sdk(proxy)
+    seen: dict[tuple[str, str], tuple[type, object]] = {}
+    try:
+        for mode in ("off", "true", "keepalive"):
+            for temperature in ("cold", "warm"):
+                try:
+                    stream = await client.chat.completions.create(model=mode, messages=long, stream=True)
+                    async for _ in stream:
+                        pass
+                except openai.APIError as exc:
+                    seen[(mode, temperature)] = (type(exc), exc.body)
+
+        async def described() -> bool:  # the GGUF reader parses the whole tokenizer: seconds, off the loop
+            return "params_string" in ((await client.models.list()).data[0].model_extra or {})
+
+        await wait_until(described, 120, "the GGUF's facts in /v1/models")
+        listed = {m.id: m.model_extra for m in (await client.models.list()).data}
+    finally:
+        await client.close()
+    upstream = seen[("off", "warm")][1]
+    assert isinstance(upstream, dict) and upstream["type"] == "exceed_context_size_error" and upstream["code"] == 400
+    assert upstream["n_ctx"] == 256
+    for mode in ("off", "true", "keepalive"):
+        assert seen[(mode, "warm")][0] is openai.BadRequestError
+        assert seen[(mode, "cold")] == ((openai.BadRequestError if mode == "off" else openai.APIError), upstream)
+    facts = listed["off"]
+    assert (facts["params_string"], facts["quantization"]["name"]) == ("270M", "Q4_K_M")
+    assert facts["meta"]["n_ctx_train"] == 32768 and facts["meta"]["n_params"] == 268098176

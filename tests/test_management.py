@@ -186,6 +186,8 @@ async def test_router_mode_load_unload_and_sse_as_a_router_client(proxy_factory)
         assert seen.index(("a", "unloaded")) < seen.index(("b", "loaded"))
 
         assert await call(proxy, "POST", "/models/unload", json={"model": "b"}) == (200, {"success": True})
+        e = await next_matching(events, lambda e: e["model"] == "b", "b unloading")
+        assert e["data"] == {"status": "unloading"}
         e = await next_matching(events, lambda e: e["model"] == "b", "b unloaded")
         assert e["data"] == {"status": "unloaded"}
 
@@ -197,6 +199,51 @@ async def test_router_mode_load_unload_and_sse_as_a_router_client(proxy_factory)
     status, listing = await get_json(proxy, "/models")
     bad = {m["id"]: m for m in listing["data"]}["bad"]["status"]
     assert bad["value"] == "unloaded" and bad["failed"] is True and bad["exit_code"] == 3
+
+
+async def test_router_mode_unload_answers_at_once_and_still_unloads(proxy_factory) -> None:
+    """Open WebUI's Eject while a model generates: its unload call gives up after 30 s; ours answers at
+    once, drains the request in flight, then stops the model; /models/sse says unloading, then unloaded."""
+    proxy = await proxy_factory(make_config({"m": fake("m", "--tokens", "50")}))
+    body = {"model": "m", "messages": [], "stream": True, "x_gate": True}
+    async with proxy.http.get(proxy.url + "/models/sse") as sse, \
+            proxy.http.post(proxy.url + "/v1/chat/completions", json=body) as resp:
+        events = sse_events(sse)
+        await asyncio.wait_for(resp.content.readuntil(b"\n\n"), TIMEOUT)
+        await next_matching(events, lambda e: e["data"]["status"] == "loaded", "m loaded")
+        pid = proxy.pid("m")
+        # a client that gives up on its call at once (it got its answer anyway: at once)
+        assert await asyncio.wait_for(call(proxy, "POST", "/models/unload", json={"model": "m"}), 2) == \
+            (200, {"success": True})
+        assert (await next_matching(events, lambda e: True, "unloading"))["data"] == {"status": "unloading"}
+        assert proxy.swapper.slot("m").evicting and proxy.pid("m") == pid  # draining: the stream goes on
+        port = proxy.swapper.slot("m").process.spec.port
+        async with proxy.http.post(f"http://127.0.0.1:{port}/debug/release?n=1000") as r:
+            assert r.status == 200
+        rest = await asyncio.wait_for(resp.content.read(), TIMEOUT)
+        assert rest.rstrip().endswith(b"data: [DONE]")  # finished, not cut
+        assert (await next_matching(events, lambda e: True, "unloaded"))["data"] == {"status": "unloaded"}
+    assert pid is not None and pid_gone(pid) and proxy.swapper.running() == []
+
+
+async def test_router_mode_unload_cuts_what_is_still_in_flight_after_the_drain_limit(proxy_factory) -> None:
+    proxy = await proxy_factory(make_config({"m": fake("m", "--tokens", "50")}))
+    body = {"model": "m", "messages": [], "stream": True, "x_gate": True}
+    async with proxy.http.post(proxy.url + "/v1/chat/completions", json=body) as resp:
+        await asyncio.wait_for(resp.content.readuntil(b"\n\n"), TIMEOUT)
+        pid = proxy.pid("m")
+        unload = proxy.http.post(proxy.url + "/models/unload?drain=0.3", json={"model": "m"})
+        async with unload as answer:  # read and closed at once: the unload is not this request's
+            assert answer.status == 200
+        try:
+            rest = await asyncio.wait_for(resp.content.read(), TIMEOUT)  # never released: cut after 0.3 s
+            assert b"[DONE]" not in rest
+        except aiohttp.ClientPayloadError:
+            pass  # the body was left unterminated: a broken response
+    await wait_until(lambda: proxy.swapper.slot("m").process.state.value == "stopped", TIMEOUT, "m stopped")
+    assert pid is not None and pid_gone(pid)
+    status, answer = await call(proxy, "POST", "/models/unload?drain=soon", json={"model": "m"})
+    assert status == 400 and answer["error"]["param"] == "drain"
 
 
 async def test_router_mode_errors_are_envelopes(proxy_factory) -> None:

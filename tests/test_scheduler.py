@@ -135,7 +135,7 @@ async def test_the_concurrency_limit_counts_queued_and_in_flight() -> None:
 
 
 async def test_the_breaker_opens_after_repeated_start_failures_and_a_load_clears_it() -> None:
-    scheduler, hub = make("a", breaker_failures=2, breaker_window=60.0)
+    scheduler, hub = make("a", breaker_failures=2, breaker_window=60.0, breaker_backoff=0.0)
     hub.failing.add("a")
     for _ in range(2):
         with pytest.raises(ModelStartFailed):
@@ -146,6 +146,41 @@ async def test_the_breaker_opens_after_repeated_start_failures_and_a_load_clears
     hub.failing.clear()
     await scheduler.load("a")
     assert proc(scheduler, "a").state is S.READY
+
+
+async def test_within_the_backoff_a_failed_start_is_answered_again_without_a_new_start() -> None:
+    scheduler, hub = make("a", breaker_failures=2, breaker_window=60.0, breaker_backoff=30.0)
+    hub.failing.add("a")
+    with pytest.raises(ModelStartFailed) as first:
+        await use(scheduler, "a")
+    assert first.value.retry_after == 30 and first.value.headers()["x-should-retry"] == "false"
+    for _ in range(3):  # an SDK's retries, or several clients at once: the same answer, no spawn
+        with pytest.raises(ModelStartFailed) as again:
+            await use(scheduler, "a")
+        assert again.value.message == first.value.message and again.value.code == first.value.code
+        assert 1 <= again.value.retry_after <= 30 and again.value.headers()["Retry-After"] == str(again.value.retry_after)
+    assert proc(scheduler, "a").starts == 1
+    # only real starts count toward the breaker (2 here): four answers, one failure, still closed
+    assert scheduler.failures.breaker_remaining(proc(scheduler, "a")) <= 0
+    hub.failing.clear()
+    await scheduler.load("a")  # an operator's load clears the back-off too
+    assert proc(scheduler, "a").starts == 2 and proc(scheduler, "a").state is S.READY
+
+
+async def test_after_the_backoff_the_next_request_starts_the_model_again() -> None:
+    scheduler, hub = make("a", breaker_backoff=0.05)
+    hub.failing.add("a")
+    with pytest.raises(ModelStartFailed):
+        await use(scheduler, "a")
+    with pytest.raises(ModelStartFailed):
+        await use(scheduler, "a")  # within the back-off
+    assert proc(scheduler, "a").starts == 1
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 0.05
+    await wait_until(lambda: loop.time() > until, what="the back-off to pass")
+    hub.failing.clear()
+    await use(scheduler, "a")
+    assert proc(scheduler, "a").starts == 2
 
 
 async def test_ttl_unloads_after_the_last_request_never_during_one() -> None:

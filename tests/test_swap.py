@@ -146,15 +146,26 @@ async def test_concurrency_limit_answers_429(proxy_factory) -> None:
     assert (await proxy.chat("a"))[0] == 200
 
 
-async def test_start_failure_is_503_with_log_lines_and_next_request_retries(proxy_factory) -> None:
-    proxy = await proxy_factory(make_config(models("a", flags=("--exit-during-startup", "7"))))
-    status, data = await proxy.chat("a")
-    assert status == 503
+async def test_start_failure_is_503_with_log_lines_then_the_same_answer_within_the_backoff(proxy_factory) -> None:
+    proxy = await proxy_factory(make_config(models("a", flags=("--exit-during-startup", "7")),
+                                            circuitBreaker={"backoff": 30}))
+    starts: list[int] = []
+    proxy.swapper.slot("a").process.add_listener(
+        lambda p, old, new: starts.append(1) if new is ProcessState.STARTING else None)
+    body = {"model": "a", "messages": [{"role": "user", "content": "hi"}]}
+    answers = []
+    for _ in range(3):  # what the openai SDK's default retries would send
+        async with proxy.http.post(proxy.url + "/v1/chat/completions", json=body) as resp:
+            answers.append((resp.status, resp.headers.get("Retry-After"), resp.headers.get("x-should-retry"),
+                            await resp.json()))
+    status, retry_after, should_retry, data = answers[0]
+    assert (status, retry_after, should_retry) == (503, "30", "false")
     assert data["error"]["code"] == "model_start_failed"
     assert "code 7" in data["error"]["message"]
     assert "failed to load model" in data["error"]["message"]
-    status2, _ = await proxy.chat("a")
-    assert status2 == 503
+    for status2, retry2, should2, data2 in answers[1:]:  # the cached failure: same message, no spawn
+        assert (status2, should2, data2) == (503, "false", data) and 1 <= int(retry2) <= 30
+    assert len(starts) == 1
     assert proxy.swapper.slot("a").process.state is ProcessState.FAILED
 
 

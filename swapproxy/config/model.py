@@ -15,8 +15,8 @@ from typing import Any, Literal
 from ..matrix import Matrix
 
 __all__ = ["COMFYUI_MODEL", "DEFAULT_GROUP", "DEFAULT_IGNORE_PATHS", "Config", "FiltersConfig", "GroupConfig",
-           "InstancesConfig", "LogLevel", "LogToStdout", "MemoryConfig", "ModelConfig", "OnReadOnly", "ProfileConfig",
-           "Router", "SchedulerConfig", "SchedulerUse", "SelectorConfig", "Strategy", "_FrozenDict"]
+           "InstancesConfig", "LoadingState", "LogLevel", "LogToStdout", "MemoryConfig", "ModelConfig", "OnReadOnly",
+           "ProfileConfig", "Router", "SchedulerConfig", "SchedulerUse", "SelectorConfig", "Strategy", "_FrozenDict"]
 
 #: Name of the implicit group holding every model that no configured group lists.
 DEFAULT_GROUP = "(default)"
@@ -27,6 +27,9 @@ DEFAULT_IGNORE_PATHS = (re.compile(r".*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$
 
 LogLevel = Literal["debug", "info", "warn", "error"]
 LogToStdout = Literal["proxy", "upstream", "both", "none"]
+#: sendLoadingState: off, llama-swap's progress in ``reasoning_content`` (True), or swapproxy's
+#: SSE comment lines that only keep the connection alive ("keepalive").
+LoadingState = bool | Literal["keepalive"]
 Router = Literal["group", "matrix"]
 SchedulerUse = Literal["fifo", "strict"]
 
@@ -153,7 +156,7 @@ class ModelConfig:
     capabilities: Mapping[str, Any] | None = None
     concurrency_limit: int = 10
     filters: FiltersConfig = field(default_factory=FiltersConfig)
-    send_loading_state: bool = False
+    send_loading_state: LoadingState = False  # True: progress in reasoning_content; "keepalive": comments only
     connect_timeout: float = 30.0  # 0 = none
     response_header_timeout: float = 0.0  # 0 = none
     response_idle_timeout: float = 0.0  # swapproxy: 0 = none; no body progress for this long cuts the response
@@ -182,7 +185,7 @@ class Config:
     api_keys: tuple[str, ...] = ()  # llama-swap's: grant both tiers
     inference_keys: tuple[str, ...] = ()  # swapproxy: /v1/... and native routes only
     management_keys: tuple[str, ...] = ()  # swapproxy: load/unload, logs, events, metrics, UI only
-    send_loading_state: bool = False
+    send_loading_state: LoadingState = False
     include_aliases_in_list: bool = False
     preload: tuple[str, ...] = ()
     groups: tuple[GroupConfig, ...] = ()
@@ -190,6 +193,7 @@ class Config:
     max_request_body_mb: float = 256.0
     breaker_failures: int = 3  # start failures within breaker_window that open the breaker; 0 = off
     breaker_window: float = 60.0
+    breaker_backoff: float = 5.0  # after a failed start, requests get that failure for this long (no new spawn)
     state_dir: str | None = None  # where pid records live; None = no records
     router: Router = "group"
     matrix: Matrix | None = field(default=None, compare=False)  # compiled, when router is "matrix"

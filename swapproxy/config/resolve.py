@@ -122,6 +122,7 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
         max_request_body_mb=raw.maxRequestBodyMB, models=models, selectors=selectors, profiles=profiles,
         upstream_ignore_paths=ignore_paths,
         breaker_failures=raw.circuitBreaker.failures, breaker_window=raw.circuitBreaker.window,
+        breaker_backoff=raw.circuitBreaker.backoff,
         state_dir=_state_dir(environ, raw.stateDir), router=router, matrix=matrix, scheduler=scheduler,
         memory=memory, slot_cache_budget=slot_budget, cors_origins=cors_origins, allowed_hosts=allowed_hosts, instances=instances,
         notices=tuple(str(n) for n in notices))

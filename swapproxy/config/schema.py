@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from .model import LogLevel, LogToStdout, Strategy
+from .model import LoadingState, LogLevel, LogToStdout, Strategy
 
 __all__ = ["LogLevel", "LogToStdout", "Modality", "Raw", "RawAlias", "RawBreaker", "RawCapabilities", "RawCompat",
            "RawConfig", "RawFifo", "RawFilters", "RawGroup", "RawHooks", "RawInstances", "RawMatrix", "RawMemory",
@@ -190,7 +190,8 @@ class RawModel(Raw, title="model"):
     macros: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     capabilities: dict[str, Any] | None = None
-    sendLoadingState: bool | None = None
+    sendLoadingState: LoadingState | None = Field(default=None, description="default: the global "
+                                                  "sendLoadingState")
     timeouts: RawTimeouts = RawTimeouts()
     apiKey: str = Field(default="", description="swapproxy: key sent to this upstream (Bearer and x-api-key)")
     memory: Size | dict[str, Size] | None = Field(default=None, description="swapproxy: the model's memory "
@@ -208,6 +209,8 @@ class RawBreaker(Raw, title="circuitBreaker"):
 
     failures: int = Field(default=3, ge=0, description="0 disables the breaker")
     window: float = Field(default=60.0, gt=0, description="seconds")
+    backoff: float = Field(default=5.0, ge=0, description="swapproxy: seconds after a failed start during which "
+                           "requests get that failure (503, Retry-After) without a new start; 0 = none")
 
 
 class RawUpstream(Raw, title="upstream"):
@@ -277,7 +280,10 @@ class RawConfig(Raw, title="swapproxy config (llama-swap config.yaml format)"):
     apiKeys: list[str] = Field(default_factory=list, description="keys for every route")
     inferenceApiKeys: list[str] = Field(default_factory=list, description="swapproxy: keys for inference routes")
     managementApiKeys: list[str] = Field(default_factory=list, description="swapproxy: keys for management routes")
-    sendLoadingState: bool = False
+    sendLoadingState: LoadingState = Field(default=False, description="a streamed chat request for a model "
+                                           "that is not ready gets 200 at once: true = progress in "
+                                           "reasoning_content (llama-swap's); keepalive (swapproxy) = SSE comment "
+                                           "lines only, which clients ignore")
     includeAliasesInList: bool = False
     hooks: RawHooks = RawHooks()
     groups: dict[str, RawGroup] = Field(default_factory=dict)

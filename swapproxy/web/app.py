@@ -52,6 +52,7 @@ from .forward import publish_request
 from .middleware import MIDDLEWARES, use_expect_handler
 from .proxy import make_client_session
 from .runtime import RUNTIME, Runtime
+from .upstream_props import UpstreamProps
 
 __all__ = ["make_app"]
 
@@ -145,7 +146,9 @@ class _Resources:
         def on_stop(event: StopEvent) -> None:
             rt.events.publish({"type": "swap", "reason": event.reason, "stopped": list(event.stopped)})
 
+        props = UpstreamProps(rt.session, rt.background)
         scheduler.hub.add_listener(on_state)
+        scheduler.hub.add_listener(props.on_state)  # a server that is ready is asked for its /props
         scheduler.swap_listeners.append(on_stop)
         scheduler.before_stop = rt.slot_cache.save  # a model with slotCache saves its slots first
         rt.slot_cache.forget_removed()
@@ -157,6 +160,7 @@ class _Resources:
         rt._reloader = reloader
         rt._store = ConfigStore(reloader)
         rt._memory = memory
+        rt._upstream_props = props
         rt.metrics.bind(scheduler, memory, rt.slot_cache)
         rt.background.spawn(memory.refresh())  # GGUF estimates: off the event loop, in a helper process
         rt.background.spawn(memory.watch(lambda: [

@@ -1,7 +1,10 @@
 """The model catalogue: ``GET /v1/models`` and ``/models``, and what swapproxy does not do with it.
 
 Each entry has OpenAI's shape plus llama.cpp router mode's: a ``status`` object,
-the model's ``aliases`` and ``tags``. Selectors are listed too (unless
+the model's ``aliases`` and ``tags``; and what the model is (:mod:`swapproxy.describe`):
+its parameter count, quantisation and size from its GGUF file, as Open WebUI's model
+picker reads them, and llama-server's ``meta`` (with the context size it runs with,
+once loaded). Selectors are listed too (unless
 ``unlisted``), with their strategy and targets, and, while a profile is active,
 each pin whose name is not already listed. llama-server's router downloads
 (``POST /models``) and deletes (``DELETE /models?model=``) models, as Open
@@ -16,11 +19,12 @@ from typing import Any
 from aiohttp import web
 
 from ..config import ModelConfig, SelectorConfig
+from ..describe import describe
 from ..errors import NotSupported
 from ..scheduler import Scheduler
 from ..states import ProcessState
 from .openapi import api
-from .runtime import Kind, RouteTag, Tier, register, runtime
+from .runtime import Kind, RouteTag, Runtime, Tier, register, runtime
 
 __all__ = ["add_routes", "list_models"]
 
@@ -30,8 +34,8 @@ _STATUS_VALUE = {
 }
 
 
-def _model_entry(scheduler: Scheduler, spec: ModelConfig, shown_id: str, created: int) -> dict[str, Any]:
-    proc = scheduler.slot(spec.id).process
+def _model_entry(rt: Runtime, spec: ModelConfig, shown_id: str, created: int) -> dict[str, Any]:
+    proc = rt.scheduler.slot(spec.id).process
     # llama.cpp's router lists each model's args here; ours would show the whole command line to
     # any inference client, upstream keys and all, so only the program's name is given.
     status: dict[str, Any] = {"value": _STATUS_VALUE.get(proc.state, "unloaded"), "args": list(spec.cmd[:1])}
@@ -44,10 +48,15 @@ def _model_entry(scheduler: Scheduler, spec: ModelConfig, shown_id: str, created
         value = getattr(spec, key)
         if value:
             entry[key] = value
-    if spec.metadata:
-        entry["meta"] = dict(spec.metadata)
+    # What the model is (its GGUF) and runs with (its /props): Open WebUI's fields, llama-server's meta.
+    fields, meta = describe(rt.memory.facts(spec),
+                            rt.upstream_props.context(proc) if proc.state is ProcessState.READY else None)
+    meta.update(spec.metadata)  # the config's own metadata wins
+    if meta:
+        entry["meta"] = meta
     if spec.capabilities:
         entry["capabilities"] = dict(spec.capabilities)
+    entry.update(fields)
     entry["aliases"] = list(spec.aliases)
     entry["tags"] = list(spec.tags)
     entry["status"] = status
@@ -88,9 +97,9 @@ async def list_models(request: web.Request) -> web.Response:
     for spec in config.models.values():
         if spec.unlisted:
             continue
-        data.append(_model_entry(scheduler, spec, spec.id, created))
+        data.append(_model_entry(rt, spec, spec.id, created))
         if config.include_aliases_in_list:
-            data.extend(_model_entry(scheduler, spec, alias, created) for alias in spec.aliases if alias != spec.id)
+            data.extend(_model_entry(rt, spec, alias, created) for alias in spec.aliases if alias != spec.id)
     data.extend(_selector_entry(scheduler, s, created) for s in config.selectors.values() if not s.unlisted)
     profile = rt.profile
     if profile is not None:

@@ -81,23 +81,27 @@ async def inference(request: web.Request) -> web.StreamResponse:
     rt = runtime(request)
     raw = await request.read()
     obj = parse_json_body(raw)
-    found, release = route_request(rt, model_from_json(obj) or request.query.get("model"))
+    requested = model_from_json(obj) or request.query.get("model")
+    found, release = route_request(rt, requested)
     try:
         spec = rt.config.models[found.model_id]
         body = rewrite_body(obj, spec, found.name, found.renamed) or raw
-        if (
+        loading = bool(
             spec.send_loading_state
             and obj.get("stream") is True
             and path.endswith("chat/completions")
             and path_qs is None
             and rt.scheduler.slot(found.model_id).process.state is not ProcessState.READY
-        ):
-            shown = found.name or found.model_id
-            return await stream_with_loading_state(request, spec, body, shown, release=release)
+        )
+        if loading:
+            rt.scheduler.admit(found.model_id)  # a refusal that needs no wait keeps its status (429, 503)
     except BaseException:
         if release is not None:
             release()
         raise
+    if loading:  # the name the upstream is asked for (useModelName, a pin's or selector's choice)
+        sent = spec.use_model_name or (found.name if found.renamed else requested) or spec.id
+        return await stream_with_loading_state(request, spec, body, sent, release=release)
     return await leased_forward(request, found.model_id, spec, body=body, path_qs=path_qs, release=release)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from importlib import resources
@@ -42,6 +43,11 @@ __all__ = ["add_routes"]
 logger = logging.getLogger(__name__)
 
 _ACTIVE = (ProcessState.STARTING, ProcessState.READY)
+#: Seconds a router-mode unload (``POST /models/unload``) waits for the model's requests in flight
+#: before it cuts them (``?drain=`` per call).
+UNLOAD_DRAIN_LIMIT = 30.0
+_ROUTER_UNLOAD_QUERY = [*FORCE_QUERY, ("drain", f"swapproxy: seconds to wait for the requests in flight before "
+                                               f"cutting them (default {UNLOAD_DRAIN_LIMIT:g})")]
 _UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "editor.js": "text/javascript",
              "style.css": "text/css", "swagger.html": "text/html"}
 
@@ -143,12 +149,36 @@ async def models_load(request: web.Request) -> web.Response:
     return web.json_response({"success": True})
 
 
-@api(tag="llama.cpp router", body={"model": "my-model"}, query=FORCE_QUERY)
+def _drain_param(request: web.Request) -> float:
+    raw = request.query.get("drain")
+    if raw is None:
+        return UNLOAD_DRAIN_LIMIT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise BadRequest(f"drain must be a number of seconds, not {raw!r}", param="drain")
+    return value
+
+
+@api(tag="llama.cpp router", body={"model": "my-model"}, query=_ROUTER_UNLOAD_QUERY)
 async def models_unload(request: web.Request) -> web.Response:
-    """llama.cpp router mode: stop a model; answers once it is stopped (400 when not running)."""
+    """llama.cpp router mode: stop a model; answers at once (400 when it is not running).
+
+    The unload goes on in the background: once the model's requests in flight finish, or
+    after ?drain= seconds (default 30), when they are cut; ?force=1 cuts them at once. A
+    client that goes away does not cancel it. /models/sse shows unloading, then unloaded.
+    """
     model_id = await _router_model(request)
-    if not await runtime(request).scheduler.unload(model_id, "unloaded via API", force=force_param(request)):
+    force, limit = force_param(request), _drain_param(request)
+    rt = runtime(request)
+    if not rt.scheduler.unloadable(model_id):
         raise BadRequest("model is not running", param="model")
+    # Open WebUI gives up on an unload after 30 s (and swapproxy then dropped it): answer now, and
+    # let the unload outlive this request.
+    rt.events.publish({"type": "unloading", "model": model_id, "drain_limit_s": 0.0 if force else limit})
+    rt.background.spawn(rt.scheduler.unload(model_id, "unloaded via API", force=force, drain_limit=limit))
     return web.json_response({"success": True})
 
 

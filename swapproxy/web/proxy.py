@@ -331,7 +331,7 @@ async def forward(
     ``on_cut`` hears why (see :func:`relay`) when a streamed body is broken off.
     ``into``: an event stream already sent to the client (200 and its headers, as the
     loading state does); the upstream's events are relayed into it, and an upstream
-    error status becomes an error event there, as the status line is gone.
+    error status becomes an error event there (its own error object), as the status line is gone.
     """
     upstream = await open_upstream(request, session, spec, **outgoing)
     length = upstream.content_length
@@ -341,9 +341,8 @@ async def forward(
     try:
         if into is not None:
             resp, is_sse = into, True
-            if upstream.status != 200:
-                detail = (await upstream.read()).decode("utf-8", errors="replace")
-                await resp.write(sse.error_event(detail, "upstream_error", str(upstream.status)))
+            if upstream.status != 200:  # the upstream's own error object, then the end (as llama-server ends)
+                await resp.write(sse.upstream_error_event(upstream.status, await upstream.read()))
                 complete = True
                 await resp.write_eof()
                 return resp

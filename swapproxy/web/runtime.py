@@ -30,6 +30,7 @@ from ..reload import Reloader, ReloadState
 from ..scheduler import Scheduler
 from ..slotcache import SlotCache
 from ..selectors import SelectorState
+from .upstream_props import UpstreamProps
 
 __all__ = ["Runtime", "Tier", "Kind", "RouteTag", "RUNTIME", "MODEL_KEY", "START_KEY", "RESPONDING_KEY",
            "RouteTable", "runtime", "route_label", "route_tag", "register"]
@@ -114,6 +115,7 @@ class Runtime:
     _store: ConfigStore | None = None
     _session: aiohttp.ClientSession | None = None
     _memory: MemoryModel | None = None
+    _upstream_props: UpstreamProps | None = None
 
     def __post_init__(self) -> None:
         self.slot_cache = SlotCache(lambda: self.config, lambda: self.session)
@@ -140,6 +142,11 @@ class Runtime:
     def memory(self) -> MemoryModel:
         """Device budgets and model footprints."""
         return _started(self._memory)
+
+    @property
+    def upstream_props(self) -> UpstreamProps:
+        """What each loaded llama-server said in its /props (context size, model name)."""
+        return _started(self._upstream_props)
 
     @property
     def config(self) -> Config:

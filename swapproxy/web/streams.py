@@ -45,6 +45,7 @@ T = TypeVar("T")
 _ROUTER_STATUS = {
     ProcessState.STARTING.value: "loading",
     ProcessState.READY.value: "loaded",
+    ProcessState.STOPPING.value: "unloading",
     ProcessState.STOPPED.value: "unloaded",
     ProcessState.FAILED.value: "unloaded",
 }
@@ -150,7 +151,8 @@ async def api_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events for UIs: a snapshot first, then state changes, log lines, in-flight counts.
 
     Every event is one `data:` JSON object whose "type" is snapshot, state, log, inflight, swap,
-    request (a request in flight starts or ends) or profile (the active profile changed).
+    request (a request in flight starts or ends), profile (the active profile changed) or
+    unloading (a router-mode unload was asked for; it may drain first).
     """
     rt = runtime(request)
     try:
@@ -190,8 +192,16 @@ async def api_events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def _router_event(event: dict[str, Any]) -> dict[str, Any]:
-    """One of our state events in llama.cpp router mode's model_status shape."""
+def _router_event(event: dict[str, Any]) -> dict[str, Any] | None:
+    """One of our events in llama.cpp router mode's model_status shape (None: not one it has).
+
+    A state change maps to its status; an unload that begins (``unloading``: it may first
+    wait for the model's requests in flight) is ``unloading``.
+    """
+    if event.get("type") == "unloading":
+        return {"model": event["model"], "event": "model_status", "data": {"status": "unloading"}}
+    if event.get("type") != "state" or event["state"] not in _ROUTER_STATUS:
+        return None
     data: dict[str, Any] = {"status": _ROUTER_STATUS[event["state"]]}
     if event["state"] == ProcessState.FAILED.value:
         data["failed"] = True
@@ -202,19 +212,22 @@ def _router_event(event: dict[str, Any]) -> dict[str, Any]:
 
 @api(tag="llama.cpp router", content_type="text/event-stream")
 async def models_sse(request: web.Request) -> web.StreamResponse:
-    """llama.cpp router mode: model_status events (loading, loaded, unloaded) as they happen."""
+    """llama.cpp router mode: model_status events (loading, loaded, unloading, unloaded) as they happen."""
     rt = runtime(request)
-    with rt.events.subscribe() as queue:
+    last: dict[str, dict[str, Any]] = {}  # by model: the status last sent (an unload's start and its stop
+    with rt.events.subscribe() as queue:  # are both "unloading": said once)
         resp = await _open_stream(request, sse.HEADERS)
         live = _until_closed(queue, rt.closing, _HEARTBEAT_S)
         async with aclosing(live) as events:
             async for event in events:
                 if event is None:
                     data = sse.PING
-                elif event.get("type") == "state" and event["state"] in _ROUTER_STATUS:
-                    data = sse.event(_router_event(event))
                 else:
-                    continue
+                    routed = _router_event(event)
+                    if routed is None or last.get(routed["model"]) == routed["data"]:
+                        continue
+                    last[routed["model"]] = routed["data"]
+                    data = sse.event(routed)
                 if not await _send(request, resp, data):
                     break
     return resp

@@ -17,7 +17,7 @@ import yaml
 from swapproxy.config import ConfigError, Problem, load_config
 
 #: What llama-swap's ``ui``/``store``-style keys get: accepted, with this notice.
-UI_ONLY = "accepted; only tunes llama-swap's own UI/storage, swapproxy ignores it"
+UI_ONLY = "accepted; only tunes llama-swap's own UI or logs, swapproxy ignores it"
 
 
 def where(found: list[Problem]) -> list[tuple[int, str]]:

@@ -255,7 +255,6 @@ def test_llama_swap_docker_style_loads_with_notices() -> None:
     assert config.resolve("sketch-2.5") == config.resolve("painter.large") == "painter"
     assert config.notices == (
         f"{file}:6: logRequests: {UI_ONLY}",
-        f"{file}:7: metricsMaxInMemory: {UI_ONLY}",
         f"{file}:24: models.painter: {guessed_port_notice('http://127.0.0.1:8800')}")
 
 
@@ -275,7 +274,6 @@ def test_llama_swap_unified_style_loads_with_notices() -> None:
                              GroupConfig(DEFAULT_GROUP, members=("chat", "draw")))
     assert [n.split(": ", 2)[1:] for n in config.notices] == [
         ["logRequests", UI_ONLY],
-        ["store", UI_ONLY],
         ["models.chat.aliases[1]", "alias name/description/unlisted are accepted; swapproxy "
                                    "lists an alias like its model"],
         ["models.draw", guessed_port_notice("http://127.0.0.1:8801")]]
@@ -371,7 +369,7 @@ def test_llama_swap_full_style_rest_resolves() -> None:
     assert config.groups == (GroupConfig("pair", False, False, False, ("boxed-llama",)),
                              GroupConfig(DEFAULT_GROUP, members=("thinker-70b", "hidden-helper")))
     keys = [n.split(": ")[1] for n in config.notices]
-    assert keys == ["logTimeFormat", "metricsMaxInMemory", "captureBuffer", "ui", "performance",
+    assert keys == ["logTimeFormat", "ui",
                     "models.thinker-70b.timeouts.keepalive",
                     "models.thinker-70b.timeouts.tlsHandshake",
                     "models.thinker-70b.timeouts.idleConn"]

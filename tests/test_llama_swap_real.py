@@ -32,7 +32,6 @@ def test_llama_swap_docker_example_loads_with_notices(compat: Path) -> None:
     assert config.resolve("dall-e-3") == "z-image"
     assert config.notices == (
         f"{file}:2: logRequests: {UI_ONLY}",
-        f"{file}:3: metricsMaxInMemory: {UI_ONLY}",
         f"{file}:20: models.z-image: {guessed_port_notice('http://127.0.0.1:9999')}")
 
 
@@ -131,7 +130,7 @@ def test_llama_swap_full_example_rest_resolves(compat: Path) -> None:
     assert config.api_keys[2:] == ("key-one", "key-two")
     assert [g.name for g in config.groups] == ["group2", DEFAULT_GROUP]
     keys = [n.split(": ")[1] for n in config.notices]
-    assert keys == ["logTimeFormat", "metricsMaxInMemory", "captureBuffer", "ui", "performance",
+    assert keys == ["logTimeFormat", "ui",
                     "models.gpt-oss-120b.timeouts.keepalive",
                     "models.gpt-oss-120b.timeouts.tlsHandshake",
                     "models.gpt-oss-120b.timeouts.idleConn"]

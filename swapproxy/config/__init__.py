@@ -6,7 +6,7 @@ The pipeline, in the order :func:`parse_config` runs it (stages 1-4 in :mod:`.lo
    number; then the same nodes are constructed into plain Python data.
 2. Keys that change routing but that swapproxy does not implement yet (``matrix``, ``peers``,
    scheduler priorities) are rejected, one problem each; keys that only tune llama-swap's own
-   UI, storage or log format are accepted with a one-line notice.
+   UI or log format are accepted with a one-line notice.
 3. ``${env.VAR}`` is substituted in every string value.
 4. The raw schema (:mod:`.schema`: pydantic models whose field names are the camelCase keys
    users write) checks types and unknown keys; a typo gets a "did you mean" suggestion

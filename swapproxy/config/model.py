@@ -15,8 +15,9 @@ from typing import Any, Literal
 from ..matrix import Matrix
 
 __all__ = ["COMFYUI_MODEL", "DEFAULT_GROUP", "DEFAULT_IGNORE_PATHS", "Config", "FiltersConfig", "GroupConfig",
-           "InstancesConfig", "LoadingState", "LogLevel", "LogToStdout", "MemoryConfig", "ModelConfig", "OnReadOnly",
-           "ProfileConfig", "Router", "SchedulerConfig", "SchedulerUse", "SelectorConfig", "Strategy", "_FrozenDict"]
+           "HistoryConfig", "InstancesConfig", "LoadingState", "LogLevel", "LogToStdout", "MemoryConfig", "ModelConfig",
+           "OnReadOnly", "ProfileConfig", "Router", "SchedulerConfig", "SchedulerUse", "SelectorConfig", "Strategy",
+           "_FrozenDict"]
 
 #: Name of the implicit group holding every model that no configured group lists.
 DEFAULT_GROUP = "(default)"
@@ -120,6 +121,20 @@ class MemoryConfig:
     learn: bool = True
 
 
+@dataclass(frozen=True)
+class HistoryConfig:
+    """The request history, its captures and the performance samples (llama-swap's ``store``,
+    ``metricsMaxInMemory``, ``captureBuffer`` and ``performance``)."""
+
+    store_path: str | None = None  # sqlite file; None: in memory
+    max_age: float = 30 * 86400.0  # seconds; with a file, older rows go (0: no limit)
+    max_bytes: int = 100_000_000  # with a file, the oldest rows go above this (0: no limit)
+    max_in_memory: int = 1000  # rows kept without a file
+    capture_bytes: int = 5 << 20  # the captures' memory; 0: no captures
+    performance: bool = True  # system and GPU samples for /api/performance
+    performance_every: float = 5.0  # seconds between two samples
+
+
 OnReadOnly = Literal["refuse", "memory"]
 
 
@@ -202,6 +217,7 @@ class Config:
     slot_cache_budget: int = 8 << 30  # bytes of saved slot files, all models together
     cors_origins: tuple[str, ...] = ("localhost",)  # swapproxy: "localhost", "*" or exact origins (browser.py)
     instances: InstancesConfig = field(default_factory=InstancesConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     allowed_hosts: tuple[str, ...] = ()  # swapproxy: Host names accepted besides the built-in ones (browser.py)
     env_secrets: tuple[str, ...] = ()  # values of ${env.X} whose X names a secret: redacted where shown
     models: Mapping[str, ModelConfig]

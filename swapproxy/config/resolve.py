@@ -3,6 +3,7 @@
 The top-level settings are read here, and each section is resolved by its own module:
 :mod:`.macros` (the global ``macros``), :mod:`.resolve_groups` (swap groups),
 :mod:`.resolve_browser` (``corsOrigins``, ``allowedHosts``), :mod:`.resolve_instances` (``instances``),
+:mod:`.resolve_history` (``store``, ``metricsMaxInMemory``, ``captureBuffer``, ``performance``),
 :mod:`.resolve_models` (each ``models.<id>``, in config order since ``${PORT}`` follows it), :mod:`.resolve_selectors`,
 :mod:`.resolve_profiles` and :mod:`.resolve_upstream`; :mod:`.resolve_routing` resolves the
 router (groups or matrix) and the scheduler's settings, :mod:`.resolve_memory` the memory
@@ -21,6 +22,7 @@ from .model import DEFAULT_GROUP, Config, ModelConfig
 from .problems import _Report
 from .resolve_browser import _allowed_hosts, _cors_origins
 from .resolve_groups import _resolve_groups
+from .resolve_history import _resolve_history
 from .resolve_instances import _resolve_instances
 from .resolve_memory import _resolve_memory, _resolve_slot_cache
 from .resolve_models import _resolve_model
@@ -32,9 +34,8 @@ from .schema import RawConfig, RawModel
 
 __all__ = ["_resolve"]
 
-_UI_ONLY = "accepted; only tunes llama-swap's own UI/storage, swapproxy ignores it"
-_UI_ONLY_KEYS = ("logRequests", "metricsMaxInMemory", "captureBuffer", "logTimeFormat",
-                 "performance", "ui", "store")
+_UI_ONLY = "accepted; only tunes llama-swap's own UI or logs, swapproxy ignores it"
+_UI_ONLY_KEYS = ("logRequests", "logTimeFormat", "ui")
 
 
 def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], ids: list[str],
@@ -108,6 +109,7 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
                 report.problem((field_name, i), "an API key must be non-empty, without whitespace")
     cors_origins, allowed_hosts = _cors_origins(report, raw), _allowed_hosts(report, raw)
     instances = _resolve_instances(report, raw)
+    history = _resolve_history(report, raw)
     if report.problems:
         return None
     notices = sorted(dict.fromkeys(report.notices), key=report.position)
@@ -125,6 +127,7 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
         breaker_backoff=raw.circuitBreaker.backoff,
         state_dir=_state_dir(environ, raw.stateDir), router=router, matrix=matrix, scheduler=scheduler,
         memory=memory, slot_cache_budget=slot_budget, cors_origins=cors_origins, allowed_hosts=allowed_hosts, instances=instances,
+        history=history,
         notices=tuple(str(n) for n in notices))
 
 

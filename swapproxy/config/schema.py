@@ -18,9 +18,9 @@ from .model import LoadingState, LogLevel, LogToStdout, Strategy
 
 __all__ = ["LogLevel", "LogToStdout", "Modality", "Raw", "RawAlias", "RawBreaker", "RawCapabilities", "RawCompat",
            "RawConfig", "RawFifo", "RawFilters", "RawGroup", "RawHooks", "RawInstances", "RawMatrix", "RawMemory",
-           "RawModel", "RawModelSlotCache", "RawOnStartup", "RawProfile", "RawRouter", "RawRouterSettings",
-           "RawRouting", "RawScheduler", "RawSchedulerSettings", "RawSelector", "RawSelectorSettings",
-           "RawSlotCache", "RawTimeouts", "RawUpstream", "Size", "json_schema"]
+           "RawModel", "RawModelSlotCache", "RawOnStartup", "RawPerformance", "RawProfile", "RawRouter",
+           "RawRouterSettings", "RawRouting", "RawScheduler", "RawSchedulerSettings", "RawSelector", "RawSelectorSettings",
+           "RawSlotCache", "RawStore", "RawTimeouts", "RawUpstream", "Size", "json_schema"]
 
 Modality = Literal["text", "audio", "image", "video"]
 
@@ -236,6 +236,28 @@ class RawInstances(Raw, title="instances"):
                                                     "only (lost at the next reload or restart)")
 
 
+class RawStore(Raw, title="store"):
+    """Where the request history (``/api/metrics/activity``) is kept, and for how long."""
+
+    path: str | None = Field(default=None, description="sqlite file that keeps the request history across "
+                             "restarts; absent: kept in memory (metricsMaxInMemory rows)")
+    maxAge: float | str = Field(default="30d", description="swapproxy: with path, rows older than this go "
+                                "(a duration: 30d, 12h, 90m; 0 = no age limit)")
+    maxSize: Size = Field(default="100MB", description="swapproxy: with path, the oldest rows go when the "
+                          "database holds more than this (0 = no size limit)")
+
+
+Duration = float | str
+
+
+class RawPerformance(Raw, title="performance"):
+    """System and GPU samples for ``/api/performance``."""
+
+    disabled: bool = False
+    every: Duration = Field(default="5s", description="time between two samples (at least 5s): a duration "
+                            "such as 5s, 1m, or a number of seconds")
+
+
 class RawSelectorSettings(Raw, title="selector settings"):
     spillover: int = Field(default=1, ge=1, description="requests per active target before the next starts")
 
@@ -310,12 +332,14 @@ class RawConfig(Raw, title="swapproxy config (llama-swap config.yaml format)"):
                                     "carry besides IP addresses, localhost and this machine's name (DNS "
                                     "rebinding guard); '.example.com' takes its subdomains, '*' any name")
     logRequests: bool | None = Field(default=None, description="accepted, unused")
-    metricsMaxInMemory: int | None = Field(default=None, description="accepted, unused")
-    captureBuffer: float | None = Field(default=None, description="accepted, unused")
+    metricsMaxInMemory: int = Field(default=1000, description="rows of request history kept without "
+                                    "store.path (<= 0: 1000)")
+    captureBuffer: float = Field(default=5, description="MB of memory for request/response captures "
+                                 "(/api/captures/{id}); <= 0 turns captures off")
     logTimeFormat: str | None = Field(default=None, description="accepted, unused")
-    performance: dict[str, Any] | None = Field(default=None, description="accepted, unused")
+    performance: RawPerformance = RawPerformance()
     ui: dict[str, Any] | None = Field(default=None, description="accepted, unused")
-    store: dict[str, Any] | None = Field(default=None, description="accepted, unused")
+    store: RawStore = RawStore()
 
 
 def json_schema() -> dict[str, Any]:

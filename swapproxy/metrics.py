@@ -39,7 +39,7 @@ from .scheduler import Scheduler
 from .states import ProcessState
 from .status import all_statuses
 
-__all__ = ["Metrics", "TokenTap", "usage_from_tail", "timings_from_tail", "tree_rss", "CONTENT_TYPE"]
+__all__ = ["Metrics", "TailCounts", "TokenTap", "tail_counts", "usage_from_tail", "tree_rss", "CONTENT_TYPE"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,26 +115,54 @@ class TokenTap:
         return self.total == len(self.tail)
 
 
-def _counts(obj: Any) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-    """(usage counts, timings counts) found in one decoded JSON object."""
-    if not isinstance(obj, dict):
-        return None, None
-    usage = obj.get("usage")
-    if not isinstance(usage, dict) and isinstance(obj.get("response"), dict):
-        usage = obj["response"].get("usage")  # Responses API: response.completed event
-    from_usage = None
-    if isinstance(usage, dict):
-        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-        completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-        if isinstance(prompt, int) and isinstance(completion, int):
-            from_usage = (prompt, completion)
-    timings = obj.get("timings")
-    from_timings = None
-    if isinstance(timings, dict):
-        prompt, predicted = timings.get("prompt_n"), timings.get("predicted_n")
-        if isinstance(prompt, int) and isinstance(predicted, int):
-            from_timings = (prompt, predicted)
-    return from_usage, from_timings
+class TailCounts:
+    """What the end of a response says of its tokens, parsed once for the metrics, the slot
+    cache and the request history.
+
+    ``tokens``: (prompt, completion), from ``usage`` if the answer has one, else from
+    llama-server's ``timings`` (which leave out cached prompt tokens); ``usage`` and
+    ``timings`` are the objects themselves (newest first in a stream), for whoever wants
+    more of them (the history reads cached tokens and speeds off the event loop).
+    """
+
+    __slots__ = ("tokens", "usage", "timings")
+
+    def __init__(self) -> None:
+        self.tokens: tuple[int, int] | None = None
+        self.usage: dict[str, Any] | None = None
+        self.timings: dict[str, Any] | None = None
+
+    def take(self, obj: Any) -> bool:
+        """Note ``obj``'s usage and timings unless newer ones were found; True once both are known."""
+        if isinstance(obj, list) and obj and isinstance(obj[-1], dict):
+            obj = obj[-1]  # /infill answers a list: its last item carries the timings
+        if not isinstance(obj, dict):
+            return False
+        if self.usage is None:
+            usage = obj.get("usage")
+            if not isinstance(usage, dict) and isinstance(obj.get("response"), dict):
+                usage = obj["response"].get("usage")  # Responses API: response.completed event
+            if isinstance(usage, dict):
+                prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+                completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+                if isinstance(prompt, int) and isinstance(completion, int):
+                    self.usage = usage
+                    self.tokens = (prompt, completion)
+        if self.timings is None:
+            timings = obj.get("timings")
+            if isinstance(timings, dict):
+                prompt, predicted = timings.get("prompt_n"), timings.get("predicted_n")
+                if isinstance(prompt, int) and isinstance(predicted, int):
+                    self.timings = timings
+                    if self.tokens is None:
+                        self.tokens = (prompt, predicted)
+        return self.usage is not None and self.timings is not None
+
+    @property
+    def cache_n(self) -> int | None:
+        """llama-server's count of prompt tokens its slot's cache held (None: not reported)."""
+        value = self.timings.get("cache_n") if self.timings is not None else None
+        return value if isinstance(value, int) else None
 
 
 _EVENT_SPLIT = re.compile(rb"\r?\n\r?\n")
@@ -205,44 +233,34 @@ def _find_object(tail: str, key: str) -> Any:
     return {key: value}
 
 
+def tail_counts(tail: bytes | bytearray, *, sse: bool, complete: bool) -> TailCounts:
+    """The token counts (and usage and timings objects) at the end of a response."""
+    found = TailCounts()
+    if sse:
+        for obj in _sse_objects(tail):
+            if found.take(obj):
+                break
+        return found
+    if complete:
+        if not _may_count(tail):
+            return found  # nothing to count: spare decoding the whole body
+        try:
+            found.take(json.loads(tail))
+        except ValueError:
+            pass
+        return found
+    text = bytes(tail).decode("utf-8", errors="replace")
+    found.take(_find_object(text, "usage"))
+    found.take(_find_object(text, "timings"))
+    return found
+
+
 def usage_from_tail(tail: bytes | bytearray, *, sse: bool, complete: bool) -> tuple[int, int] | None:
     """(prompt tokens, completion tokens) from the end of a response, or None.
 
     ``usage`` wins over llama.cpp's ``timings`` (which leaves out cached prompt tokens).
     """
-    fallback: tuple[int, int] | None = None
-    if sse:
-        for obj in _sse_objects(tail):
-            usage, timings = _counts(obj)
-            if usage is not None:
-                return usage
-            fallback = fallback or timings
-        return fallback
-    if complete:
-        if not _may_count(tail):
-            return None  # nothing to count: spare decoding the whole body
-        try:
-            usage, timings = _counts(json.loads(tail))
-        except ValueError:
-            return None
-        return usage or timings
-    text = bytes(tail).decode("utf-8", errors="replace")
-    usage, _ = _counts(_find_object(text, "usage"))
-    if usage is not None:
-        return usage
-    _, timings = _counts(_find_object(text, "timings"))
-    return timings
-
-
-def timings_from_tail(tail: bytes | bytearray, *, sse: bool) -> dict[str, Any] | None:
-    """llama-server's ``timings`` object at the end of a response (None if it has none)."""
-    if sse:
-        for obj in _sse_objects(tail):
-            if isinstance(obj, dict) and isinstance(obj.get("timings"), dict):
-                return obj["timings"]
-        return None
-    found = _find_object(bytes(tail).decode("utf-8", errors="replace"), "timings")
-    return found["timings"] if found is not None and isinstance(found["timings"], dict) else None
+    return tail_counts(tail, sse=sse, complete=complete).tokens
 
 
 # -- the registry -------------------------------------------------------------------------------
@@ -378,20 +396,18 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def observe_response(self, model: str, route: str, tap: TokenTap, started: float, sse: bool) -> None:
-        """After a relayed response: time to first byte, and tokens from its tail."""
+    def observe_response(self, model: str, route: str, tap: TokenTap, started: float,
+                         counts: TailCounts | None) -> None:
+        """After a relayed response: time to first byte, and its tokens (:func:`tail_counts`)."""
         label = self.model_label(model)
         if tap.first_at is not None:
             ttfb = self._ttfb_children.get((label, route))
             if ttfb is None:
                 ttfb = self._ttfb_children[(label, route)] = self.ttfb.labels(label, route)
             ttfb.observe(max(tap.first_at - started, 0.0))
-        if not tap.total:
+        if counts is None or counts.tokens is None:
             return
-        counts = usage_from_tail(tap.tail, sse=sse, complete=tap.complete)
-        if counts is None:
-            return
-        prompt, completion = counts
+        prompt, completion = counts.tokens
         if prompt > 0:
             self._token_child(label, "prompt").inc(prompt)
         if completion > 0:

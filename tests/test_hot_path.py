@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import make_config, sse
 
 from swapproxy import server
-from swapproxy.metrics import _EVENT_SPLIT, Metrics, TokenTap, _events_newest_first, usage_from_tail
+from swapproxy.metrics import _EVENT_SPLIT, Metrics, TokenTap, _events_newest_first, tail_counts, usage_from_tail
 
 
 def data_lines(pieces: Any) -> list[bytes]:
@@ -77,8 +77,9 @@ def test_cached_metric_children_count_like_labels_did() -> None:
     metrics.observe_request("nope", "/v1/chat/completions", 200, 0.001)  # not configured: model ""
     tap = TokenTap()
     tap(json.dumps({"usage": {"prompt_tokens": 0, "completion_tokens": 6}}).encode())
-    metrics.observe_response("m", "/v1/chat/completions", tap, tap.first_at or 0.0, False)
-    metrics.observe_response("m", "/v1/chat/completions", tap, tap.first_at or 0.0, False)
+    counts = tail_counts(tap.tail, sse=False, complete=True)
+    metrics.observe_response("m", "/v1/chat/completions", tap, tap.first_at or 0.0, counts)
+    metrics.observe_response("m", "/v1/chat/completions", tap, tap.first_at or 0.0, counts)
     got = samples(metrics)
     route = ("route", "/v1/chat/completions")
     assert got[("swapproxy_requests_total", (("model", "m"), route, ("status", "200")))] == 3

@@ -21,7 +21,7 @@ from aiohttp import web
 from ..config import ModelConfig
 from ..errors import Conflict, RequestCancelled
 from ..inflight import InflightRequest
-from ..metrics import TokenTap, timings_from_tail
+from ..metrics import TokenTap, tail_counts
 from ..scheduler import Lease, Scheduler
 from ..status import model_status
 from .proxy import forward
@@ -113,17 +113,17 @@ async def leased_forward(request: web.Request, model_id: str, spec: ModelConfig,
 
 
 async def observed_forward(request: web.Request, spec: ModelConfig, **kwargs: Any) -> web.StreamResponse:
-    """:func:`forward` with a token tap; the response's metrics are taken after its last byte."""
+    """:func:`forward` with a token tap; the response's metrics are taken after its last byte, and
+    its token counts parsed once (for the metrics and the slot cache)."""
     rt = runtime(request)
     tap = TokenTap()
     metrics = rt.metrics
     resp = await forward(request, rt.session, spec, on_chunk=tap,
                          on_cut=lambda reason: metrics.count_cut(spec.id, reason), **kwargs)
     started = request.get(START_KEY, tap.first_at or 0.0)
-    sse = resp.content_type == "text/event-stream"
-    metrics.observe_response(spec.id, route_label(request), tap, started, sse)
+    counts = tail_counts(tap.tail, sse=resp.content_type == "text/event-stream", complete=tap.complete) \
+        if tap.total else None
+    metrics.observe_response(spec.id, route_label(request), tap, started, counts)
     if rt.slot_cache.awaits(spec.id):  # the first answer after a restore: did llama-server reuse it?
-        timings = timings_from_tail(tap.tail, sse=sse)
-        cache_n = timings.get("cache_n") if timings is not None else None
-        rt.slot_cache.observe(spec.id, cache_n if isinstance(cache_n, int) else None)
+        rt.slot_cache.observe(spec.id, counts.cache_n if counts is not None else None)
     return resp

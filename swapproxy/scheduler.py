@@ -169,6 +169,7 @@ class Scheduler(Stops, Replacements):
         loop = asyncio.get_running_loop()
         ticket = Ticket(model_id, slot, self.config.scheduler.priority.get(model_id, 0), loop.time(),
                         loop.create_future())
+        waits_for = self._waits_for(model_id, slot)
         self._queue.add(ticket, by_priority=not self._strict)
         self._pump()
         try:
@@ -176,7 +177,18 @@ class Scheduler(Stops, Replacements):
         except asyncio.CancelledError:
             self._withdraw(ticket)
             raise
-        return Lease(slot, self._leave)
+        lease = Lease(slot, self._leave)
+        lease.waited, lease.waited_for = loop.time() - ticket.arrived, waits_for
+        return lease
+
+    def _waits_for(self, model_id: str, slot: ModelSlot) -> str:
+        """What a request that must wait for ``model_id`` waits for (see :class:`Lease`)."""
+        if slot.process.state is ProcessState.READY:
+            return "queue"
+        swap = self._swaps.get(model_id)
+        if swap is not None:
+            return "swap" if swap.victims else "start"
+        return "swap" if self.evictions_for(model_id) else "start"
 
     def _grant(self, ticket: Ticket) -> None:
         self._queue.remove(ticket)

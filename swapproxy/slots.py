@@ -51,13 +51,18 @@ class Lease:
     the right book-keeping after a reload removed (or removed and re-added) the model.
     """
 
-    __slots__ = ("_on_release", "slot", "process", "_released")
+    __slots__ = ("_on_release", "slot", "process", "_released", "waited", "waited_for")
 
     def __init__(self, slot: ModelSlot, on_release: Callable[[ModelSlot], None]) -> None:
         self._on_release = on_release
         self.slot = slot
         self.process = slot.process
         self._released = False
+        self.waited = 0.0  # seconds the request waited in the queue for it
+        #: what it waited for: "swap" (other models were stopped), "start" (nothing had to stop),
+        #: "queue" (the model ran, but was closed to new requests: drained for a swap or a
+        #: replacement, or strict order); None: served at once
+        self.waited_for: str | None = None
 
     def release(self) -> None:
         if not self._released:

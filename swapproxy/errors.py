@@ -31,6 +31,7 @@ The tree::
     │   └── HealthCheckTimeout          503 health_check_timeout
     ├── ShuttingDown                    503 shutting_down
     ├── NotRunning                      503 instance_not_running (llamactl's proxy to a stopped instance)
+    ├── Unavailable                     503 unavailable          (performance samples off, no hardware snapshot)
     ├── NoTargetAvailable               503 no_target_available  (a selector's targets are all stopping)
     ├── RequestCancelled                503 request_cancelled    (POST /api/inflight/{id}/cancel)
     └── UpstreamTimeout                 504 upstream_timeout
@@ -79,6 +80,7 @@ __all__ = [
     "HealthCheckTimeout",
     "ShuttingDown",
     "NotRunning",
+    "Unavailable",
     "NoTargetAvailable",
     "RequestCancelled",
     "UpstreamTimeout",
@@ -264,6 +266,14 @@ class NotRunning(SwapProxyError, status=503, type="server_error", code="instance
     so a retry alone does not help)."""
 
     retry_after = 5
+    should_retry = False
+
+
+class Unavailable(SwapProxyError, status=503, type="server_error", code="unavailable"):
+    """A part of swapproxy that is turned off or could not start (performance samples, hardware detection):
+    asking again soon changes nothing."""
+
+    retry_after = 60
     should_retry = False
 
 

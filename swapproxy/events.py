@@ -20,6 +20,8 @@ Event shapes (``type`` says which)::
     {"type": "profile", "active": "coding" | None}
     {"type": "config", "report": {"kept": [...], "changed": [...], "added": [...], "removed": [...]}}
                                                 # a reload or an edit applied: models may have come or gone
+    {"type": "activity", "id": 42}              # a request was written to the request history
+                                                # (GET /api/metrics/activity?min_id=42)
 
 ``GET /api/events`` (SSE) and ``GET /models/sse`` (llama.cpp router shape) are
 both fed from here; see :mod:`swapproxy.web.streams`.

@@ -95,6 +95,14 @@ class Redactor:
                 text = text.replace(secret, REDACTED)
         return text
 
+    def data(self, data: bytes) -> bytes:
+        """``data`` (a request or response body) with every known secret's UTF-8 bytes replaced."""
+        for secret in self._secrets:
+            raw = secret.encode()
+            if raw in data:
+                data = data.replace(raw, REDACTED.encode())
+        return data
+
     def argv(self, argv: Sequence[str]) -> str:
         """A command line for display: secret flag values, ``SECRET=value`` words and known secrets hidden."""
         shown: list[str] = []

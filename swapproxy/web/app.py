@@ -12,7 +12,9 @@ in the reverse one, so a failure half-way tears down exactly what started:
    model's process — its teardown stops them all; beside it the
    :class:`~swapproxy.reload.Reloader` that applies config reloads and edits, and the
    :class:`~swapproxy.configstore.ConfigStore` through which the API and the UI edit the files;
-7. the preload of ``hooks.on_startup.preload``.
+7. the request history (its store opened in its thread), the performance samples and the
+   hardware snapshot; a reload hands them their new settings;
+8. the preload of ``hooks.on_startup.preload``.
 
 Observability is wired in (6): every process state change is counted in the
 metrics and published on the event bus as the model's
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +36,7 @@ from aiohttp import web
 from ..config import Config, ModelConfig
 from ..configstore import ConfigStore
 from ..guardian import Guardian
+from ..hardware import snapshot
 from ..learned import Learned
 from ..logs import BufferHandler
 from ..memory import MemoryModel
@@ -46,7 +50,7 @@ from ..scheduler import Scheduler, StopEvent
 from ..statefile import RunRecord, reap_leftovers
 from ..states import ProcessState
 from ..status import model_status
-from . import catalogue, configview, controls, inference, instances, management, streams, upstream
+from . import activity, catalogue, configview, controls, inference, instances, management, streams, upstream
 from .browser import add_cors_headers
 from .forward import publish_request
 from .middleware import MIDDLEWARES, use_expect_handler
@@ -54,9 +58,12 @@ from .proxy import make_client_session
 from .runtime import RUNTIME, Runtime
 from .upstream_props import UpstreamProps
 
-__all__ = ["make_app"]
+__all__ = ["make_app", "HISTORY_ENV"]
 
 logger = logging.getLogger(__name__)
+
+#: ``SWAPPROXY_HISTORY=off`` records no request (scripts/bench_history.py's baseline; not a user setting).
+HISTORY_ENV = "SWAPPROXY_HISTORY"
 
 
 class _Resources:
@@ -172,6 +179,28 @@ class _Resources:
             await scheduler.shutdown()
             rt.metrics.bind(None)
 
+    async def history(self, app: web.Application) -> AsyncIterator[None]:
+        rt = self.rt
+        gpus = rt.memory.gpus.devices  # blocking (NVML): called in threads
+        await rt.history.open()
+        rt.metrics.registry.register(rt.history.collector())
+        rt.performance.start(gpus)
+        try:
+            rt.hardware = await asyncio.to_thread(snapshot, gpus())
+        except Exception as exc:  # an odd platform: /api/hardware says it is unavailable
+            logger.warning("hardware detection failed: %s", exc)
+
+        def on_reload(new: Config, report: dict[str, list[str]]) -> None:
+            rt.history.reconfigure(new.history)
+            rt.performance.reconfigure(new.history)
+
+        rt.reloader.listeners.append(on_reload)
+        try:
+            yield
+        finally:
+            rt.performance.stop()
+            await rt.history.close()
+
     async def preload(self, app: web.Application) -> AsyncIterator[None]:
         models = self.rt.initial_config.preload
         task = self.rt.background.spawn(self.rt.scheduler.preload(models)) if models else None
@@ -205,12 +234,13 @@ def make_app(config: Config) -> web.Application:
     """Build the application for ``config`` (its resources start with the app)."""
     max_size = int(config.max_request_body_mb * 1024 * 1024)
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=max_size)
-    rt = Runtime(initial_config=config, metrics=Metrics(config), max_body=max_size)
+    rt = Runtime(initial_config=config, metrics=Metrics(config), max_body=max_size,
+                 record_history=os.environ.get(HISTORY_ENV, "on") != "off")
     app[RUNTIME] = rt
     rt.inflight.listener = lambda op, entry: publish_request(rt, op, entry)
     resources = _Resources(rt)
     app.cleanup_ctx.extend([resources.session, resources.leftovers, resources.guardian, resources.pid_record,
-                            resources.log_handler, resources.scheduler, resources.preload])
+                            resources.log_handler, resources.scheduler, resources.history, resources.preload])
     app.on_shutdown.append(_on_shutdown)
     app.on_response_prepare.append(add_cors_headers)
     # Specific routes first: the /upstream/ passthrough and the inference catch-all come last.
@@ -219,6 +249,7 @@ def make_app(config: Config) -> web.Application:
     configview.add_routes(app, rt.tags)
     controls.add_routes(app, rt.tags)
     streams.add_routes(app, rt.tags)
+    activity.add_routes(app, rt.tags)
     upstream.add_routes(app, rt.tags)
     catalogue.add_routes(app, rt.tags)
     inference.add_routes(app, rt.tags)

@@ -13,22 +13,25 @@ opened first.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from ..captures import CaptureTap, Material
 from ..config import ModelConfig
 from ..errors import Conflict, RequestCancelled
+from ..history import Note
 from ..inflight import InflightRequest
 from ..metrics import TokenTap, tail_counts
 from ..scheduler import Lease, Scheduler
 from ..status import model_status
 from .proxy import forward
-from .runtime import MODEL_KEY, RESPONDING_KEY, START_KEY, Runtime, route_label, runtime
+from .runtime import MODEL_KEY, RESPONDING_KEY, START_KEY, Runtime, note_of, route_label, runtime
 
-__all__ = ["leased_forward", "observed_forward", "publish_inflight", "publish_request", "raise_if_operator_cancel",
-           "take_lease", "tracked"]
+__all__ = ["leased_forward", "note_lease", "observed_forward", "publish_inflight", "publish_request",
+           "raise_if_operator_cancel", "record_request", "take_lease", "tracked"]
 
 
 def publish_request(rt: Runtime, op: str, entry: InflightRequest) -> None:
@@ -65,6 +68,9 @@ async def tracked(request: web.Request, model_id: str, serve: Callable[[], Await
     where an operator may cut it; ``release`` (a selector's reservation) is called at the end."""
     rt = runtime(request)
     request[MODEL_KEY] = model_id
+    note = note_of(request)
+    if note is not None:
+        note.model = model_id
     entry = rt.inflight.add(model_id, request.method, request.path, request.remote)
     try:
         return await serve()
@@ -103,6 +109,7 @@ async def leased_forward(request: web.Request, model_id: str, spec: ModelConfig,
 
     async def serve() -> web.StreamResponse:
         lease = await take_lease(rt.scheduler, model_id, refuse_start)
+        note_lease(request, lease)
         try:
             publish_inflight(rt, model_id)
             return await observed_forward(request, spec, **kwargs)
@@ -112,11 +119,25 @@ async def leased_forward(request: web.Request, model_id: str, spec: ModelConfig,
     return await tracked(request, model_id, serve, release)
 
 
+def note_lease(request: web.Request, lease: Lease) -> None:
+    """Note in the request's history what its lease says: how long it waited, and for what."""
+    note = note_of(request)
+    if note is None:
+        return
+    if lease.waited_for is not None:
+        note.waited_for, note.wait_ms = lease.waited_for, lease.waited * 1000
+    scheduler = runtime(request).scheduler.config.scheduler
+    if scheduler.use == "fifo":
+        note.priority = scheduler.priority.get(lease.process.name, 0)
+
+
 async def observed_forward(request: web.Request, spec: ModelConfig, **kwargs: Any) -> web.StreamResponse:
     """:func:`forward` with a token tap; the response's metrics are taken after its last byte, and
-    its token counts parsed once (for the metrics and the slot cache)."""
+    its token counts parsed once for the metrics, the slot cache and the request history."""
     rt = runtime(request)
-    tap = TokenTap()
+    note = note_of(request)
+    cap = rt.history.body_cap
+    tap = CaptureTap(cap) if cap and note is not None else TokenTap()
     metrics = rt.metrics
     resp = await forward(request, rt.session, spec, on_chunk=tap,
                          on_cut=lambda reason: metrics.count_cut(spec.id, reason), **kwargs)
@@ -126,4 +147,38 @@ async def observed_forward(request: web.Request, spec: ModelConfig, **kwargs: An
     metrics.observe_response(spec.id, route_label(request), tap, started, counts)
     if rt.slot_cache.awaits(spec.id):  # the first answer after a restore: did llama-server reuse it?
         rt.slot_cache.observe(spec.id, counts.cache_n if counts is not None else None)
+    if note is not None:
+        note.tap, note.counts = tap, counts
+        body = kwargs.get("body")
+        if cap and isinstance(body, bytes):
+            note.req_body = body
     return resp
+
+
+def record_request(request: web.Request, note: Note, status: int, resp: web.StreamResponse | None,
+                   seconds: float) -> None:
+    """Hand the ended request's record to the history (references only: it is worked out off the loop)."""
+    rt = runtime(request)
+    history = rt.history
+    tap = note.tap
+    ttfb = None
+    if tap is not None and tap.first_at is not None:
+        ttfb = max(tap.first_at - request.get(START_KEY, tap.first_at), 0.0) * 1000
+    error_body: bytes | None = None
+    if status >= 400:
+        if isinstance(resp, web.Response) and isinstance(resp.body, bytes):
+            error_body = resp.body  # swapproxy's own envelope, or a small upstream answer
+        elif tap is not None and tap.complete:
+            error_body = bytes(tap.tail)
+    material = None
+    if history.body_cap:
+        material = Material(request.path, status, request.headers, note.req_body,
+                            resp.headers if resp is not None else None, tap)
+    history.record((time.time(), note.model, request.method, request.path, status,
+                    resp.reason if resp is not None else _NO_RESPONSE.get(status),
+                    resp.content_type if resp is not None else "", seconds * 1000, ttfb, note.counts,
+                    note.waited_for, note.wait_ms, note.priority, note.selector, error_body, note.error, material))
+
+
+#: Why a request that ended without a response did (see the metrics middleware's statuses).
+_NO_RESPONSE = {499: "client went away", 500: "internal error in swapproxy"}

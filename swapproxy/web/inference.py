@@ -28,7 +28,7 @@ from .loading import stream_with_loading_state
 from .naming import Release, route_request
 from .openapi import api
 from .proxy import request_headers
-from .runtime import Kind, RouteTag, Runtime, Tier, register, runtime
+from .runtime import Kind, RouteTag, Tier, register, runtime
 from .spool import spool_body
 
 __all__ = ["add_routes", "add_catch_all", "OPENAI_POST", "NATIVE_POST", "NATIVE_GET", "NATIVE_BODY_POST",
@@ -82,7 +82,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     obj = parse_json_body(raw)
     requested = model_from_json(obj) or request.query.get("model")
-    found, release = route_request(rt, requested)
+    found, release = route_request(request, requested)
     try:
         spec = rt.config.models[found.model_id]
         body = rewrite_body(obj, spec, found.name, found.renamed) or raw
@@ -119,25 +119,26 @@ async def _multipart(request: web.Request, path_qs: str | None) -> web.StreamRes
     try:
         headers = request_headers(request)
         headers["Content-Length"] = str(spool.size)
-        found, release = route_request(rt, spool.find_model(boundary) or request.query.get("model"))
+        found, release = route_request(request, spool.find_model(boundary) or request.query.get("model"))
         return await leased_forward(request, found.model_id, rt.config.models[found.model_id], body=spool.chunks(),
                                     headers=headers, path_qs=path_qs, release=release)
     finally:
         spool.close()
 
 
-def _by_query(rt: Runtime, requested: str | None) -> tuple[Route, Release]:
+def _by_query(request: web.Request, requested: str | None) -> tuple[Route, Release]:
     """``?model=`` (else the default model, else the one running model) through profiles and selectors."""
+    rt = runtime(request)
     if requested is None and rt.config.default_model is None:
         running = rt.scheduler.running()
         if len(running) == 1:
             requested = running[0]
-    return route_request(rt, requested)
+    return route_request(request, requested)
 
 
 async def _forward_by_query(request: web.Request, requested: str | None, **kwargs: object) -> web.StreamResponse:
     rt = runtime(request)
-    found, release = _by_query(rt, requested)
+    found, release = _by_query(request, requested)
     try:  # a client's slot save or restore, where swapproxy keeps the model's slot files: 403
         rt.slot_cache.guard(rt.config.models[found.model_id], request.method, request.raw_path.split("?")[0],
                             request.raw_path.partition("?")[2])

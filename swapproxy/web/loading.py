@@ -34,8 +34,8 @@ from ..config import ModelConfig
 from ..errors import SwapProxyError
 from ..scheduler import Lease
 from . import sse
-from .forward import observed_forward, tracked
-from .runtime import RESPONDING_KEY, runtime
+from .forward import note_lease, observed_forward, tracked
+from .runtime import RESPONDING_KEY, note_of, runtime
 
 __all__ = ["stream_with_loading_state", "LOADING_ID", "PROGRESS_EVERY"]
 
@@ -78,6 +78,13 @@ async def stream_with_loading_state(
     return await tracked(request, spec.id, lambda: _loading_then_relay(request, spec, body, report), release)
 
 
+def _note_error(request: web.Request, err: SwapProxyError) -> None:
+    """The request's history keeps the error its client got inside the 200."""
+    note = note_of(request)
+    if note is not None:
+        note.error = err.message
+
+
 async def _end_with(resp: web.StreamResponse, *events: bytes) -> web.StreamResponse:
     for data in events:
         await resp.write(data)
@@ -109,16 +116,19 @@ async def _loading_then_relay(request: web.Request, spec: ModelConfig, body: byt
         lease = acquire.result()
     except SwapProxyError as err:
         failed = report(f"failed: {err.message}") if spec.send_loading_state is True else b""
+        _note_error(request, err)
         return await _end_with(resp, failed, sse.error_event(err.message, err.type, err.code))
     finally:
         if not acquire.done():
             acquire.cancel()  # acquire lets go of whatever it held
         elif lease is None and not acquire.cancelled() and acquire.exception() is None:
             acquire.result().release()  # ready in the very turn our client left: give it back
+    note_lease(request, lease)
     try:
         await resp.write(report(f"{spec.id} ready after {loop.time() - began:.1f}s"))
         return await observed_forward(request, spec, body=body, into=resp)
     except SwapProxyError as err:  # the upstream could not be reached, or did not answer in time
+        _note_error(request, err)
         return await _end_with(resp, sse.error_event(err.message, err.type, err.code))
     finally:
         lease.release()

@@ -28,7 +28,8 @@ from ..errors import (
     error_response,
 )
 from .browser import browser_middleware, browser_refusal
-from .runtime import MODEL_KEY, START_KEY, Tier, route_label, route_tag, runtime
+from .forward import record_request
+from .runtime import MODEL_KEY, NOTE_KEY, START_KEY, Tier, route_label, route_tag, runtime
 from .spool import too_large
 
 __all__ = ["LLAMACTL_PREFIX", "MIDDLEWARES", "use_expect_handler"]
@@ -147,10 +148,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every request by model, route and final status (499: the client went away)."""
+    """Count every request by model, route and final status (499: the client went away); a proxied
+    request (one with a history note) goes to the request history too."""
     started = time.perf_counter()
     request[START_KEY] = started
     status = 500
+    resp: web.StreamResponse | None = None
     try:
         resp = await handler(request)
         status = resp.status
@@ -162,9 +165,11 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = 499
         raise
     finally:
-        runtime(request).metrics.observe_request(
-            request.get(MODEL_KEY), route_label(request), status, time.perf_counter() - started
-        )
+        seconds = time.perf_counter() - started
+        runtime(request).metrics.observe_request(request.get(MODEL_KEY), route_label(request), status, seconds)
+        note = request.get(NOTE_KEY)
+        if note is not None:
+            record_request(request, note, status, resp, seconds)
 
 
 MIDDLEWARES = (metrics_middleware, error_middleware, browser_middleware, auth_middleware)

@@ -15,7 +15,9 @@ from ..config import SelectorConfig
 from ..routing import Route, route
 from ..scheduler import Scheduler
 from ..selectors import Reservation, TargetStatus
-from .runtime import Runtime
+from aiohttp import web
+
+from .runtime import note_of, runtime
 
 __all__ = ["route_request", "target_status", "Release"]
 
@@ -29,9 +31,14 @@ def target_status(scheduler: Scheduler, model_id: str) -> TargetStatus:
     return TargetStatus(slot.process.state, slot.inflight + slot.waiting)
 
 
-def route_request(rt: Runtime, requested: str | None) -> tuple[Route, Release]:
+def route_request(request: web.Request, requested: str | None) -> tuple[Route, Release]:
     """Where ``requested`` leads now; the release, when a selector reserved its choice, must be
-    called once the request is over."""
+    called once the request is over. The request's history notes the name (a name that leads
+    nowhere is recorded too) and the selector it went through."""
+    rt = runtime(request)
+    note = note_of(request)
+    if note is not None:
+        note.model = requested or ""
     scheduler = rt.scheduler
     reservation: Reservation | None = None
 
@@ -41,4 +48,6 @@ def route_request(rt: Runtime, requested: str | None) -> tuple[Route, Release]:
         return selector.targets[index]
 
     found = route(scheduler.config, requested, profile=rt.profile, pick=pick)
+    if note is not None:
+        note.model, note.selector = found.model_id, found.selector
     return found, (reservation.release if reservation is not None else None)

@@ -22,18 +22,20 @@ from ..background import Background
 from ..config import Config
 from ..configstore import ConfigStore
 from ..events import EventBus
+from ..history import History, Note
 from ..inflight import InflightRequests
 from ..logs import LogBuffer
 from ..memory import MemoryModel
 from ..metrics import Metrics
+from ..performance import PerformanceMonitor
 from ..reload import Reloader, ReloadState
 from ..scheduler import Scheduler
 from ..slotcache import SlotCache
 from ..selectors import SelectorState
 from .upstream_props import UpstreamProps
 
-__all__ = ["Runtime", "Tier", "Kind", "RouteTag", "RUNTIME", "MODEL_KEY", "START_KEY", "RESPONDING_KEY",
-           "RouteTable", "runtime", "route_label", "route_tag", "register"]
+__all__ = ["Runtime", "Tier", "Kind", "RouteTag", "RUNTIME", "MODEL_KEY", "START_KEY", "RESPONDING_KEY", "NOTE_KEY",
+           "RouteTable", "runtime", "note_of", "route_label", "route_tag", "register"]
 
 
 class Tier(enum.Enum):
@@ -110,6 +112,10 @@ class Runtime:
     active_profile: str | None = None  # at most one; none at start (never persisted, as in llama-swap)
     created: dict[str, float] = field(default_factory=dict)  # model id -> when added after start (llamactl's)
     slot_cache: SlotCache = field(init=False)  # saved llama-server slots of the models with slotCache
+    history: History = field(init=False)  # every proxied request, and its capture (/api/metrics/activity)
+    performance: PerformanceMonitor = field(init=False)  # system and GPU samples (/api/performance)
+    hardware: dict[str, Any] | None = None  # the machine, as found at start (/api/hardware); None: not found
+    record_history: bool = True  # False: no request is recorded (the history benchmark's baseline)
     _scheduler: Scheduler | None = None
     _reloader: Reloader | None = None
     _store: ConfigStore | None = None
@@ -119,6 +125,8 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.slot_cache = SlotCache(lambda: self.config, lambda: self.session)
+        self.history = History(self.initial_config.history, self.events, enabled=self.record_history)
+        self.performance = PerformanceMonitor(self.initial_config.history)
 
     @property
     def scheduler(self) -> Scheduler:
@@ -163,20 +171,31 @@ class Runtime:
 RUNTIME = web.AppKey("runtime", Runtime)
 
 #: request keys: the model a handler resolved (the metrics' model label), when the request arrived,
-#: whether a response to it has begun (headers prepared: an error envelope can no longer be sent)
+#: whether a response to it has begun (headers prepared: an error envelope can no longer be sent),
+#: what the request history learns of it (a proxied request's :class:`~swapproxy.history.Note`)
 if hasattr(web, "RequestKey"):  # aiohttp >= 3.13: typed request storage
     MODEL_KEY: Any = web.RequestKey("swapproxy_model", str)
     START_KEY: Any = web.RequestKey("swapproxy_started", float)
     RESPONDING_KEY: Any = web.RequestKey("swapproxy_responding", bool)
+    NOTE_KEY: Any = web.RequestKey("swapproxy_note", Note)
 else:  # pragma: no cover - older aiohttp
     MODEL_KEY = "swapproxy.model"
     START_KEY = "swapproxy.started"
     RESPONDING_KEY = "swapproxy.responding"
+    NOTE_KEY = "swapproxy.note"
 
 
 def runtime(request: web.Request) -> Runtime:
     """The request's app's :class:`Runtime`."""
     return request.app[RUNTIME]
+
+
+def note_of(request: web.Request) -> Note | None:
+    """The request's history note, made on first use; None when requests are not recorded."""
+    note = request.get(NOTE_KEY)
+    if note is None and request.app[RUNTIME].record_history:
+        note = request[NOTE_KEY] = Note()
+    return note
 
 
 def route_label(request: web.Request) -> str:

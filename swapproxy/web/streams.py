@@ -151,8 +151,9 @@ async def api_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events for UIs: a snapshot first, then state changes, log lines, in-flight counts.
 
     Every event is one `data:` JSON object whose "type" is snapshot, state, log, inflight, swap,
-    request (a request in flight starts or ends), profile (the active profile changed) or
-    unloading (a router-mode unload was asked for; it may drain first).
+    request (a request in flight starts or ends), profile (the active profile changed),
+    unloading (a router-mode unload was asked for; it may drain first) or activity (a request
+    was written to the history: {"id": N}, see /api/metrics/activity).
     """
     rt = runtime(request)
     try:

@@ -2,15 +2,17 @@
 
 Captures live in memory only, in a FIFO bounded in bytes (``captureBuffer`` MB; the
 oldest go first, one larger than the whole buffer is not kept). Each body is cut at
-:func:`body_cap` bytes; bodies of :data:`COMPRESS_FROM` bytes or more are kept
-zlib-compressed. Routes whose payloads are audio or images keep only some parts
+:func:`body_cap` bytes. Routes whose payloads are audio or images keep only some parts
 (:data:`PARTS_BY_PATH`); an answer that is not 2xx keeps no response body (its error
 message is in the request's history row).
 
-The request path pays only for references: the request's headers and the body sent
-upstream as they are, the response's first chunks (:class:`CaptureTap`); everything
-else — cutting, compressing, and storing — is done by the history's thread. Secrets are
-taken out when a capture is read (:func:`capture_json`): the values of credential headers
+Capturing costs next to nothing per request: the request path hands over references
+(the request's headers, the body sent upstream, the response's first chunks as
+:class:`CaptureTap` saw them), and the history's thread files them, cutting a body that
+is too long (the one copy). Nothing is compressed: compressing every body would cost
+more CPU than the whole history may (scripts/bench_history.py). Secrets are taken out
+when a capture is read (:func:`capture_json`), as is a gzip or deflate response body
+decoded: the values of credential headers
 (``Authorization``, ``Cookie``, ``x-api-key``, any header whose name says key, token,
 secret or password) become ``***``, and every configured key is hidden wherever it
 occurs in the other headers and in the bodies.
@@ -23,6 +25,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from .metrics import TokenTap
@@ -45,10 +48,9 @@ PARTS_BY_PATH = {
 }
 #: The most of one body a capture keeps (less with a small buffer: see body_cap).
 MAX_BODY = 1 << 20
-#: Bodies this large or larger are kept compressed (zlib, fastest level).
-COMPRESS_FROM = 4096
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
 _HEADER_COST = 48  # bytes a header is counted for in the buffer's bound (names and values are short)
+_ITEM_COST = 160  # bytes of book-keeping counted per capture
 
 
 def body_cap(buffer_bytes: int) -> int:
@@ -57,7 +59,8 @@ def body_cap(buffer_bytes: int) -> int:
 
 
 class CaptureTap(TokenTap):
-    """A :class:`~swapproxy.metrics.TokenTap` that also keeps the body's first ``cap`` bytes (as the chunks came)."""
+    """A :class:`~swapproxy.metrics.TokenTap` that also keeps the body's first ``cap`` bytes (the chunks as
+    they came: nothing is copied)."""
 
     __slots__ = ("chunks", "kept", "cap")
 
@@ -84,36 +87,10 @@ class Material:
     req_body: bytes | None
     resp_headers: Mapping[str, str] | None
     tap: TokenTap | None
+    req_cut: bool = False  # the request body was longer than the capture keeps
 
 
-@dataclass(slots=True)
-class _Body:
-    data: bytes
-    compressed: bool
-    truncated: bool
-
-    @classmethod
-    def of(cls, data: bytes, cap: int, truncated: bool = False) -> _Body:
-        if len(data) > cap:
-            data, truncated = data[:cap], True
-        if len(data) >= COMPRESS_FROM:
-            return cls(zlib.compress(data, 1), True, truncated)
-        return cls(data, False, truncated)
-
-    def raw(self) -> bytes:
-        return zlib.decompress(self.data) if self.compressed else self.data
-
-
-@dataclass(slots=True)
-class _Stored:
-    path: str
-    req_headers: Mapping[str, str] | None
-    req_body: _Body | None
-    resp_headers: Mapping[str, str] | None
-    resp_body: _Body | None
-    size: int
-
-
+@lru_cache(maxsize=512)
 def _parts(path: str) -> int:
     for suffix, parts in PARTS_BY_PATH.items():
         if path.endswith(suffix):
@@ -121,22 +98,18 @@ def _parts(path: str) -> int:
     return ALL_PARTS
 
 
-def _response_body(tap: TokenTap, cap: int) -> _Body | None:
-    if isinstance(tap, CaptureTap):
-        data = b"".join(tap.chunks)
-        return _Body.of(data, cap, truncated=tap.total > len(data))
-    if tap.complete:  # a tap that kept everything it saw (a small body)
-        return _Body.of(bytes(tap.tail), cap)
-    return None
-
-
 class Captures:
-    """The byte-bounded FIFO of captures, by history row id. Used from the history's thread only."""
+    """The byte-bounded FIFO of captures, by history row id. Used from the history's thread only.
+
+    A capture keeps the references it was handed (a body longer than :func:`body_cap` is cut,
+    the one copy made); what a route does not keep (:data:`PARTS_BY_PATH`) and a failed
+    answer's body are dropped and not counted.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.size = 0
-        self._items: OrderedDict[int, _Stored] = OrderedDict()
+        self._items: OrderedDict[int, tuple[Material, int]] = OrderedDict()
 
     def add(self, row_id: int, material: Material) -> bool:
         """Keep ``material`` as capture ``row_id``; False when captures are off or it is larger than the buffer."""
@@ -144,25 +117,38 @@ class Captures:
         if not cap:
             return False
         parts = _parts(material.path)
-        ok = 200 <= material.status < 300
-        req_body = _Body.of(material.req_body, cap) if parts & REQ_BODY and material.req_body else None
-        resp_body = (_response_body(material.tap, cap)
-                     if ok and parts & RESP_BODY and material.tap is not None and material.tap.total else None)
-        req_headers = material.req_headers if parts & REQ_HEADERS else None
-        resp_headers = material.resp_headers if parts & RESP_HEADERS else None
-        size = 128 + sum(len(b.data) for b in (req_body, resp_body) if b is not None)
-        size += _HEADER_COST * sum(len(h) for h in (req_headers, resp_headers) if h is not None)
+        body = material.req_body
+        if body is not None:
+            if not parts & REQ_BODY:
+                body = material.req_body = None
+            elif len(body) > cap:
+                body = material.req_body = body[:cap]
+                material.req_cut = True
+        tap = material.tap
+        if tap is not None and not (parts & RESP_BODY and 200 <= material.status < 300):
+            tap = material.tap = None
+        if not parts & REQ_HEADERS:
+            material.req_headers = None
+        if not parts & RESP_HEADERS:
+            material.resp_headers = None
+        size = _ITEM_COST + (len(body) if body is not None else 0)
+        if tap is not None:
+            size += min(tap.kept, cap) if isinstance(tap, CaptureTap) else len(tap.tail)
+        for headers in (material.req_headers, material.resp_headers):
+            if headers is not None:
+                size += _HEADER_COST * len(headers)
         if size > self.limit:
             return False
-        self._items[row_id] = _Stored(material.path, req_headers, req_body, resp_headers, resp_body, size)
+        self._items[row_id] = (material, size)
         self.size += size
-        self._evict()
+        if self.size > self.limit:
+            self._evict()
         return True
 
     def _evict(self) -> None:
-        while self.size > self.limit and self._items:
-            _, gone = self._items.popitem(last=False)
-            self.size -= gone.size
+        items = self._items
+        while self.size > self.limit and items:
+            self.size -= items.popitem(last=False)[1][1]
 
     def resize(self, limit: int) -> None:
         self.limit = limit
@@ -178,8 +164,9 @@ class Captures:
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, row_id: int) -> _Stored | None:
-        return self._items.get(row_id)
+    def get(self, row_id: int) -> Material | None:
+        found = self._items.get(row_id)
+        return None if found is None else found[0]
 
 
 def _headers(headers: Mapping[str, str] | None, redactor: Redactor) -> dict[str, str] | None:
@@ -206,27 +193,37 @@ def _decoded(body: bytes, encoding: str | None) -> bytes:
         return body
 
 
-def _b64(body: _Body | None, redactor: Redactor, encoding: str | None = None) -> str | None:
-    if body is None:
-        return None
-    return base64.b64encode(redactor.data(_decoded(body.raw(), encoding))).decode("ascii")
+def _response_body(tap: TokenTap | None, cap: int) -> tuple[bytes | None, bool]:
+    """(the response body kept, whether it was cut)."""
+    if tap is None:
+        return None, False
+    if isinstance(tap, CaptureTap):
+        data = b"".join(tap.chunks)[:cap]
+        return data, tap.total > len(data)
+    return (bytes(tap.tail), False) if tap.complete else (None, False)
 
 
-def capture_json(row_id: int, stored: _Stored, redactor: Redactor) -> dict[str, Any]:
+def _b64(body: bytes | None, redactor: Redactor) -> str | None:
+    return None if body is None else base64.b64encode(redactor.data(body)).decode("ascii")
+
+
+def capture_json(row_id: int, material: Material, redactor: Redactor, cap: int) -> dict[str, Any]:
     """llama-swap's capture shape (bodies base64), secrets taken out; plus whether a body was cut."""
-    resp_headers = _headers(stored.resp_headers, redactor)
-    encoding = None
-    if stored.resp_headers is not None:
-        encoding = stored.resp_headers.get("Content-Encoding")
-        if encoding is not None and resp_headers is not None:  # the body shown is decoded
+    resp_headers = _headers(material.resp_headers, redactor)
+    resp_body, resp_cut = _response_body(material.tap, cap)
+    encoding = material.resp_headers.get("Content-Encoding") if material.resp_headers is not None else None
+    if encoding is not None and resp_body is not None:  # the body shown is decoded
+        resp_body = _decoded(resp_body, encoding)
+        if resp_headers is not None:
             resp_headers = {k: v for k, v in resp_headers.items() if k.lower() != "content-encoding"}
+    req_body = material.req_body
     return {
         "id": row_id,
-        "req_path": stored.path,
-        "req_headers": _headers(stored.req_headers, redactor),
-        "req_body": _b64(stored.req_body, redactor),
+        "req_path": material.path,
+        "req_headers": _headers(material.req_headers, redactor),
+        "req_body": _b64(req_body, redactor),
         "resp_headers": resp_headers,
-        "resp_body": _b64(stored.resp_body, redactor, encoding),
-        "req_body_truncated": bool(stored.req_body and stored.req_body.truncated),
-        "resp_body_truncated": bool(stored.resp_body and stored.resp_body.truncated),
+        "resp_body": _b64(resp_body, redactor),
+        "req_body_truncated": material.req_cut,
+        "resp_body_truncated": resp_cut,
     }

@@ -43,7 +43,7 @@ __all__ = ["History", "HistoryState", "Note", "PENDING_FIELDS", "FLUSH_DELAY", "
 logger = logging.getLogger(__name__)
 
 #: Seconds between the end of a request and the write of its batch (more requests join it meanwhile).
-FLUSH_DELAY = 0.1
+FLUSH_DELAY = 0.25
 #: Records waiting for the thread at most; more are dropped (and counted).
 MAX_PENDING = 10_000
 #: The longest error message kept (llama-swap's limit).
@@ -95,9 +95,39 @@ def error_message(status: int, reason: str | None, body: bytes | None) -> str:
     return f"{status} {reason}" if reason else f"HTTP {status}"
 
 
-def _number(obj: dict[str, Any] | None, key: str, default: float) -> float:
-    value = obj.get(key) if obj is not None else None
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+def _int(value: Any) -> int:
+    return value if type(value) is int else -1
+
+
+def _float(value: Any) -> float:
+    return float(value) if type(value) in (int, float) else -1.0
+
+
+def _cached_from_usage(usage: dict[str, Any]) -> int:
+    """Cached prompt tokens as OpenAI (prompt_tokens_details), the Responses API or Anthropic report them."""
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    if isinstance(details, dict) and type(details.get("cached_tokens")) is int:
+        return details["cached_tokens"]
+    return _int(usage.get("cache_read_input_tokens"))
+
+
+#: metadata JSON by (fifo priority, selector): a handful of distinct values, serialised once each
+_METADATA: dict[tuple[int | None, str | None], str] = {}
+
+
+def _metadata(priority: int | None, selector: str | None) -> str:
+    key = (priority, selector)
+    text = _METADATA.get(key)
+    if text is None:
+        found: dict[str, str] = {}
+        if priority is not None:
+            found["fifo_priority"] = str(priority)
+        if selector is not None:
+            found["selector"] = selector
+        text = json.dumps(found) if found else ""
+        if len(_METADATA) < 4096:
+            _METADATA[key] = text
+    return text
 
 
 def _row(item: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -110,26 +140,20 @@ def _row(item: tuple[Any, ...]) -> tuple[Any, ...]:
     if counts is not None:
         if counts.tokens is not None:
             prompt, completion = counts.tokens
-        timings, usage = counts.timings, counts.usage
-        cached = int(_number(timings, "cache_n", -1))
-        if cached < 0 and usage is not None:
-            details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
-            cached = int(_number(details if isinstance(details, dict) else None, "cached_tokens",
-                                 _number(usage, "cache_read_input_tokens", -1)))
-        prompt_speed = float(_number(timings, "prompt_per_second", -1.0))
-        gen_speed = float(_number(timings, "predicted_per_second", -1.0))
-        if timings is not None and "draft_n" in timings and "draft_n_accepted" in timings:
-            draft, accepted = int(_number(timings, "draft_n", -1)), int(_number(timings, "draft_n_accepted", -1))
-    if status >= 400:
-        error = error or error_message(status, reason, error_body)
-    metadata: dict[str, str] = {}
-    if priority is not None:
-        metadata["fifo_priority"] = str(priority)
-    if selector is not None:
-        metadata["selector"] = selector
-    return (round(ts * 1000), model, method, path, status, content_type, duration_ms, ttfb_ms, prompt, completion, cached, draft,
-            accepted, prompt_speed, gen_speed, waited_for, wait_ms, error or "",
-            json.dumps(metadata) if metadata else "")
+        timings = counts.timings
+        if timings is not None:
+            cached = _int(timings.get("cache_n"))
+            prompt_speed = _float(timings.get("prompt_per_second"))
+            gen_speed = _float(timings.get("predicted_per_second"))
+            if "draft_n" in timings:
+                draft, accepted = _int(timings["draft_n"]), _int(timings.get("draft_n_accepted"))
+        if cached < 0 and counts.usage is not None:
+            cached = _cached_from_usage(counts.usage)
+    if status >= 400 and not error:
+        error = error_message(status, reason, error_body)
+    return (round(ts * 1000), model, method, path, status, content_type, duration_ms, ttfb_ms, prompt, completion,
+            cached, draft, accepted, prompt_speed, gen_speed, waited_for, wait_ms, error or "",
+            _metadata(priority, selector))
 
 
 class History:
@@ -275,8 +299,8 @@ class History:
     async def capture(self, row_id: int, redactor: Redactor) -> dict[str, Any] | None:
         """Capture ``row_id`` with its secrets taken out; None when none is kept."""
         def read() -> dict[str, Any] | None:
-            stored = self._captures.get(row_id)
-            return None if stored is None else capture_json(row_id, stored, redactor)
+            found = self._captures.get(row_id)
+            return None if found is None else capture_json(row_id, found, redactor, body_cap(self._captures.limit))
         return await self._run(read)
 
     def collector(self) -> Collector:

@@ -54,13 +54,22 @@ CREATE TABLE IF NOT EXISTS history (
     error TEXT NOT NULL,
     metadata TEXT NOT NULL
 );
+"""
+#: A file's indexes (time filters and the age limit; model filters): worth their cost per row
+#: (about 2 µs) on up to store.maxSize of rows; the in-memory store's few rows do without.
+_FILE_INDEXES = """
 CREATE INDEX IF NOT EXISTS history_ts ON history (ts_ms);
 CREATE INDEX IF NOT EXISTS history_model ON history (model, id);
 """
 _COLUMNS = ("id", "ts_ms", "model", "method", "path", "status", "content_type", "duration_ms", "ttfb_ms",
             "prompt_tokens", "completion_tokens", "cached_tokens", "draft_tokens", "draft_accepted",
             "prompt_per_second", "gen_per_second", "waited_for", "wait_ms", "error", "metadata")
-_INSERT = f"INSERT INTO history ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+#: Rows per INSERT statement, largest first: one statement of many rows costs less per row than
+#: executemany (about 3 µs against 5), and a few fixed sizes keep the statements compiled
+#: (sqlite3's statement cache) whatever the size of a batch. At most 32,766 parameters each.
+_CHUNKS = (256, 32, 4, 1)
+_INSERTS = {n: f"INSERT INTO history ({', '.join(_COLUMNS)}) VALUES "
+               + ", ".join([f"({', '.join('?' * len(_COLUMNS))})"] * n) for n in _CHUNKS}
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM history"
 #: ``sort`` values (llama-swap's, then swapproxy's) and their columns.
 SORT_COLUMNS = {
@@ -192,7 +201,7 @@ class HistoryDB:
                 conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
                 if version == 0:  # a new file: freed pages go back to the file system (set before any table)
                     conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            conn.executescript(_SCHEMA)
+            conn.executescript(_SCHEMA + (_FILE_INDEXES if path else ""))
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             conn.close()
@@ -213,7 +222,12 @@ class HistoryDB:
         conn = self._conn
         conn.execute("BEGIN")
         try:
-            conn.executemany(_INSERT, [(first + i, *row) for i, row in enumerate(rows)])
+            at = 0
+            for size in _CHUNKS:
+                while len(rows) - at >= size:
+                    chunk = rows[at:at + size]
+                    conn.execute(_INSERTS[size], [v for i, row in enumerate(chunk, first + at) for v in (i, *row)])
+                    at += size
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

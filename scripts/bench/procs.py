@@ -60,9 +60,11 @@ def swapproxy_argv(config: Path, port: int, *, profile: str | None = None, no_uv
 
 # -- swapproxy -----------------------------------------------------------------------------------
 def start_swapproxy(config: Path, port: int, log: Path, *, src: Path = ROOT, profile: str | None = None,
-                    no_uvloop: bool = False, log_level: str = "warn") -> subprocess.Popen[bytes]:
-    """swapproxy from the package in ``src`` (first on PYTHONPATH), its output to ``log``."""
-    env = dict(os.environ)
+                    no_uvloop: bool = False, log_level: str = "warn",
+                    extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """swapproxy from the package in ``src`` (first on PYTHONPATH), its output to ``log``; ``extra_env``
+    is added to its environment."""
+    env = {**os.environ, **(extra_env or {})}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     with log.open("wb") as out:
         return subprocess.Popen(swapproxy_argv(config, port, profile=profile, no_uvloop=no_uvloop,

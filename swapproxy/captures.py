@@ -49,8 +49,11 @@ PARTS_BY_PATH = {
 #: The most of one body a capture keeps (less with a small buffer: see body_cap).
 MAX_BODY = 1 << 20
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
-_HEADER_COST = 48  # bytes a header is counted for in the buffer's bound (names and values are short)
-_ITEM_COST = 160  # bytes of book-keeping counted per capture
+#: What a header and a capture's book-keeping are counted for in the buffer's bound: measured with
+#: tracemalloc (a chat request's and answer's nine headers, its objects), so that the buffer's
+#: bytes are about the memory it holds.
+_HEADER_COST = 100
+_ITEM_COST = 400
 
 
 def body_cap(buffer_bytes: int) -> int:
@@ -86,8 +89,20 @@ class Material:
     req_headers: Mapping[str, str] | None
     req_body: bytes | None
     resp_headers: Mapping[str, str] | None
-    tap: TokenTap | None
+    tap: TokenTap | None  # the response body's tap; once filed, its first bytes are in resp_body
     req_cut: bool = False  # the request body was longer than the capture keeps
+    resp_body: bytes | None = None
+    resp_cut: bool = False
+
+
+def _response_body(tap: TokenTap, cap: int) -> tuple[bytes | None, bool]:
+    """(the response body kept, whether it was cut): one bytes object, the tap's chunks joined."""
+    if isinstance(tap, CaptureTap):
+        data = b"".join(tap.chunks)
+        if len(data) > cap:
+            data = data[:cap]
+        return data, tap.total > len(data)
+    return (bytes(tap.tail), False) if tap.complete else (None, False)
 
 
 @lru_cache(maxsize=512)
@@ -124,16 +139,16 @@ class Captures:
             elif len(body) > cap:
                 body = material.req_body = body[:cap]
                 material.req_cut = True
-        tap = material.tap
-        if tap is not None and not (parts & RESP_BODY and 200 <= material.status < 300):
-            tap = material.tap = None
+        tap, material.tap = material.tap, None  # its tail (a copy of the body's end) is not kept
+        if tap is not None and parts & RESP_BODY and 200 <= material.status < 300:
+            material.resp_body, material.resp_cut = _response_body(tap, cap)
         if not parts & REQ_HEADERS:
             material.req_headers = None
         if not parts & RESP_HEADERS:
             material.resp_headers = None
         size = _ITEM_COST + (len(body) if body is not None else 0)
-        if tap is not None:
-            size += min(tap.kept, cap) if isinstance(tap, CaptureTap) else len(tap.tail)
+        if material.resp_body is not None:
+            size += len(material.resp_body)
         for headers in (material.req_headers, material.resp_headers):
             if headers is not None:
                 size += _HEADER_COST * len(headers)
@@ -193,24 +208,14 @@ def _decoded(body: bytes, encoding: str | None) -> bytes:
         return body
 
 
-def _response_body(tap: TokenTap | None, cap: int) -> tuple[bytes | None, bool]:
-    """(the response body kept, whether it was cut)."""
-    if tap is None:
-        return None, False
-    if isinstance(tap, CaptureTap):
-        data = b"".join(tap.chunks)[:cap]
-        return data, tap.total > len(data)
-    return (bytes(tap.tail), False) if tap.complete else (None, False)
-
-
 def _b64(body: bytes | None, redactor: Redactor) -> str | None:
     return None if body is None else base64.b64encode(redactor.data(body)).decode("ascii")
 
 
-def capture_json(row_id: int, material: Material, redactor: Redactor, cap: int) -> dict[str, Any]:
+def capture_json(row_id: int, material: Material, redactor: Redactor) -> dict[str, Any]:
     """llama-swap's capture shape (bodies base64), secrets taken out; plus whether a body was cut."""
     resp_headers = _headers(material.resp_headers, redactor)
-    resp_body, resp_cut = _response_body(material.tap, cap)
+    resp_body = material.resp_body
     encoding = material.resp_headers.get("Content-Encoding") if material.resp_headers is not None else None
     if encoding is not None and resp_body is not None:  # the body shown is decoded
         resp_body = _decoded(resp_body, encoding)
@@ -225,5 +230,5 @@ def capture_json(row_id: int, material: Material, redactor: Redactor, cap: int) 
         "resp_headers": resp_headers,
         "resp_body": _b64(resp_body, redactor),
         "req_body_truncated": material.req_cut,
-        "resp_body_truncated": resp_cut,
+        "resp_body_truncated": material.resp_cut,
     }

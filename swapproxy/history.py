@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .captures import Captures, body_cap, capture_json
@@ -300,11 +300,16 @@ class History:
         """Capture ``row_id`` with its secrets taken out; None when none is kept."""
         def read() -> dict[str, Any] | None:
             found = self._captures.get(row_id)
-            return None if found is None else capture_json(row_id, found, redactor, body_cap(self._captures.limit))
+            return None if found is None else capture_json(row_id, found, redactor)
         return await self._run(read)
 
+    @property
+    def capture_bytes(self) -> int:
+        """What the captures hold now (the thread's figure, read as it stands)."""
+        return self._captures.size
+
     def collector(self) -> Collector:
-        """Its counters for /metrics: rows written, records dropped."""
+        """Its figures for /metrics: rows written, records dropped, the captures' bytes."""
         return _Counters(self)
 
     def _live(self) -> HistoryDB:
@@ -323,4 +328,6 @@ class _Counters(Collector):
         return [CounterMetricFamily("swapproxy_history_recorded", "Requests written to the request history",
                                     value=history.written),
                 CounterMetricFamily("swapproxy_history_dropped", "Requests not recorded: the history's queue was "
-                                    "full", value=history.dropped)]
+                                    "full", value=history.dropped),
+                GaugeMetricFamily("swapproxy_history_capture_bytes", "Memory the request captures hold (at most "
+                                  "captureBuffer)", value=history.capture_bytes)]

@@ -82,6 +82,7 @@ SORT_COLUMNS = {
 #: Seconds between two passes of the age limit over a file.
 AGE_PASS_EVERY = 60.0
 _WAL_LIMIT = 8 << 20  # bytes the write-ahead log is cut back to after a checkpoint
+_CACHE_KIB = 1024  # a file's page cache (sqlite's default is 2 MiB): rows are appended, rarely read
 
 
 def rfc3339(ms: int) -> str:
@@ -199,6 +200,7 @@ class HistoryDB:
                     raise sqlite3.DatabaseError(f"WAL mode refused (journal_mode is {mode})")
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
+                conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
                 if version == 0:  # a new file: freed pages go back to the file system (set before any table)
                     conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             conn.executescript(_SCHEMA + (_FILE_INDEXES if path else ""))

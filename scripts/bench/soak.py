@@ -35,12 +35,18 @@ Anything else (other statuses, a 503 from the fake itself, a broken stream,
 a connection error) is a failure; a request that has not finished within
 ``--deadline`` seconds is a hang. swapproxy's RSS is read (psutil, its PID; its
 children separately) after a warm-up (500 requests, or a fifth of a shorter
-run) and at the end; growth over 10 % fails the run. Swaps are counted from
+run) and at the end; growth over 10 % fails the run — less what the request captures'
+buffer (``captureBuffer``, 5 MB by default: bounded, not a leak) took meanwhile, read from
+``swapproxy_history_capture_bytes``. Swaps are counted from
 ``swapproxy_swaps_total`` in ``/metrics`` (model starts) and, as a cross-check,
 by sampling ``GET /running?details=1`` (distinct upstream pids seen).
 
 After the run swapproxy gets SIGTERM (by its PID, in a ``finally``); any
 upstream still alive a few seconds later is an orphan, and a failure.
+
+With ``--store FILE`` swapproxy keeps its request history in that sqlite file
+(``store.path``); once swapproxy has stopped, the file's size, its write-ahead log's
+and its rows are reported. Without it the history is in memory, as by default.
 
 Usage::
 
@@ -48,6 +54,7 @@ Usage::
     python scripts/soak.py --quick              # 600 requests
     python scripts/soak.py --requests 2000 --concurrency 32 --seed 7
     python scripts/soak.py --json out.json      # ... and the counts as JSON (tests/test_soak.py)
+    python scripts/soak.py --store /tmp/h.sqlite  # the request history in a file: its size at the end
 
 (``python -m scripts.bench.soak ...`` from the checkout's root is the same command.)
 
@@ -61,6 +68,7 @@ import argparse
 import asyncio
 import json
 import random
+import sqlite3
 import sys
 import tempfile
 import time
@@ -101,6 +109,8 @@ class SoakOptions:
     retry_after_scale: float = 1.0
     sample_interval: float = 0.1
     quiet: bool = False
+    store: Path | None = None  # the request history's sqlite file (store.path); None: in memory
+    capture_buffer: float | None = None  # captureBuffer (MB); None: swapproxy's default (5)
 
     @property
     def warmup_requests(self) -> int:
@@ -121,16 +131,28 @@ class SoakResult:
     running_changes: int = 0
     pids_seen: dict[str, set[int]] = field(default_factory=dict)
     rss_warm: int | None = None
+    captures_warm: int = 0  # swapproxy_history_capture_bytes at the warm-up reading, and at the end
+    captures_end: int = 0
     rss_end: int | None = None
     children_rss_warm: int | None = None
     children_rss_end: int | None = None
     orphans: list[int] = field(default_factory=list)
+    store_bytes: dict[str, int] = field(default_factory=dict)  # the store's files (name -> bytes) at the end
+    store_rows: int | None = None
     proxy_exit_code: int | None = None
     duration: float = 0.0
     done: int = 0
 
     @property
     def rss_growth(self) -> float | None:
+        """RSS growth after the warm-up, less what the request captures' buffer took meanwhile (bounded by
+        captureBuffer: filling it is not a leak)."""
+        if not self.rss_warm or self.rss_end is None:
+            return None
+        return (self.rss_end - self.rss_warm - (self.captures_end - self.captures_warm)) / self.rss_warm
+
+    @property
+    def raw_rss_growth(self) -> float | None:
         if not self.rss_warm or self.rss_end is None:
             return None
         return (self.rss_end - self.rss_warm) / self.rss_warm
@@ -197,6 +219,8 @@ def write_config(opts: SoakOptions, workdir: Path) -> Path:
         return _fake_cmd("--model-name", name, "--startup-delay", f"{opts.startup_delay:g}")
 
     lines = [
+        *(["store:", f"  path: {json.dumps(str(opts.store))}"] if opts.store is not None else []),
+        *([f"captureBuffer: {opts.capture_buffer:g}"] if opts.capture_buffer is not None else []),
         "healthCheckTimeout: 30",
         f"startPort: {free_port_block(len(MODELS) + 1)}",
         f"stateDir: {json.dumps(str(workdir / 'state'))}",
@@ -331,6 +355,19 @@ async def sample_running(session: aiohttp.ClientSession, url: str, result: SoakR
         await asyncio.sleep(interval)
 
 
+async def capture_bytes(session: aiohttp.ClientSession, url: str) -> int:
+    """``swapproxy_history_capture_bytes`` from /metrics: what the request captures hold (0 if unknown)."""
+    try:
+        async with session.get(url + "/metrics") as resp:
+            text = await resp.text()
+    except aiohttp.ClientError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("swapproxy_history_capture_bytes "):
+            return int(float(line.split()[1]))
+    return 0
+
+
 async def model_starts(session: aiohttp.ClientSession, url: str) -> dict[str, int]:
     """``swapproxy_swaps_total{model=...}`` from /metrics (times each model was started)."""
     out: dict[str, int] = {}
@@ -362,6 +399,7 @@ async def soak(opts: SoakOptions) -> SoakResult:
         config = write_config(opts, workdir)
         proxy = ProxyProcess(config, workdir)
         seen_children: set[int] = set()
+        warm_reading: list[asyncio.Future[int]] = []
         connector = aiohttp.TCPConnector(limit=0)
         session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
         sampler: asyncio.Task[None] | None = None
@@ -377,6 +415,7 @@ async def soak(opts: SoakOptions) -> SoakResult:
                 result.done += 1
                 if result.done == warmup:
                     result.rss_warm, result.children_rss_warm = proxy.rss()
+                    warm_reading.append(asyncio.ensure_future(capture_bytes(session, proxy.url)))
                     seen_children.update(proxy.children())
                 if result.done % progress_every == 0:
                     _log(opts, f"soak: {result.done}/{opts.requests} done, {dict(result.statuses)}, "
@@ -415,6 +454,8 @@ async def soak(opts: SoakOptions) -> SoakResult:
             if result.rss_warm is None:  # a run shorter than its warm-up: compare with the start
                 result.rss_warm, result.children_rss_warm = proxy.rss()
             result.rss_end, result.children_rss_end = proxy.rss()
+            result.captures_warm = await warm_reading[0] if warm_reading else 0
+            result.captures_end = await capture_bytes(session, proxy.url)
             result.model_starts = await model_starts(session, proxy.url)
             async with session.get(proxy.url + "/running") as resp:
                 result.running_at_end = list((await resp.json()).get("running", []))
@@ -427,6 +468,8 @@ async def soak(opts: SoakOptions) -> SoakResult:
             result.proxy_exit_code = await proxy.stop()
         for pids in result.pids_seen.values():
             seen_children.update(pids)
+        if opts.store is not None:  # swapproxy has stopped: its last batch is written, the WAL checkpointed
+            result.store_bytes, result.store_rows = store_size(opts.store)
         # upstreams still alive a while after swapproxy stopped: SIGKILLed, and listed
         result.orphans = await asyncio.to_thread(kill_leftovers, seen_children, 5.0)
         if result.proxy_exit_code not in (0, None) or result.failures or result.hangs:
@@ -437,6 +480,17 @@ async def soak(opts: SoakOptions) -> SoakResult:
 # --------------------------------------------------------------------------- #
 # Report
 # --------------------------------------------------------------------------- #
+
+
+def store_size(path: Path) -> tuple[dict[str, int], int | None]:
+    """The store's files and their sizes, and its rows (None when it cannot be read)."""
+    files = {p.name: p.stat().st_size for p in sorted(path.parent.glob(path.name + "*"))}
+    try:
+        with sqlite3.connect(path) as db:
+            rows = db.execute("SELECT COUNT(*) FROM history").fetchone()[0]
+    except sqlite3.Error:
+        rows = None
+    return files, rows
 
 
 def _mib(n: int | None) -> str:
@@ -459,16 +513,23 @@ def format_table(r: SoakResult) -> str:
     rows.append(("swaps (starts - running at end)", str(max(0, starts - len(r.running_at_end)))))
     pids = {m: len(p) for m, p in sorted(r.pids_seen.items())}
     rows.append(("running-set changes (sampled)", f"{r.running_changes} (distinct pids: {pids})"))
-    growth = r.rss_growth
-    verdict = "-" if growth is None else f"{growth:+.1%} ({'within' if r.rss_ok else 'OVER'} 10 %)"
+    growth, raw = r.rss_growth, r.raw_rss_growth
+    verdict = "-" if growth is None or raw is None else (
+        f"{raw:+.1%}; {growth:+.1%} less the captures' buffer ({'within' if r.rss_ok else 'OVER'} 10 %)")
     rows.append((f"RSS swapproxy warm-up ({o.warmup_requests} req)", _mib(r.rss_warm)))
     rows.append(("RSS swapproxy end", f"{_mib(r.rss_end)} {verdict}"))
+    rows.append(("request captures warm-up / end", f"{_mib(r.captures_warm)} / {_mib(r.captures_end)} "
+                                                    "(bounded by captureBuffer)"))
     rows.append(("RSS children warm-up / end", f"{_mib(r.children_rss_warm)} / {_mib(r.children_rss_end)}"))
     rows.append(("latency p50 / p99 / max", f"{pct_rank(r.latencies, .5) * 1000:.0f} / "
                  f"{pct_rank(r.latencies, .99) * 1000:.0f} / {max(r.latencies, default=0) * 1000:.0f} ms"))
     rows.append(("duration", f"{r.duration:.1f} s"))
     rows.append(("req/s", f"{r.done / r.duration:.1f}" if r.duration else "-"))
     rows.append(("orphans after SIGTERM", str(len(r.orphans))))
+    if o.store is not None:
+        files = ", ".join(f"{name} {size / 2**20:.2f} MiB" for name, size in r.store_bytes.items())
+        per_row = sum(r.store_bytes.values()) / r.store_rows if r.store_rows else 0
+        rows.append(("request history store", f"{r.store_rows} rows; {files} ({per_row:.0f} bytes a row)"))
     rows.append(("swapproxy exit code", str(r.proxy_exit_code)))
     width = max(len(k) for k, _ in rows)
     head = (f"swapproxy soak: {o.requests} requests, {o.concurrency} concurrent, seed {o.seed}; "
@@ -495,6 +556,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[SoakOptions, Path | None]
     p.add_argument("--retry-after-scale", type=float, default=1.0)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--json", metavar="FILE", type=Path, help="also write the counts to FILE as JSON")
+    p.add_argument("--store", metavar="FILE", type=Path, help="keep the request history in this sqlite file "
+                                                              "(store.path; it must not exist yet) and report "
+                                                              "its size")
+    p.add_argument("--capture-buffer", metavar="MB", type=float, help="captureBuffer (default: swapproxy's, 5)")
     args = p.parse_args(argv)
     opts = SoakOptions(
         requests=600 if args.quick else args.requests,
@@ -507,7 +572,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[SoakOptions, Path | None]
         startup_delay=args.startup_delay,
         retry_after_scale=args.retry_after_scale,
         quiet=args.quiet,
+        store=args.store.resolve() if args.store is not None else None,
+        capture_buffer=args.capture_buffer,
     )
+    if opts.store is not None and opts.store.exists():
+        p.error(f"--store {args.store}: the file exists; give a new one")
     return opts, args.json
 
 
@@ -516,7 +585,8 @@ def as_json(r: SoakResult, seconds: float) -> dict[str, Any]:
     return {"ok": r.ok, "done": r.done, "requests": r.options.requests, "failures": r.failures, "hangs": r.hangs,
             "failure_samples": r.failure_samples, "statuses": dict(r.statuses), "kinds": dict(r.kinds),
             "model_starts": r.model_starts, "orphans": r.orphans, "proxy_exit_code": r.proxy_exit_code,
-            "rss_growth": r.rss_growth, "duration": r.duration, "seconds": seconds}
+            "rss_growth": r.rss_growth, "duration": r.duration, "seconds": seconds,
+            "store_bytes": r.store_bytes, "store_rows": r.store_rows}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 from .config import Config
 from .memory import MemoryModel
 from .slotcache import SlotCache
+from .telemetry import Telemetry
 from .processes import ProcessLike
 from .scheduler import Scheduler
 from .states import ProcessState
@@ -275,7 +276,34 @@ class _LiveCollector(Collector):
                 rss.add_metric([mid], sizes[status.pid])
         depth = GaugeMetricFamily("swapproxy_queue_depth", "Requests waiting for a model, all models")
         depth.add_metric([], scheduler.queue_depth())
-        return [state, inflight, waiting, depth, rss, *self._memory(scheduler), *self._slot_cache()]
+        return [state, inflight, waiting, depth, rss, *self._memory(scheduler), *self._slot_cache(), *self._gpus()]
+
+    def _gpus(self) -> list[Metric]:
+        telemetry = self._metrics.telemetry
+        if telemetry is None or not telemetry.gpus:
+            return []  # no GPU (or no NVML): no GPU series at all
+        labels = ["gpu", "name"]
+        total = GaugeMetricFamily("swapproxy_gpu_memory_total_bytes", "GPU memory, total", labels=labels)
+        used = GaugeMetricFamily("swapproxy_gpu_memory_used_bytes", "GPU memory in use (all processes)", labels=labels)
+        util = GaugeMetricFamily("swapproxy_gpu_utilization_ratio", "Share of the last sample period a kernel ran "
+                                 "on the GPU (0..1)", labels=labels)
+        temp = GaugeMetricFamily("swapproxy_gpu_temperature_celsius", "GPU temperature", labels=labels)
+        power = GaugeMetricFamily("swapproxy_gpu_power_watts", "GPU power draw", labels=labels)
+        for gpu in telemetry.gpus:
+            key = [gpu.device, gpu.name]
+            total.add_metric(key, gpu.total)
+            used.add_metric(key, gpu.used)
+            for family, value, scale in ((util, gpu.utilization, 0.01), (temp, gpu.temperature, 1.0),
+                                         (power, gpu.power, 1.0)):
+                if value is not None:
+                    family.add_metric(key, value * scale)
+        per_model = GaugeMetricFamily("swapproxy_model_gpu_memory_bytes", "GPU memory the model's processes hold "
+                                      "(NVML, per process), at the last sample", labels=["model", "gpu"])
+        for model, devices in sorted(telemetry.usage.items()):
+            for device, size in sorted(devices.items()):
+                if device != "host":
+                    per_model.add_metric([model, device], size)
+        return [total, used, util, temp, power, per_model]
 
     def _slot_cache(self) -> list[Metric]:
         cache = self._metrics.slot_cache
@@ -317,6 +345,7 @@ class Metrics:
         self.scheduler: Scheduler | None = None
         self.memory: MemoryModel | None = None
         self.slot_cache: SlotCache | None = None
+        self.telemetry: Telemetry | None = None
         self.registry = CollectorRegistry()
         reg = self.registry
         self.requests = Counter("swapproxy_requests", "HTTP requests answered", ["model", "route", "status"],
@@ -345,11 +374,13 @@ class Metrics:
         self._token_children: dict[tuple[str, str], Any] = {}
 
     def bind(self, scheduler: Scheduler | None, memory: MemoryModel | None = None,
-             slot_cache: SlotCache | None = None) -> None:
-        """Read live levels from ``scheduler``, ``memory`` and ``slot_cache`` (None once they are gone)."""
+             slot_cache: SlotCache | None = None, telemetry: Telemetry | None = None) -> None:
+        """Read live levels from ``scheduler``, ``memory``, ``slot_cache`` and ``telemetry`` (None once
+        they are gone)."""
         self.scheduler = scheduler
         self.memory = memory
         self.slot_cache = slot_cache
+        self.telemetry = telemetry
 
     def model_label(self, model: str | None) -> str:
         """``model`` if it is a configured id (after reloads too), else ""."""

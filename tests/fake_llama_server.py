@@ -27,7 +27,9 @@ Start-up sequence
        main: server is listening on http://HOST:PORT - starting the main loop
 
    where PORT is the real port (useful with ``--port 0``) and an IPv6 HOST is
-   written in brackets.  ``fake-llama: loading model '<name>'`` follows on stdout.
+   written in brackets.  ``fake-llama: loading model '<name>'`` follows on stdout, and
+   llama-server's stage lines on stderr: ``load_model: loading model`` at once,
+   ``load_tensors:`` at 40 % of the startup delay, ``llama_context:`` at 70 %.
 7. For ``--startup-delay`` seconds, ``/health`` and the inference routes answer
    503 "Loading model"; then ``fake-llama: model loaded`` is printed on stdout
    and ``/health`` answers 200 ``{"status": "ok"}``.
@@ -1220,6 +1222,10 @@ async def serve(cfg: Config, sock: socket.socket) -> int:
     server.ready_at = time.monotonic() + cfg.startup_delay
     log_err(f"main: server is listening on http://{url_host(cfg.host)}:{port} - starting the main loop")
     log(f"loading model '{cfg.model_name}'")
+    # the stage lines a real llama-server logs while it loads (swapproxy.progress reads them)
+    log_err(f"srv    load_model: loading model '{cfg.model_name}'")
+    loop.call_later(cfg.startup_delay * 0.4, log_err, "load_tensors: loading model tensors, this can take a while...")
+    loop.call_later(cfg.startup_delay * 0.7, log_err, "llama_context: constructing llama_context")
     loop.call_later(cfg.startup_delay, log, "model loaded")
 
     await stop.wait()

@@ -29,6 +29,7 @@ from ..metrics import Metrics
 from ..reload import Reloader, ReloadState
 from ..scheduler import Scheduler
 from ..slotcache import SlotCache
+from ..telemetry import Telemetry
 from ..selectors import SelectorState
 from .upstream_props import UpstreamProps
 
@@ -115,6 +116,7 @@ class Runtime:
     _store: ConfigStore | None = None
     _session: aiohttp.ClientSession | None = None
     _memory: MemoryModel | None = None
+    _telemetry: Telemetry | None = None
     _upstream_props: UpstreamProps | None = None
 
     def __post_init__(self) -> None:
@@ -147,6 +149,11 @@ class Runtime:
     def upstream_props(self) -> UpstreamProps:
         """What each loaded llama-server said in its /props (context size, model name)."""
         return _started(self._upstream_props)
+
+    @property
+    def telemetry(self) -> Telemetry:
+        """The last GPU sample and what each running model really holds."""
+        return _started(self._telemetry)
 
     @property
     def config(self) -> Config:

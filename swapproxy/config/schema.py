@@ -18,7 +18,7 @@ from .model import LogLevel, LogToStdout, Strategy
 
 __all__ = ["LogLevel", "LogToStdout", "Modality", "Raw", "RawAlias", "RawBreaker", "RawCapabilities", "RawCompat",
            "RawConfig", "RawFifo", "RawFilters", "RawGroup", "RawHooks", "RawMatrix", "RawMemory", "RawModel",
-           "RawOnStartup", "RawProfile", "RawRouter", "RawRouterSettings", "RawRouting", "RawScheduler",
+           "RawOnStartup", "RawPeer", "RawPeerTimeouts", "RawProfile", "RawRouter", "RawRouterSettings", "RawRouting", "RawScheduler",
            "RawSchedulerSettings", "RawSelector", "RawSelectorSettings", "RawTimeouts", "RawUpstream", "Size",
            "json_schema"]
 
@@ -140,6 +140,25 @@ class RawTimeouts(Raw, title="timeouts"):
     expectContinue: float | None = Field(default=None, ge=0, description="accepted, unused")
 
 
+class RawPeerTimeouts(RawTimeouts, title="peer timeouts"):
+    """A peer's timeouts: a model's, but it waits 60 s for response headers (llama-swap's peer default)."""
+
+    responseHeader: float = Field(default=60.0, ge=0)
+
+
+class RawPeer(Raw, title="peer"):
+    """A remote OpenAI-compatible server (another swapproxy, a llama-swap, a llama-server, a hosted API)
+    and the models it serves: ``<peer>/<model>`` always routes there; a bare model id only when exactly
+    one peer lists it and no local model or alias has that name."""
+
+    proxy: str = Field(description="base URL; the request's path is appended (https://openrouter.ai/api)")
+    apiKey: str = Field(default="", description="sent as Authorization: Bearer and x-api-key, replacing the "
+                        "client's")
+    models: list[str] = Field(description="the model ids the peer serves (at least one)")
+    filters: RawFilters = RawFilters()
+    timeouts: RawPeerTimeouts = RawPeerTimeouts()
+
+
 class RawCapabilities(Raw, title="capabilities"):
     in_: list[Modality] = Field(default_factory=list, alias="in")
     out: list[Modality] = Field(default_factory=list)
@@ -255,6 +274,8 @@ class RawConfig(Raw, title="swapproxy config (llama-swap config.yaml format)"):
     upstream: RawUpstream = RawUpstream()
     profiles: dict[str, RawProfile] = Field(default_factory=dict)
     selectors: dict[str, RawSelector] = Field(default_factory=dict)
+    peers: dict[str, RawPeer] = Field(default_factory=dict, description="remote servers whose models this one "
+                                      "routes to (llama-swap's peers); swapproxy probes their health")
     models: dict[str, RawModel]
     defaultModel: str | None = Field(default=None, description="swapproxy: model if none named")
     maxRequestBodyMB: float = Field(default=256.0, gt=0, description="swapproxy: body limit")

@@ -23,10 +23,13 @@ The tree::
     ├── TooManyRequests                 429 rate_limit_exceeded  (+ Retry-After)
     ├── NotSupported                    501 not_implemented
     ├── UpstreamUnreachable             502 upstream_unreachable
+    │   └── UpstreamConnectFailed       502 upstream_unreachable (no connection: nothing was sent;
+    │                                   504 upstream_timeout when the connect timed out)
     ├── ModelStartFailed                503 model_start_failed   (+ last log lines)
     │   └── HealthCheckTimeout          503 health_check_timeout
     ├── ShuttingDown                    503 shutting_down
     ├── NoTargetAvailable               503 no_target_available  (a selector's targets are all stopping)
+    ├── PeerUnavailable                 503 peer_unavailable     (+ Retry-After; the peer is down)
     ├── RequestCancelled                503 request_cancelled    (POST /api/inflight/{id}/cancel)
     └── UpstreamTimeout                 504 upstream_timeout
 
@@ -57,6 +60,8 @@ __all__ = [
     "TooManyRequests",
     "NotSupported",
     "UpstreamUnreachable",
+    "UpstreamConnectFailed",
+    "PeerUnavailable",
     "ModelStartFailed",
     "HealthCheckTimeout",
     "ShuttingDown",
@@ -172,6 +177,16 @@ class UpstreamUnreachable(SwapProxyError, status=502, type="upstream_error", cod
     """The upstream could not be reached, or broke off before its response began."""
 
 
+class UpstreamConnectFailed(UpstreamUnreachable):
+    """No connection to the upstream could be made (refused, unreachable, or not in time): nothing was
+    sent, so another server may take the request. A connect that timed out answers 504."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        if timed_out:
+            self.status, self.code = UpstreamTimeout.status, UpstreamTimeout.code
+
+
 class ModelStartFailed(SwapProxyError, status=503, type="upstream_error", code="model_start_failed"):
     """The model's process failed to become ready; ``log_tail`` holds its last output."""
 
@@ -194,6 +209,17 @@ class ShuttingDown(SwapProxyError, status=503, type="server_error", code="shutti
 
 class NoTargetAvailable(SwapProxyError, status=503, type="server_error", code="no_target_available"):
     """A selector has no target that can take the request now."""
+
+
+class PeerUnavailable(SwapProxyError, status=503, type="upstream_error", code="peer_unavailable"):
+    """The peer that serves the model is down (its probe, or the last request, could not reach it)."""
+
+    def __init__(self, message: str, *, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class RequestCancelled(SwapProxyError, status=503, type="server_error", code="request_cancelled"):

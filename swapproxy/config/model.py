@@ -283,6 +283,10 @@ class Config:
         otherwise. Local ids and aliases win: ask :meth:`resolve` first."""
         return self._peer_index.get(name)
 
+    def peer_names(self) -> tuple[str, ...]:
+        """Every name that reaches a peer model (see :meth:`peer_route`)."""
+        return tuple(self._peer_index)
+
     def group_of(self, model_id: str) -> GroupConfig:
         """The group holding ``model_id``; KeyError for an unknown id."""
         try:

@@ -68,7 +68,7 @@ async def liveness(request: web.Request) -> web.Response:
 
 
 @api(tag="models", query=[("details", "1: add state, pid, port, uptime, RSS, memory footprint, in-flight, TTL "
-                                     "left per model, and each device's budget")])
+                                     "left per model, each device's budget, and each peer's health")])
 async def running(request: web.Request) -> web.Response:
     """The models that are running or starting."""
     scheduler = runtime(request).scheduler
@@ -84,6 +84,8 @@ async def running(request: web.Request) -> web.Response:
         devices = memory.devices_json(specs)
         if devices:
             body["devices"] = devices
+        if scheduler.config.peers:
+            body["peers"] = runtime(request).peers.as_json(scheduler.config)
     return web.json_response(body)
 
 

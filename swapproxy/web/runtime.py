@@ -25,6 +25,7 @@ from ..inflight import InflightRequests
 from ..logs import LogBuffer
 from ..memory import MemoryModel
 from ..metrics import Metrics
+from ..peers import PeerMonitor
 from ..reload import ReloadState
 from ..scheduler import Scheduler
 from ..selectors import SelectorState
@@ -103,6 +104,7 @@ class Runtime:
     tags: dict[web.AbstractRoute, RouteTag] = field(default_factory=dict)  # by route: its tier and kind
     inflight: InflightRequests = field(default_factory=InflightRequests)  # every proxied request, to list or cut
     selectors: SelectorState = field(default_factory=SelectorState)  # spillover turns and reservations
+    peers: PeerMonitor = field(default_factory=PeerMonitor)  # each peer's health, probed in the background
     active_profile: str | None = None  # at most one; none at start (never persisted, as in llama-swap)
     _scheduler: Scheduler | None = None
     _session: aiohttp.ClientSession | None = None

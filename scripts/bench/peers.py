@@ -114,6 +114,12 @@ async def peer_hop(folder: Path, n: int, streams: int, rounds: int, out: dict[st
         await wait_healthy(f"http://127.0.0.1:{port_a}/running?details=1", what="swapproxy A", proc=a,
                            log=folder / "a.log", check=lambda body: body["peers"]["b"]["up"] is True)
         body = chat_body("m", max_tokens=8)
+        cpu_a, cpu_b = psutil.Process(a.pid), psutil.Process(b.pid)
+        before = [cpu_a.cpu_times(), cpu_b.cpu_times()]
+        hop = await timed_raw(port_a, http_request("POST", "/v1/chat/completions", port_a, body), n // 2)
+        after = [cpu_a.cpu_times(), cpu_b.cpu_times()]
+        spent = [(t1.user + t1.system - t0.user - t0.system) / len(hop) * 1e6 for t0, t1 in zip(before, after)]
+        out["cpu_us_per_hop_request"] = {"A (forwards to its peer)": spent[0], "B (serves its model)": spent[1]}
         runs = await alternate({name: (lambda k, p=port: timed_raw(p, http_request("POST", "/v1/chat/completions",
                                                                                     p, body), k))
                                 for name, port in (("the model itself", model_port), ("direct to the peer", port_b),
@@ -126,8 +132,9 @@ async def peer_hop(folder: Path, n: int, streams: int, rounds: int, out: dict[st
                 streams, rounds)
         out["peer_hop"] = {"requests": {k: [pct(v, 0.5), pct(v, 0.99)] for k, v in runs.items()},
                            "first_event": {k: [pct(v, 0.5), pct(v, 0.99)] for k, v in firsts.items()}}
+        cpu_row = ["swapproxy CPU per request, µs", "", "", f"B: {spent[1]:.0f}", f"A: {spent[0]:.0f} (+ B's)", "", ""]
         return latency_rows(f"non-streamed chat, 1 conn, x{len(runs['direct to the peer'])}", runs) + \
-            latency_rows(f"streamed chat: time to first event, x{len(firsts['direct to the peer'])}", firsts)
+            latency_rows(f"streamed chat: time to first event, x{len(firsts['direct to the peer'])}", firsts) + [cpu_row]
     except BaseException:
         print(log_tail(folder / "a.log"), log_tail(folder / "b.log"), sep="\n", file=sys.stderr)
         raise

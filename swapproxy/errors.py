@@ -158,8 +158,8 @@ class HostNotAllowed(SwapProxyError, status=421, type="invalid_request_error", c
     """The Host header names a host this server does not answer for (allowedHosts)."""
 
 
-class TooManyRequests(SwapProxyError, status=429, type="rate_limit_error", code="rate_limit_exceeded"):
-    """The model's concurrencyLimit is reached; the client may retry after ``retry_after`` s."""
+class _RetryLater(SwapProxyError):
+    """An error the client may retry after ``retry_after`` seconds (its Retry-After header)."""
 
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
@@ -167,6 +167,10 @@ class TooManyRequests(SwapProxyError, status=429, type="rate_limit_error", code=
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class TooManyRequests(_RetryLater, status=429, type="rate_limit_error", code="rate_limit_exceeded"):
+    """The model's concurrencyLimit is reached; the client may retry after ``retry_after`` s."""
 
 
 class NotSupported(SwapProxyError, status=501, type="invalid_request_error", code="not_implemented"):
@@ -211,15 +215,8 @@ class NoTargetAvailable(SwapProxyError, status=503, type="server_error", code="n
     """A selector has no target that can take the request now."""
 
 
-class PeerUnavailable(SwapProxyError, status=503, type="upstream_error", code="peer_unavailable"):
+class PeerUnavailable(_RetryLater, status=503, type="upstream_error", code="peer_unavailable"):
     """The peer that serves the model is down (its probe, or the last request, could not reach it)."""
-
-    def __init__(self, message: str, *, retry_after: int = 2) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 class RequestCancelled(SwapProxyError, status=503, type="server_error", code="request_cancelled"):

@@ -26,6 +26,15 @@ One swap, when the model a request names is not running::
                    (circuit breaker, persistent restarts), metrics.py, the event bus
                    (status.py's ModelStatus), systemd's STATUS line
 
+One change to the config made at runtime (llamactl's API, the UI's form or editor)::
+
+    web/instances.py   POST/PUT/DELETE /api/v1/instances/{name}; llamactl.py turns its options
+                       into a model entry (llama-server flags); web/configview.py: the whole file
+    configstore.py     under the reload lock: read the files (configfiles.py: version, atomic write),
+                       change one file's text (config/edit.py keeps the rest as written), validate
+                       it with the loader as a reload would, write it, then apply it:
+    reload.py          Reloader.apply → Scheduler.apply_config: unchanged models keep running
+
 Around them: config/ reads llama-swap's format into frozen types; states.py is
 the process state table; metrics.py (with exposition.py and tokens.py) counts
 and writes /metrics, fleet.py the part an endpoint picker routes a fleet of
@@ -34,7 +43,8 @@ shown command lines, URLs and log lines; reload.py and config_diff.py apply a
 changed config as a diff; web/runtime.py holds what the running app shares;
 web/management.py, web/controls.py, web/streams.py, web/catalogue.py and
 web/upstream.py (with web/websocket.py) the management, profile, event,
-model-list and /upstream routes; server.py, listen.py and cli.py start it all.
+model-list and /upstream routes; llamabin.py the configured llama-server binary
+(/api/v1/server/...); server.py, listen.py and cli.py start it all.
 """
 
 __all__ = ["__version__"]

@@ -9,13 +9,17 @@ The tree::
 
     SwapProxyError                      500 internal_error
     ├── BadRequest                      400 invalid_request_error
+    │   └── ConfigInvalid               400 config_invalid       (+ problems: file, line, key, message)
     ├── Unauthorized                    401 authentication_error
     ├── Forbidden                       403 permission_error
-    │   └── CrossSiteRefused            403 cross_site_request   (a browser on another site)
+    │   ├── CrossSiteRefused            403 cross_site_request   (a browser on another site)
+    │   └── ConfigReadOnly              403 config_read_only     (the config file cannot be written)
     ├── NotFound                        404 not_found_error
     │   ├── ModelNotFound               404 model_not_found
     │   └── ModelDisabled               404 model_not_found      (a profile's empty pin)
-    ├── Conflict                        409 conflict             (model not loaded; nothing may start it)
+    ├── Conflict                        409 conflict             (model not loaded; nothing may start it;
+    │   │                                                          an instance that exists already)
+    │   └── ConfigChanged               409 config_changed       (an edit against a stale version)
     ├── PayloadTooLarge                 413 request_too_large
     ├── UnsupportedMediaType            415 unsupported_media_type
     ├── ExpectationFailed               417 expectation_failed
@@ -28,31 +32,38 @@ The tree::
     ├── ModelStartFailed                503 model_start_failed   (+ last log lines)
     │   └── HealthCheckTimeout          503 health_check_timeout
     ├── ShuttingDown                    503 shutting_down
+    ├── NotRunning                      503 instance_not_running (llamactl's proxy to a stopped instance)
     ├── NoTargetAvailable               503 no_target_available  (a selector's targets are all stopping)
     ├── PeerUnavailable                 503 peer_unavailable     (+ Retry-After; the peer is down)
     ├── RequestCancelled                503 request_cancelled    (POST /api/inflight/{id}/cancel)
     └── UpstreamTimeout                 504 upstream_timeout
 
-Upstream HTTP errors are never wrapped: they pass through as the upstream sent them.
+Upstream HTTP errors are never wrapped: they pass through as the upstream sent them. On
+llamactl's routes (``/api/v1/...``) the same errors travel in llamactl's body instead,
+``{"error": "message"}`` (:func:`error_response` with ``plain``); an error's :meth:`details`
+(a config's problems) go beside the message in either shape.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 
 __all__ = [
     "SwapProxyError",
     "BadRequest",
+    "ConfigInvalid",
     "Unauthorized",
     "Forbidden",
     "CrossSiteRefused",
+    "ConfigReadOnly",
     "NotFound",
     "ModelNotFound",
     "ModelDisabled",
     "Conflict",
+    "ConfigChanged",
     "PayloadTooLarge",
     "UnsupportedMediaType",
     "ExpectationFailed",
@@ -65,6 +76,7 @@ __all__ = [
     "ModelStartFailed",
     "HealthCheckTimeout",
     "ShuttingDown",
+    "NotRunning",
     "NoTargetAvailable",
     "RequestCancelled",
     "UpstreamTimeout",
@@ -100,9 +112,24 @@ class SwapProxyError(Exception):
         """Extra response headers this error needs (e.g. Retry-After)."""
         return {}
 
+    def details(self) -> dict[str, object]:
+        """Extra fields of the error body (e.g. a config's problems)."""
+        return {}
+
 
 class BadRequest(SwapProxyError, status=400, type="invalid_request_error", code="invalid_request"):
     """The request is malformed: bad JSON, no model, a bad parameter."""
+
+
+class ConfigInvalid(BadRequest, code="config_invalid"):
+    """A config change that does not validate; ``problems`` as a reload reports them."""
+
+    def __init__(self, message: str, problems: Sequence[Mapping[str, object]] = ()) -> None:
+        super().__init__(message)
+        self.problems = [dict(p) for p in problems]
+
+    def details(self) -> dict[str, object]:
+        return {"problems": self.problems}
 
 
 class Unauthorized(SwapProxyError, status=401, type="authentication_error", code="invalid_api_key"):
@@ -115,6 +142,10 @@ class Forbidden(SwapProxyError, status=403, type="permission_error", code="forbi
 
 class CrossSiteRefused(Forbidden, code="cross_site_request"):
     """A browser sent a state-changing request from a page of another site (see web/browser.py)."""
+
+
+class ConfigReadOnly(Forbidden, code="config_read_only"):
+    """The config file cannot be written, and changes are not to be kept in memory only."""
 
 
 class NotFound(SwapProxyError, status=404, type="not_found_error", code="not_found"):
@@ -139,6 +170,10 @@ class ModelDisabled(NotFound, code="model_not_found"):
 
 class Conflict(SwapProxyError, status=409, type="invalid_request_error", code="conflict"):
     """The request may not start the model it needs, and that model is not ready."""
+
+
+class ConfigChanged(Conflict, code="config_changed"):
+    """A config change names a version of the files that is no longer theirs."""
 
 
 class PayloadTooLarge(SwapProxyError, status=413, type="invalid_request_error", code="request_too_large"):
@@ -211,6 +246,10 @@ class ShuttingDown(SwapProxyError, status=503, type="server_error", code="shutti
     """swapproxy is stopping: no new work."""
 
 
+class NotRunning(SwapProxyError, status=503, type="server_error", code="instance_not_running"):
+    """llamactl's proxy route: the instance is not running (it is not started for the request)."""
+
+
 class NoTargetAvailable(SwapProxyError, status=503, type="server_error", code="no_target_available"):
     """A selector has no target that can take the request now."""
 
@@ -232,9 +271,15 @@ def envelope(message: str, type_: str, code: str, param: str | None = None) -> d
     return {"error": {"message": message, "type": type_, "code": code, "param": param}}
 
 
-def error_response(err: SwapProxyError) -> web.Response:
-    """Render ``err`` as an OpenAI-style JSON error response."""
-    body = json.dumps(envelope(err.message, err.type, err.code, err.param))
+def error_response(err: SwapProxyError, *, plain: bool = False) -> web.Response:
+    """Render ``err`` as an OpenAI-style JSON error response; ``plain``: llamactl's ``{"error": message}``."""
+    extra = err.details()
+    if plain:
+        body = json.dumps({"error": err.message, **extra})
+    else:
+        data = envelope(err.message, err.type, err.code, err.param)
+        data["error"].update(extra)  # type: ignore[attr-defined]
+        body = json.dumps(data)
     return web.Response(
         status=err.status,
         body=body.encode(),

@@ -18,6 +18,8 @@ Event shapes (``type`` says which)::
     {"type": "request", "op": "start" | "end", "request": {"id": "7", "model": id, "method": "POST",
      "path": "/v1/chat/completions", "remote": "127.0.0.1", "started": 1.7e9, "elapsed_ms": 0}}
     {"type": "profile", "active": "coding" | None}
+    {"type": "config", "report": {"kept": [...], "changed": [...], "added": [...], "removed": [...]}}
+                                                # a reload or an edit applied: models may have come or gone
 
 ``GET /api/events`` (SSE) and ``GET /models/sse`` (llama.cpp router shape) are
 both fed from here; see :mod:`swapproxy.web.streams`.

@@ -9,13 +9,14 @@ footprint; :func:`read_facts` runs this helper and returns its answer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["facts_of", "read_facts", "main"]
+__all__ = ["facts_of", "read_facts", "read_facts_async", "main"]
 
 #: Architectures whose GGUF does not say which layers use a sliding window: every Nth
 #: layer attends to the whole context, the others to the window (llama.cpp's defaults).
@@ -77,25 +78,52 @@ def facts_of(path: str) -> dict[str, Any]:
     }
 
 
-def read_facts(paths: Sequence[str], timeout: float = 300.0) -> dict[str, dict[str, Any] | str]:
-    """Facts per file, read in a helper process; a file that cannot be read maps to why (a string)."""
-    if not paths:
-        return {}
-    try:
-        done = subprocess.run([sys.executable, "-m", "swapproxy.gguf_facts", *paths], capture_output=True,
-                              text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return {path: f"cannot run the GGUF reader: {exc}" for path in paths}
+def _argv(paths: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "swapproxy.gguf_facts", *paths]
+
+
+def _answers(paths: Sequence[str], stdout: str, stderr: str, code: int | None) -> dict[str, dict[str, Any] | str]:
     out: dict[str, dict[str, Any] | str] = {}
-    for line in done.stdout.splitlines():
+    for line in stdout.splitlines():
         try:
             item = json.loads(line)
         except ValueError:
             continue
         out[item["file"]] = item.get("facts") or str(item.get("error"))
     for path in paths:
-        out.setdefault(path, done.stderr.strip()[-300:] or f"the GGUF reader exited with {done.returncode}")
+        out.setdefault(path, stderr.strip()[-300:] or f"the GGUF reader exited with {code}")
     return out
+
+
+def read_facts(paths: Sequence[str], timeout: float = 300.0) -> dict[str, dict[str, Any] | str]:
+    """Facts per file, read in a helper process; a file that cannot be read maps to why (a string)."""
+    if not paths:
+        return {}
+    try:
+        done = subprocess.run(_argv(paths), capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {path: f"cannot run the GGUF reader: {exc}" for path in paths}
+    return _answers(paths, done.stdout, done.stderr, done.returncode)
+
+
+async def read_facts_async(paths: Sequence[str], timeout: float = 300.0) -> dict[str, dict[str, Any] | str]:
+    """:func:`read_facts` without blocking the event loop; cancelled, it kills the helper at once."""
+    if not paths:
+        return {}
+    try:
+        proc = await asyncio.create_subprocess_exec(*_argv(paths), stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    except OSError as exc:
+        return {path: f"cannot run the GGUF reader: {exc}" for path in paths}
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
+    except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        proc.kill()
+        await proc.wait()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return {path: f"the GGUF reader took longer than {timeout:g}s" for path in paths}
+    return _answers(paths, stdout.decode(errors="replace"), stderr.decode(errors="replace"), proc.returncode)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,7 +27,7 @@ import psutil
 from .config import Config, ModelConfig
 from .config.resolve_memory import MAIN_DEVICE
 from .estimate import LlamaOptions, footprint, parse_options
-from .gguf_facts import read_facts
+from .gguf_facts import read_facts, read_facts_async
 from .learned import Learned
 from .nvml import GpuDevice, GpuProvider, NoGpu
 from .policy import Resources
@@ -180,15 +180,22 @@ class MemoryModel:
     def read_gguf_files(self, models: Mapping[str, ModelConfig] | None = None) -> int:
         """Read the facts of every GGUF file not read yet, in one helper process (blocking); how many."""
         pending = self.pending_files(models)
-        if not pending:
-            return 0
-        answers = read_facts(list(pending.values()))
+        if pending:
+            self._take(pending, read_facts(list(pending.values())))
+        return len(pending)
+
+    async def refresh(self) -> None:
+        """:meth:`read_gguf_files` without blocking the event loop (at start-up and after a reload)."""
+        pending = self.pending_files()
+        if pending:
+            self._take(pending, await read_facts_async(list(pending.values())))
+
+    def _take(self, pending: Mapping[str, str], answers: Mapping[str, dict[str, Any] | str]) -> None:
         for key, path in pending.items():
             self._facts[key] = answers.get(path, "no answer from the GGUF reader")
             if isinstance(self._facts[key], str):
                 logger.info("no memory estimate from %s: %s", path, self._facts[key])
         self._save_facts()
-        return len(pending)
 
     # -- learning what models really use ---------------------------------------------------------------
     def measure(self, running: list[tuple[ModelConfig, int]]) -> dict[str, dict[str, int]]:
@@ -218,11 +225,6 @@ class MemoryModel:
             now = running()
             if now:
                 await asyncio.to_thread(self.measure, now)
-
-    async def refresh(self) -> None:
-        """:meth:`read_gguf_files` off the event loop (at start-up and after a reload)."""
-        if self.pending_files():
-            await asyncio.to_thread(self.read_gguf_files)
 
     def _save_facts(self) -> None:
         write_json(self._facts_path(), self._facts)

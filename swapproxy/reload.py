@@ -7,7 +7,8 @@ for ``/info`` and the UI. A valid one goes to :meth:`Scheduler.apply_config
 running (same PID); what counts as unchanged is :mod:`swapproxy.config_diff`'s. ``--watch-config`` polls the
 file's size and mtime once a second — cheap, and it needs no dependency. With ``--config-dir``
 the directory's files are read again and merged as at start; a file added, removed or changed
-there is a change too.
+there is a change too. A change made through the API or the UI (:mod:`swapproxy.configstore`) is
+validated the same way and applied by :meth:`Reloader.apply`, under the same lock.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 from .scheduler import Scheduler
 
-__all__ = ["ReloadState", "Reloader"]
+__all__ = ["Applied", "ReloadState", "Reloader"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,17 @@ class ReloadState:
         return {"count": self.count, "last_at": self.last_at, "error": self.error, "report": self.report}
 
 
+Applied = Callable[[Config, dict[str, list[str]]], None]
+
+
 class Reloader:
-    """Reloads ``path`` into ``scheduler``; one reload at a time."""
+    """Reloads ``path`` into ``scheduler``; one reload (or config edit) at a time, under :attr:`lock`.
+
+    An edit through the API (:mod:`swapproxy.configstore`) is applied here too, by
+    :meth:`apply` under the same lock: a SIGHUP never interleaves with one. ``unsaved``
+    holds the texts of changes kept in memory only (``instances.onReadOnly: memory``); a
+    reload from the files that succeeds drops them — the files are the truth.
+    """
 
     def __init__(
         self,
@@ -56,18 +66,21 @@ class Reloader:
         self.config_dir = config_dir
         self.scheduler = scheduler
         self.state = state
-        self._on_begin = on_begin
-        self._on_end = on_end
-        self._lock = asyncio.Lock()
+        self.on_begin = on_begin  # systemd's RELOADING=1 (set by swapproxy.server)
+        self.on_end = on_end
+        self.lock = asyncio.Lock()
+        self.unsaved: dict[str, str] = {}  # file -> text in force but not written (onReadOnly: memory)
+        self.listeners: list[Applied] = []  # told of every config applied, with what changed
+        self._last: tuple[tuple[str, int, int] | None, ...] | None = None  # the files' stamps, for watch()
 
     async def reload(self) -> bool:
-        """Validate and apply the file; False (and nothing changed) if it is invalid."""
-        async with self._lock:
-            self._on_begin()
+        """Validate and apply the files; False (and nothing changed) if they are invalid."""
+        async with self.lock:
+            self.on_begin()
             try:
                 return await self._reload()
             finally:
-                self._on_end()
+                self.on_end()
 
     async def _reload(self) -> bool:
         began = time.time()
@@ -80,8 +93,28 @@ class Reloader:
             return False
         for notice in new.notices:
             logger.info("notice: %s", notice)
-        self._record(began, None, await self.scheduler.apply_config(new))
+        if self.unsaved:
+            logger.warning("reload: the change(s) to %s kept in memory only are dropped; the files are the "
+                           "config now", ", ".join(self.unsaved))
+            self.unsaved.clear()
+        await self._apply(new, began)
         return True
+
+    async def apply(self, new: Config) -> dict[str, list[str]]:
+        """Apply a config validated elsewhere (an edit) as a diff; the caller holds :attr:`lock`."""
+        self.on_begin()
+        try:
+            return await self._apply(new, time.time())
+        finally:
+            self.on_end()
+
+    async def _apply(self, new: Config, began: float) -> dict[str, list[str]]:
+        report = await self.scheduler.apply_config(new)
+        self._record(began, None, report)
+        self._last = self._stamp()  # a file an edit just wrote is not a change for watch() to reload
+        for listener in self.listeners:
+            listener(new, report)
+        return report
 
     def _record(self, began: float, error: str | None, report: dict[str, list[str]]) -> None:
         """Publish a finished reload all at once: a reader never sees half of one."""
@@ -94,11 +127,11 @@ class Reloader:
         A change is acted on once the file has held still for ``settle`` seconds,
         so an editor caught between truncating and writing is not read half-done.
         """
-        last = self._stamp()
+        self._last = self._stamp()
         while True:
             await asyncio.sleep(interval)
             stamp = self._stamp()
-            if stamp == last:
+            if stamp == self._last:
                 continue
             while True:
                 await asyncio.sleep(settle)
@@ -106,7 +139,7 @@ class Reloader:
                 if again == stamp:
                     break
                 stamp = again
-            last = stamp
+            self._last = stamp
             logger.info("%s changed: reloading", self.path or self.config_dir)
             await self.reload()
 

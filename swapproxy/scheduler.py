@@ -35,7 +35,8 @@ and does the waiting and the stopping:
   next requested, after its in-flight requests finish.
 
 The queue and the choice of the next model are in :mod:`swapproxy.waitqueue`;
-unloads, TTL and the drain they share in :mod:`swapproxy.stops` (a base class).
+unloads, TTL and the drain they share in :mod:`swapproxy.stops`, a reload's diff
+applied in :mod:`swapproxy.replacements` (both base classes).
 Failures (circuit breaker, persistent restarts) are handled by
 :class:`~swapproxy.failures.FailureHandler`, which listens to state changes.
 The learned start times (:class:`~swapproxy.learned.Learned`) are recorded
@@ -50,14 +51,14 @@ from collections.abc import Callable, Iterable
 
 from .background import Background
 from .config import Config
-from .config_diff import diff_models
-from .errors import ModelNotFound, ShuttingDown, SwapProxyError, TooManyRequests
+from .errors import ShuttingDown, SwapProxyError, TooManyRequests
 from .failures import FailureHandler
 from .learned import Learned
 from .policy import Occupant, Plan, Resources, plan
 from .processes import ProcessHub, ProcessLike
 from .slots import ACTIVE, Lease, ModelSlot, StopCause, StopEvent, Swap, Ticket
 from .states import ProcessState
+from .replacements import Replacements
 from .stops import Stops
 from .waitqueue import WaitQueue, order_models, overtakes_too_long
 
@@ -73,7 +74,7 @@ _GONE = (ProcessState.STOPPED, ProcessState.FAILED)
 LINGER_SHARE, LINGER_MAX, LINGER_UNKNOWN = 0.1, 1.0, 0.05
 
 
-class Scheduler(Stops):
+class Scheduler(Stops, Replacements):
     """Decides which upstreams run, and when; hands requests a ready one."""
 
     def __init__(self, config: Config, hub: ProcessHub, background: Background | None = None, *,
@@ -374,61 +375,6 @@ class Scheduler(Stops):
             for ticket in self._queue.of(model_id):
                 if not (self._strict and self._queued_before(model_id, self._queue.index(ticket))):
                     self._grant(ticket)
-
-    # -- reload -----------------------------------------------------------------------------------
-    def _swap_in_pending(self, slot: ModelSlot) -> None:
-        assert slot.pending is not None
-        old, slot.process, slot.pending = slot.process, slot.pending, None
-        self.failures.forget(old)
-        self.background.spawn(old.shutdown())  # already stopped: this only marks it SHUTDOWN
-
-    async def apply_config(self, new: Config) -> dict[str, list[str]]:
-        """Move to ``new`` without restarting what did not change; returns what happened, by model id.
-
-        An unchanged model keeps its process (same PID) and takes the new settings at
-        once. A changed model that is running is replaced when next requested, after its
-        in-flight requests finish; one that is not running is replaced now. A removed
-        model is stopped once its in-flight requests finish; requests waiting for it get 404.
-        """
-        diff = diff_models({mid: slot.process.spec for mid, slot in self.slots.items()}, new)
-        self.config = new
-        old_slots, self.slots = self.slots, {}
-        for model_id, spec in new.models.items():
-            slot = old_slots.pop(model_id, None)
-            if slot is None:
-                slot = ModelSlot(self.hub.new(spec))
-            elif model_id in diff.kept:
-                slot.process.spec = spec
-                if slot.pending is not None:  # changed, then changed back
-                    self.background.spawn(slot.pending.shutdown())
-                    slot.pending = None
-            else:
-                if slot.pending is not None:
-                    self.background.spawn(slot.pending.shutdown())
-                slot.pending = self.hub.new(spec)
-                if not slot.active and model_id not in self._swaps:  # nothing to drain: replace it now
-                    self._swap_in_pending(slot)
-            self.slots[model_id] = slot
-        for model_id, slot in old_slots.items():
-            self._retired.add(slot)
-            self.failures.forget(slot.process)
-            swap = self._swaps.get(model_id)
-            if swap is not None and swap.task is not None and not swap.stopping:
-                swap.task.cancel()
-            self._fail(model_id, ModelNotFound(model_id))
-            self.background.spawn(self._retire(slot))
-        report = diff.report()
-        logger.info("config applied: %s", ", ".join(f"{k} {v}" for k, v in report.items() if v) or "no models")
-        self._pump()
-        return report
-
-    async def _retire(self, slot: ModelSlot) -> None:
-        if slot.ttl_handle is not None:
-            slot.ttl_handle.cancel()
-        await slot.idle.wait()  # in-flight requests finish first
-        await slot.process.shutdown()
-        self._retired.discard(slot)
-        self._pump()
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def preload(self, models: Iterable[str]) -> None:

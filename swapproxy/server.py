@@ -29,7 +29,6 @@ from aiohttp.web_protocol import RequestPayloadError
 from .config import Config
 from .listen import Address, parse_listen
 from .processes import ProcessLike
-from .reload import Reloader
 from .states import ProcessState
 from .status import status_line
 from .systemd import Notifier
@@ -93,11 +92,9 @@ async def serve(
                 notifier.status(status_line(scheduler))
 
         scheduler.hub.add_listener(on_state)
-        reloader = Reloader(
-            config.source_file, scheduler, rt.reload,
-            on_begin=notifier.reloading, on_end=lambda: notifier.ready(status_line(scheduler)),
-            config_dir=config.config_dir,
-        )
+        reloader = rt.reloader  # config edits through the API apply through it too: systemd hears of both
+        reloader.on_begin = notifier.reloading
+        reloader.on_end = lambda: notifier.ready(status_line(scheduler))
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[bool]] = set()
 

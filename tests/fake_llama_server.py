@@ -58,6 +58,10 @@ write.  Chat and text completions end with a finish chunk (carrying
 ``stream_options.include_usage`` is true, then ``data: [DONE]``; the native
 ``/completion`` stream ends with an event whose ``"stop"`` is true (no [DONE]).
 
+Like llama-server, ``--help``, ``--version`` and ``--list-devices`` print their answer
+and exit 0 (no ``--port`` needed), and ``-m``/``--model PATH`` names the model (the file is
+never read; ``--model-name`` wins).
+
 Test hooks (not in llama-server):
 
 * ``* /debug/echo`` (also ``/debug/echo/<anything>``) and ``POST /v1/debug/echo``
@@ -156,11 +160,32 @@ class Config:
     tags: tuple[str, ...] = ()
 
 
+#: What --version and --list-devices print (llama-server's shapes: it prints them on stderr).
+FAKE_VERSION = "version: 0 (fake-llama, built for swapproxy's tests)"
+FAKE_DEVICES = "Available devices:\n  FAKE0: fake-llama pretend GPU (16384 MiB, 16000 MiB free)"
+
+
+class _PrintAndExit(argparse.Action):
+    """Print ``text`` on stderr and exit 0 (as --version does), before the required options are checked."""
+
+    def __init__(self, option_strings: list[str], dest: str, text: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+        self.text = text
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(self.text, file=sys.stderr)
+        parser.exit(0)
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     p = argparse.ArgumentParser(description="Fake llama-server for swapproxy tests.")
+    p.add_argument("--version", action="version", version=FAKE_VERSION)
+    p.add_argument("--list-devices", action=_PrintAndExit, text=FAKE_DEVICES, help="list the (pretend) devices")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True, help="0 picks a free port")
-    p.add_argument("--model-name", default="fake-model")
+    p.add_argument("-m", "--model", default=None, help="a GGUF path (never read); names the model")
+    p.add_argument("--model-name", default=None, help="the model's name in answers (default: --model's "
+                   "file name, else fake-model)")
     p.add_argument("--startup-delay", type=float, default=0.0,
                    help="seconds after binding during which /health answers 503")
     p.add_argument("--bind-delay", type=float, default=0.0,
@@ -194,7 +219,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     return Config(
         host=a.host,
         port=a.port,
-        model_name=a.model_name,
+        model_name=a.model_name or (os.path.basename(a.model) if a.model else "fake-model"),
         startup_delay=max(0.0, a.startup_delay),
         bind_delay=max(0.0, a.bind_delay),
         exit_during_startup=a.exit_during_startup,

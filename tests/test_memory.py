@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -249,3 +250,25 @@ def test_check_prints_footprints_and_what_runs_together(tmp_path: Path) -> None:
     assert "memory budgets: host 8.0 GiB" in out
     assert "footprint c: 6.0 GiB on host (declared)" in out
     assert "a runs beside: b\n" in out and "c runs beside: nothing (it runs alone)" in out
+
+
+async def test_where_memory_allows_the_new_model_starts_while_the_old_one_stops() -> None:
+    groups = (GroupConfig("chat", swap=True, exclusive=False, members=("a", "b")),)
+    cfg = Config(models={m: spec(m) for m in "ab"}, groups=groups)
+    for room, overlaps in ((10 * GiB, True), (6 * GiB, False)):
+        resources = Resources({"gpu0": room}, {"a": {"gpu0": 4 * GiB}, "b": {"gpu0": 4 * GiB}})
+        hub = FakeHub()
+        scheduler = Scheduler(cfg, hub, resources=lambda r=resources: r)
+        (await scheduler.acquire("a")).release()
+        hub.stop_gates["a"] = gate = asyncio.Event()  # a's exit takes as long as the test says
+        swap = asyncio.ensure_future(scheduler.acquire("b"))
+        if overlaps:  # 4 + 4 of 10: b is ready while a is still stopping
+            (await asyncio.wait_for(swap, 1)).release()
+            assert scheduler.slot("a").process.state is ProcessState.STOPPING
+            gate.set()
+        else:  # 4 + 4 of 6: b starts only once a is gone
+            await wait_until(lambda: scheduler.slot("a").process.state is ProcessState.STOPPING)
+            assert scheduler.slot("b").process.state is ProcessState.STOPPED
+            gate.set()
+            (await asyncio.wait_for(swap, 1)).release()
+        await wait_until(lambda: scheduler.slot("a").process.state is ProcessState.STOPPED)

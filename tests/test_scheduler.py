@@ -327,3 +327,18 @@ async def test_a_client_sending_one_request_after_another_keeps_its_model() -> N
     lease.release()
     (await asyncio.wait_for(waiting, 1)).release()  # a while later, nobody came back: b's turn
     assert starts(hub) == ["a", "b"]
+
+
+async def test_requests_past_max_wait_are_served_in_arrival_order_whatever_else_waits() -> None:
+    scheduler, hub = make("a", "b", "c", max_wait=0.05)
+    for model_id in ("b", "c"):  # alike starts: without the cap, c's three waiting requests would go first
+        scheduler.learned.record_start(scheduler.slot(model_id).process.spec, 0.1)
+    lease = await scheduler.acquire("a")
+    served: list[str] = []
+    tasks = [asyncio.ensure_future(ask(scheduler, "b", served))]
+    await asyncio.sleep(0)
+    tasks += [asyncio.ensure_future(ask(scheduler, "c", served)) for _ in range(3)]
+    await wait_until(lambda: scheduler.slot("a").evicting, what="a closed once b passed maxWait")
+    lease.release()
+    await asyncio.wait_for(asyncio.gather(*tasks), 2)
+    assert served == ["b", "c", "c", "c"] and starts(hub) == ["a", "b", "c"]

@@ -29,7 +29,10 @@ The modules import one another in one direction only: ``model`` and ``problems``
 nothing of the package; ``schema``, ``validate`` and ``macros`` build on them; the
 ``resolve_<section>`` modules on those; ``resolve`` on the sections; ``loader`` on
 ``resolve``; this ``__init__`` only re-exports. A new top-level section gets its own
-``resolve_<section>.py``, called from :mod:`.resolve`.
+``resolve_<section>.py``, called from :mod:`.resolve`. Apart from the pipeline, :mod:`.edit`
+changes one model entry in a file's *text* (ruamel.yaml round trip, everything else kept as
+written) for the API and the UI; it imports nothing of the package, and what it produces is
+validated by :func:`load_config` like any file (its ``texts`` argument).
 
 Where swapproxy deliberately differs from llama-swap: unknown keys are errors (llama-swap
 ignores them); ``${PORT}`` follows config order (llama-swap sorts the ids); the default proxy

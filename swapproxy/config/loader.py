@@ -45,24 +45,37 @@ def _read(file: str) -> str:
 
 
 def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None,
-                previous: Config | None = None, config_dir: str | None = None) -> Config:
+                previous: Config | None = None, config_dir: str | None = None,
+                texts: Mapping[str, str] | None = None) -> Config:
     """Read and resolve a config file; raises ConfigError listing every problem.
 
     With ``previous`` (a reload), each model that uses ${PORT} keeps the port it
     had, so an unchanged model's command stays unchanged. With ``config_dir``, its
     ``*.yaml`` files are merged after ``path`` (which may then be None), as llama-swap's
-    ``-config-dir`` merges them; ``Config.file`` is then ``path``, or else the directory."""
+    ``-config-dir`` merges them; ``Config.file`` is then ``path``, or else the directory.
+    ``texts`` (file → text) is read instead of those files (one the directory lacks is merged
+    in its name's place): an edit is validated exactly as the file would be, before it is written."""
     file = os.fspath(path) if path is not None else None
+    given = dict(texts or {})
+
+    def read(source: str) -> str:
+        return given[source] if source in given else _read(source)
+
     if config_dir is None and file is not None:
-        return parse_config(_read(file), file=file, environ=environ, previous=previous)
+        return parse_config(read(file), file=file, environ=environ, previous=previous)
     files = config_files(file, config_dir)
+    extra = [p for p in given if p not in files and config_dir is not None
+             and os.path.normpath(os.path.dirname(p)) == os.path.normpath(config_dir)]
+    if extra:
+        head = files[:1] if file is not None else []
+        files = head + sorted(files[len(head):] + extra, key=os.path.basename)
     loader = _Loader(files[0], os.environ if environ is None else environ)
     if previous is not None:
         loader.port_hints = {mid: m.port for mid, m in previous.models.items() if m.port is not None}
     merged: dict[Any, Any] = {}
     for source in files:
         part = _Loader(source, loader.environ)
-        data = part.parse(_read(source))
+        data = part.parse(read(source))
         loader.problems.extend(part.problems)
         if isinstance(data, dict):
             merge_into(loader, merged, data, source, part.lines)

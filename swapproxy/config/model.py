@@ -15,8 +15,9 @@ from typing import Any, Literal
 from ..matrix import Matrix
 
 __all__ = ["COMFYUI_MODEL", "DEFAULT_GROUP", "DEFAULT_IGNORE_PATHS", "Config", "FiltersConfig", "GroupConfig",
-           "LogLevel", "LogToStdout", "MemoryConfig", "ModelConfig", "PeerConfig", "PeerRoute", "ProfileConfig", "Router", "SchedulerConfig",
-           "SchedulerUse", "SelectorConfig", "Strategy", "_FrozenDict"]
+           "InstancesConfig", "LogLevel", "LogToStdout", "MemoryConfig", "ModelConfig", "OnReadOnly", "PeerConfig",
+           "PeerRoute", "ProfileConfig", "Router", "SchedulerConfig", "SchedulerUse", "SelectorConfig", "Strategy",
+           "_FrozenDict"]
 
 #: Name of the implicit group holding every model that no configured group lists.
 DEFAULT_GROUP = "(default)"
@@ -115,6 +116,20 @@ class MemoryConfig:
     reserve: int = 0
     share_default_group: bool = False  # models in no group may run together when they fit
     learn: bool = True
+
+
+OnReadOnly = Literal["refuse", "memory"]
+
+
+@dataclass(frozen=True)
+class InstancesConfig:
+    """Models managed at runtime (swapproxy's ``instances`` section): what a created model runs,
+    where it is written with ``--config-dir``, and what a change does when the file is read-only."""
+
+    llama_server: tuple[str, ...] | None = None  # argv; None: found when needed (swapproxy.llamabin)
+    file: str | None = None  # --config-dir: a file name in the directory
+    on_read_only: OnReadOnly = "refuse"
+    edits: bool = True  # false: the API and the UI only read the config
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,6 +251,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     cors_origins: tuple[str, ...] = ("localhost",)  # swapproxy: "localhost", "*" or exact origins (browser.py)
+    instances: InstancesConfig = field(default_factory=InstancesConfig)
     allowed_hosts: tuple[str, ...] = ()  # swapproxy: Host names accepted besides the built-in ones (browser.py)
     env_secrets: tuple[str, ...] = ()  # values of ${env.X} whose X names a secret: redacted where shown
     models: Mapping[str, ModelConfig]

@@ -2,8 +2,8 @@
 
 The top-level settings are read here, and each section is resolved by its own module:
 :mod:`.macros` (the global ``macros``), :mod:`.resolve_groups` (swap groups),
-:mod:`.resolve_browser` (``corsOrigins``, ``allowedHosts``), :mod:`.resolve_models` (each
-``models.<id>``, in config order since ``${PORT}`` follows it), :mod:`.resolve_selectors`,
+:mod:`.resolve_browser` (``corsOrigins``, ``allowedHosts``), :mod:`.resolve_instances` (``instances``),
+:mod:`.resolve_models` (each ``models.<id>``, in config order since ``${PORT}`` follows it), :mod:`.resolve_selectors`,
 :mod:`.resolve_profiles`, :mod:`.resolve_peers` and :mod:`.resolve_upstream`; :mod:`.resolve_routing` resolves the
 router (groups or matrix) and the scheduler's settings, :mod:`.resolve_memory` the memory
 budgets. Then the names that refer to models are cross-checked: aliases (setParamsByID names
@@ -22,6 +22,7 @@ from .model import DEFAULT_GROUP, Config, ModelConfig, peer_index
 from .problems import _Report
 from .resolve_browser import _allowed_hosts, _cors_origins
 from .resolve_groups import _resolve_groups
+from .resolve_instances import _resolve_instances
 from .resolve_memory import _resolve_memory
 from .resolve_models import _resolve_model
 from .resolve_peers import _resolve_peers
@@ -111,6 +112,7 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
             if not key or any(c.isspace() for c in key):
                 report.problem((field_name, i), "an API key must be non-empty, without whitespace")
     cors_origins, allowed_hosts = _cors_origins(report, raw), _allowed_hosts(report, raw)
+    instances = _resolve_instances(report, raw)
     if report.problems:
         return None
     notices = sorted(dict.fromkeys(report.notices), key=report.position)
@@ -126,7 +128,7 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
         upstream_ignore_paths=ignore_paths,
         breaker_failures=raw.circuitBreaker.failures, breaker_window=raw.circuitBreaker.window,
         state_dir=_state_dir(environ, raw.stateDir), router=router, matrix=matrix, scheduler=scheduler,
-        memory=memory, cors_origins=cors_origins, allowed_hosts=allowed_hosts,
+        memory=memory, cors_origins=cors_origins, allowed_hosts=allowed_hosts, instances=instances,
         notices=tuple(str(n) for n in notices))
 
 

@@ -17,8 +17,9 @@ from pydantic_core import PydanticCustomError
 from .model import LogLevel, LogToStdout, Strategy
 
 __all__ = ["LogLevel", "LogToStdout", "Modality", "Raw", "RawAlias", "RawBreaker", "RawCapabilities", "RawCompat",
-           "RawConfig", "RawFifo", "RawFilters", "RawGroup", "RawHooks", "RawMatrix", "RawMemory", "RawModel",
-           "RawOnStartup", "RawPeer", "RawPeerTimeouts", "RawProfile", "RawRouter", "RawRouterSettings", "RawRouting", "RawScheduler",
+           "RawConfig", "RawFifo", "RawFilters", "RawGroup", "RawHooks", "RawInstances", "RawMatrix", "RawMemory",
+           "RawModel", "RawOnStartup", "RawPeer", "RawPeerTimeouts", "RawProfile", "RawRouter", "RawRouterSettings",
+           "RawRouting", "RawScheduler",
            "RawSchedulerSettings", "RawSelector", "RawSelectorSettings", "RawTimeouts", "RawUpstream", "Size",
            "json_schema"]
 
@@ -219,6 +220,23 @@ class RawUpstream(Raw, title="upstream"):
                                    "ready); empty = llama-swap's default, static assets")
 
 
+class RawInstances(Raw, title="instances"):
+    """swapproxy: models managed at runtime (llamactl's /api/v1/instances, the UI's model form and editor)."""
+
+    llamaServer: str | None = Field(default=None, description="the llama-server command line a created "
+                                    "instance runs (flags are added after it) and /api/v1/server/* asks; "
+                                    "default: scripts/install_llama.py's build if installed, else "
+                                    "llama-server on PATH")
+    file: str | None = Field(default=None, description="with --config-dir: the file (a name in that "
+                             "directory) created models are written to; default the -c file, else "
+                             "instances.yaml")
+    edits: bool = Field(default=True, description="whether the API and the UI may change the config (and so "
+                        "the commands swapproxy runs); false: they only read it")
+    onReadOnly: Literal["refuse", "memory"] = Field(default="refuse", description="a change when the config "
+                                                    "file cannot be written: refuse it, or apply it in memory "
+                                                    "only (lost at the next reload or restart)")
+
+
 class RawSelectorSettings(Raw, title="selector settings"):
     spillover: int = Field(default=1, ge=1, description="requests per active target before the next starts")
 
@@ -286,6 +304,7 @@ class RawConfig(Raw, title="swapproxy config (llama-swap config.yaml format)"):
                                          "whose web pages may call this server from a browser (llama-server's "
                                          "--cors-origins): 'localhost' (any localhost origin, the default), "
                                          "'*' (any origin), or 'https://host[:port]'; a list or comma-separated")
+    instances: RawInstances = RawInstances()
     allowedHosts: list[str] = Field(default_factory=list, description="swapproxy: host names the Host header may "
                                     "carry besides IP addresses, localhost and this machine's name (DNS "
                                     "rebinding guard); '.example.com' takes its subdomains, '*' any name")

@@ -1,6 +1,6 @@
 // swapproxy UI: what is running, what is starting, why did it fail.
-// Fed by /api/events (a snapshot, then state/log/inflight/request/profile/peer events) and, every
-// few seconds, /running?details=1 (memory figures, the peers' health); actions use
+// Fed by /api/events (a snapshot, then state/log/inflight/request/profile/config/peer events) and,
+// every few seconds, /running?details=1 (memory figures, the peers' health); actions use
 // the llama.cpp router endpoints /models/load and /models/unload, llama-swap's
 // /api/profiles/active and /api/inflight/{id}/cancel. Plain JS, no build step.
 // URLs are relative so the page also works behind a path-prefixing reverse proxy.
@@ -77,6 +77,7 @@ function rowHtml(m) {
       ${m.state === "ready" && m.inflight ? `<button type="button" class="force" data-action="force"
         title="stop it now, cutting the ${m.inflight} request(s) in flight">Stop now</button>` : ""}
       <button type="button" class="small" data-action="logs">Logs</button>
+      <button type="button" class="small" data-action="edit" title="change or delete this model (ui/editor.js)">Edit</button>
     </td>`;
 }
 
@@ -307,6 +308,9 @@ function handle(ev) {
     case "log":
       appendLog(ev.source, ev.line);
       break;
+    case "config": // the config changed (an edit or a reload): models may have come or gone
+      reconnect();
+      return;
     case "inflight": {
       const m = ui.models.get(ev.model);
       if (m) {
@@ -435,6 +439,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (!button) return;
     const id = button.closest("tr").dataset.model;
     if (button.dataset.action === "logs") selectSource(id);
+    else if (button.dataset.action === "edit") window.editModel(id);
     else {
       button.disabled = true;
       act(button.dataset.action, id);

@@ -9,7 +9,9 @@ in the reverse one, so a failure half-way tears down exactly what started:
 4. this run's pid record;
 5. the log handler that copies swapproxy's own records into the ``proxy`` buffer;
 6. the scheduler and, through its :class:`~swapproxy.processes.ProcessHub`, every
-   model's process — its teardown stops them all;
+   model's process — its teardown stops them all; beside it the
+   :class:`~swapproxy.reload.Reloader` that applies config reloads and edits, and the
+   :class:`~swapproxy.configstore.ConfigStore` through which the API and the UI edit the files;
 7. the preload of ``hooks.on_startup.preload``;
 8. the peers' health probes (:class:`~swapproxy.peers.PeerMonitor`; idle without peers).
 
@@ -24,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from ..config import Config, ModelConfig
+from ..configstore import ConfigStore
 from ..guardian import Guardian
 from ..learned import Learned
 from ..logs import BufferHandler
@@ -39,11 +43,12 @@ from ..peers import PeerHealth
 from ..process import ManagedProcess, ProcessTracker
 from ..processes import ProcessHub, ProcessLike
 from ..redact import Redactor
+from ..reload import Reloader
 from ..scheduler import Scheduler, StopEvent
 from ..statefile import RunRecord, reap_leftovers
 from ..states import ProcessState
 from ..status import model_status
-from . import catalogue, controls, inference, management, streams, upstream
+from . import catalogue, configview, controls, inference, instances, management, streams, upstream
 from .browser import add_cors_headers
 from .forward import publish_request
 from .middleware import MIDDLEWARES, use_expect_handler
@@ -143,7 +148,12 @@ class _Resources:
 
         scheduler.hub.add_listener(on_state)
         scheduler.swap_listeners.append(on_stop)
+        config = rt.initial_config
+        reloader = Reloader(config.source_file, scheduler, rt.reload, config_dir=config.config_dir)
+        reloader.listeners.append(lambda new, report: _on_applied(rt, report))
         rt._scheduler = scheduler
+        rt._reloader = reloader
+        rt._store = ConfigStore(reloader)
         rt._memory = memory
         rt.metrics.bind(scheduler, memory, rt.peers)
         rt.background.spawn(memory.refresh())  # GGUF estimates: off the event loop, in a helper process
@@ -179,6 +189,16 @@ class _Resources:
                 task.cancel()
 
 
+def _on_applied(rt: Runtime, report: dict[str, list[str]]) -> None:
+    """A new config is in force (a reload or an edit): note when models were added, tell the UIs."""
+    now = time.time()
+    for model_id in report.get("added", ()):
+        rt.created[model_id] = now
+    for model_id in report.get("removed", ()):
+        rt.created.pop(model_id, None)
+    rt.events.publish({"type": "config", "report": report})
+
+
 async def _on_shutdown(app: web.Application) -> None:
     # Runs before aiohttp waits for open connections: log and event streams end now
     # instead of holding the shutdown for its whole timeout; no model starts any more.
@@ -202,6 +222,8 @@ def make_app(config: Config) -> web.Application:
     app.on_response_prepare.append(add_cors_headers)
     # Specific routes first: the /upstream/ passthrough and the inference catch-all come last.
     management.add_routes(app, rt.tags)
+    instances.add_routes(app, rt.tags)
+    configview.add_routes(app, rt.tags)
     controls.add_routes(app, rt.tags)
     streams.add_routes(app, rt.tags)
     upstream.add_routes(app, rt.tags)

@@ -42,8 +42,8 @@ __all__ = ["add_routes"]
 logger = logging.getLogger(__name__)
 
 _ACTIVE = (ProcessState.STARTING, ProcessState.READY)
-_UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css",
-             "swagger.html": "text/html"}
+_UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "editor.js": "text/javascript",
+             "style.css": "text/css", "swagger.html": "text/html"}
 
 
 @api(tag="health")

@@ -31,7 +31,7 @@ from .browser import browser_middleware, browser_refusal
 from .runtime import MODEL_KEY, START_KEY, Tier, route_label, route_tag, runtime
 from .spool import too_large
 
-__all__ = ["MIDDLEWARES", "use_expect_handler"]
+__all__ = ["LLAMACTL_PREFIX", "MIDDLEWARES", "use_expect_handler"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,34 +64,46 @@ def _key_ok(presented: str | None, keys: tuple[str, ...]) -> bool:
     return ok
 
 
+#: llamactl's routes: errors there are llamactl's body, ``{"error": "message"}`` (its API reference)
+LLAMACTL_PREFIX = "/api/v1/"
+
+
+def _error(request: web.Request, err: SwapProxyError) -> web.Response:
+    """``err`` in the body shape of the request's API: llamactl's below /api/v1/, else OpenAI's envelope."""
+    return error_response(err, plain=request.path.startswith(LLAMACTL_PREFIX))
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error swapproxy itself produces leaves as an OpenAI envelope, never a traceback."""
+    """Every error swapproxy itself produces leaves as an OpenAI envelope (llamactl's body on its
+    routes), never a traceback."""
     try:
         return await handler(request)
     except SwapProxyError as err:
-        return error_response(err)
+        return _error(request, err)
     except RequestPayloadError as exc:
-        return error_response(BadRequest(f"request body could not be read: {exc}"))
+        return _error(request, BadRequest(f"request body could not be read: {exc}"))
     except web.HTTPRequestEntityTooLarge:
-        return error_response(too_large(runtime(request).max_body))
+        return _error(request, too_large(runtime(request).max_body))
     except web.HTTPNotFound:
-        return error_response(NotFound(f"no route for {request.method} {request.path}"))
+        return _error(request, NotFound(f"no route for {request.method} {request.path}"))
     except web.HTTPMethodNotAllowed as exc:
-        resp = error_response(SwapProxyError(f"method {request.method} not allowed on {request.path}"))
+        resp = _error(request, SwapProxyError(f"method {request.method} not allowed on {request.path}"))
         resp.set_status(405)
         resp.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
         return resp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if request.path.startswith(LLAMACTL_PREFIX):
+            return web.json_response({"error": exc.reason}, status=exc.status)
         body = envelope(exc.reason, "invalid_request_error" if exc.status < 500 else "server_error", str(exc.status))
         return web.json_response(body, status=exc.status)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
         logger.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(SwapProxyError("internal error in swapproxy; see its log"))
+        return _error(request, SwapProxyError("internal error in swapproxy; see its log"))
 
 
 def _keys_for(request: web.Request) -> tuple[str, ...] | None:
@@ -117,7 +129,7 @@ def _auth_refusal(request: web.Request) -> web.Response | None:
     keys = _keys_for(request)
     if keys is None or request.path in _OPEN_PATHS or _key_ok(_presented_key(request), keys):
         return None
-    resp = error_response(Unauthorized("invalid or missing API key"))
+    resp = _error(request, Unauthorized("invalid or missing API key"))
     if request.path == "/" or request.path.startswith(_BROWSER_PATHS):
         # Pages a person opens: let the browser ask (any user name, the key as password);
         # it then sends the same credentials with the page's own fetch/EventSource calls.
@@ -173,14 +185,14 @@ async def _expect_handler(request: web.Request) -> web.StreamResponse | None:
         # What the middlewares would refuse is refused now, before the client sends its body.
         refused = browser_refusal(request)
         if refused is not None:
-            return error_response(refused)
+            return _error(request, refused)
         denied = _auth_refusal(request)
         if denied is not None:
             return denied
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the main response has not started yet
         return None
-    return error_response(ExpectationFailed("only 'Expect: 100-continue' is supported"))
+    return _error(request, ExpectationFailed("only 'Expect: 100-continue' is supported"))
 
 
 def use_expect_handler(app: web.Application) -> None:

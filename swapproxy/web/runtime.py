@@ -20,13 +20,14 @@ from aiohttp import web
 
 from ..background import Background
 from ..config import Config
+from ..configstore import ConfigStore
 from ..events import EventBus
 from ..inflight import InflightRequests
 from ..logs import LogBuffer
 from ..memory import MemoryModel
 from ..metrics import Metrics
 from ..peers import PeerMonitor
-from ..reload import ReloadState
+from ..reload import Reloader, ReloadState
 from ..scheduler import Scheduler
 from ..selectors import SelectorState
 
@@ -54,6 +55,7 @@ class Kind(enum.Enum):
     PROFILE = "profile"  # switches the active profile
     CANCEL = "cancel"  # cancels a request in flight
     SLOTS = "slots"  # llama-server slot actions (save, restore, erase)
+    CONFIG = "config"  # changes the config (and writes its file): models created, updated, deleted
     WEBSOCKET = "websocket"  # a WebSocket upgrade
 
     @property
@@ -106,13 +108,26 @@ class Runtime:
     selectors: SelectorState = field(default_factory=SelectorState)  # spillover turns and reservations
     peers: PeerMonitor = field(default_factory=PeerMonitor)  # each peer's health, probed in the background
     active_profile: str | None = None  # at most one; none at start (never persisted, as in llama-swap)
+    created: dict[str, float] = field(default_factory=dict)  # model id -> when added after start (llamactl's)
     _scheduler: Scheduler | None = None
+    _reloader: Reloader | None = None
+    _store: ConfigStore | None = None
     _session: aiohttp.ClientSession | None = None
     _memory: MemoryModel | None = None
 
     @property
     def scheduler(self) -> Scheduler:
         return _started(self._scheduler)
+
+    @property
+    def reloader(self) -> Reloader:
+        """Reloads the config from its files (SIGHUP, --watch-config); config edits apply through it."""
+        return _started(self._reloader)
+
+    @property
+    def store(self) -> ConfigStore:
+        """The config's files and the changes made to them through the API and the UI."""
+        return _started(self._store)
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -34,7 +34,7 @@ from .runtime import Kind, RouteTag, Tier, register, runtime
 from .spool import spool_body, too_large
 from .websocket import is_websocket_upgrade, relay_websocket, unleased_websocket
 
-__all__ = ["add_routes", "upstream_passthrough", "FORCE_QUERY", "force_param"]
+__all__ = ["add_routes", "passthrough", "upstream_passthrough", "FORCE_QUERY", "force_param"]
 
 FORCE_QUERY = [("force", "swapproxy: 1 = stop at once, cutting the requests in flight (default 0: wait for them)")]
 _TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
@@ -82,10 +82,10 @@ async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
     model_id, rest = _model_for_path(rt.config, raw[0][len("/upstream/") :], rt.profile)
     ignored = next((p for p in rt.config.upstream_ignore_paths if p.search("/" + unquote(rest))), None)
     refusal = f"path matches upstream.ignorePaths ({ignored.pattern})" if ignored is not None else None
-    return await _passthrough(request, model_id, rest, raw[1] if len(raw) > 1 else None, refusal)
+    return await passthrough(request, model_id, rest, raw[1] if len(raw) > 1 else None, refusal)
 
 
-async def _passthrough(request: web.Request, target: str | PeerRoute, rest: str, query: str | None,
+async def passthrough(request: web.Request, target: str | PeerRoute, rest: str, query: str | None,
                        refuse_start: str | None) -> web.StreamResponse:
     """Forward the request to ``/<rest>?<query>`` on the server of ``target`` (a model id, or a peer's
     model); with ``refuse_start`` (why), only while the model is ready (409 otherwise; a peer never
@@ -159,7 +159,7 @@ async def comfyui(request: web.Request) -> web.StreamResponse:
     raw = request.raw_path.split("?", 1)
     rest = raw[0][len("/comfyui/"):]
     refusal = None if rest == "" else "only /comfyui/ can start it"
-    return await _passthrough(request, COMFYUI_MODEL, rest, raw[1] if len(raw) > 1 else None, refusal)
+    return await passthrough(request, COMFYUI_MODEL, rest, raw[1] if len(raw) > 1 else None, refusal)
 
 
 @api(tag="inference")

@@ -112,10 +112,13 @@ def route(config: Config, requested: str | None, *, profile: str | None = None,
     if selector is not None:
         name = pick(selector) if pick is not None else selector.targets[0]
     chosen = selector.id if selector else None
-    peer = config.peer_route(name) if config.resolve(name) is None else None
-    if peer is not None:
+    model_id = config.resolve(name)
+    if model_id is None:  # no local name: a peer's model, or nothing at all
+        peer = config.peer_route(name)
+        if peer is None:
+            raise ModelNotFound(name)
         return Route(peer.fqn, name, name != requested, chosen, peer)
-    return Route(resolve_model(config, name), name, name != requested, chosen)
+    return Route(model_id, name, name != requested, chosen)
 
 
 def rewrite_body(obj: dict[str, Any], spec: ModelConfig, name: str | None = None,

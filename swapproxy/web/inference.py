@@ -110,7 +110,7 @@ async def _json(request: web.Request, found: Route, release: Release, obj: dict[
             shown = found.name or found.model_id
             return await stream_with_loading_state(request, spec, body, shown, release=release)
     except BaseException:
-        if release is not None and found.peer is None:  # peer_forward releases it itself
+        if release is not None:  # a second release (peer_forward's own) does nothing
             release()
         raise
     return await leased_forward(request, found.model_id, spec, body=body, path_qs=path_qs, release=release)

@@ -246,7 +246,8 @@ class RawSelector(Raw, title="selector"):
 
     strategy: Strategy = Field(description="pin: the first target; warm: the first ready (else starting, else "
                                "the first) target; spillover: fill targets in order")
-    targets: list[str] = Field(description="model ids or aliases, never other selectors")
+    targets: list[str] = Field(description="model ids, aliases or peers' models (peer/model), never other "
+                               "selectors")
     settings: RawSelectorSettings = RawSelectorSettings()
     name: str = ""
     description: str = ""
@@ -258,8 +259,8 @@ class RawProfile(Raw, title="profile"):
     """Pins switched on together (PUT /api/profiles/active): requested name -> target."""
 
     description: str = ""
-    pins: dict[str, str | None] = Field(description="name -> model id, alias or selector; empty or ~ "
-                                        "disables the name (404)")
+    pins: dict[str, str | None] = Field(description="name -> model id, alias, selector or peer's model; empty "
+                                        "or ~ disables the name (404)")
 
     @model_validator(mode="before")
     @classmethod

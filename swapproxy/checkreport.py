@@ -67,6 +67,10 @@ def describe(path: str, config: Config, gpus: GpuProvider | None = None, *, read
         sizes, source = memory.footprint(spec)
         why = f" ({memory.why_unknown(spec)}; counts as a whole device)" if sizes is None else f" ({source})"
         lines.append(f"  footprint {spec.id}: {_sizes(sizes)}{why}")
+    for spec in config.models.values():
+        if spec.slot_cache and memory.windowed_cache(spec):
+            lines.append(f"  notice {spec.id}: slotCache on a sliding-window model without --swa-full: its saved "
+                         "slots come back but llama-server cannot reuse them (add --swa-full)")
     resources = memory.resources()
     for spec in config.models.values():
         beside = [other for other in config.models if other != spec.id

@@ -19,7 +19,8 @@ __all__ = ["ConfigDiff", "definition", "diff_models"]
 
 def definition(spec: ModelConfig) -> tuple[object, ...]:
     """What makes a running process stale when it changes."""
-    return (spec.cmd, tuple(sorted(spec.env.items())), spec.proxy, spec.check_endpoint)
+    # slotCache adds --slot-save-path to the command: turning it on or off restarts the model
+    return (spec.cmd, tuple(sorted(spec.env.items())), spec.proxy, spec.check_endpoint, spec.slot_cache)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ __all__ = [
     "Forbidden",
     "CrossSiteRefused",
     "ConfigReadOnly",
+    "SlotFilesManaged",
     "NotFound",
     "ModelNotFound",
     "ModelDisabled",
@@ -142,6 +143,10 @@ class Forbidden(SwapProxyError, status=403, type="permission_error", code="forbi
 
 class CrossSiteRefused(Forbidden, code="cross_site_request"):
     """A browser sent a state-changing request from a page of another site (see web/browser.py)."""
+
+
+class SlotFilesManaged(Forbidden, code="slot_cache_managed"):
+    """A client asked to save or restore a slot of a model whose slot files swapproxy keeps."""
 
 
 class ConfigReadOnly(Forbidden, code="config_read_only"):

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["CONTENT_TYPE", "Counter", "Histogram", "gauge", "label_text", "fmt"]
+__all__ = ["CONTENT_TYPE", "Counter", "Histogram", "counter", "gauge", "label_text", "fmt"]
 
 #: The Prometheus text exposition format's content type.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -33,10 +33,11 @@ def _escape(value: str) -> str:
 
 
 def label_text(names: Sequence[str], values: Sequence[str]) -> str:
-    """``{a="x",b="y"}`` (empty when there are no labels), values escaped."""
+    """``{a="x",b="y"}`` (empty when there are no labels), values escaped, names sorted as
+    prometheus-client sorts them."""
     if not names:
         return ""
-    return "{" + ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values)) + "}"
+    return "{" + ",".join(f'{n}="{_escape(v)}"' for n, v in sorted(zip(names, values))) + "}"
 
 
 def _head(name: str, help_text: str, kind: str) -> str:
@@ -44,9 +45,18 @@ def _head(name: str, help_text: str, kind: str) -> str:
            f"# TYPE {name} {kind}\n"
 
 
+def _family(name: str, help_text: str, kind: str, samples: Iterable[tuple[str, float]]) -> str:
+    return _head(name, help_text, kind) + "".join(f"{name}{labels} {fmt(value)}\n" for labels, value in samples)
+
+
 def gauge(name: str, help_text: str, samples: Iterable[tuple[str, float]]) -> str:
     """A gauge family from (label text, value) pairs (see :func:`label_text`)."""
-    return _head(name, help_text, "gauge") + "".join(f"{name}{labels} {fmt(value)}\n" for labels, value in samples)
+    return _family(name, help_text, "gauge", samples)
+
+
+def counter(name: str, help_text: str, samples: Iterable[tuple[str, float]]) -> str:
+    """A counter family (``name_total``) from totals kept elsewhere: (label text, value) pairs."""
+    return _family(name + "_total", help_text, "counter", samples)
 
 
 class _Family:
@@ -62,11 +72,11 @@ class _Family:
     def labels(self, *values: str) -> _Child:
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = self._child(label_text(self.labelnames, values))
+            child = self._children[values] = self._child(values)
             self._text = None
         return child
 
-    def _child(self, labels: str) -> _Child:
+    def _child(self, values: tuple[str, ...]) -> _Child:
         raise NotImplementedError
 
     def render(self) -> str:
@@ -113,18 +123,20 @@ class Counter(_Family):
         super().__init__(name, help_text, labelnames, "counter")
         self._head = _head(name + "_total", help_text, "counter")
 
-    def _child(self, labels: str) -> _CounterChild:
-        return _CounterChild(self, labels)
+    def _child(self, values: tuple[str, ...]) -> _CounterChild:
+        return _CounterChild(self, label_text(self.labelnames, values))
 
     def labels(self, *values: str) -> _CounterChild:
         return super().labels(*values)  # type: ignore[return-value]
 
 
 class _HistogramChild(_Child):
-    __slots__ = ("counts", "sum")
+    __slots__ = ("buckets", "counts", "sum")
 
-    def __init__(self, family: Histogram, labels: str) -> None:
-        super().__init__(family, labels)
+    def __init__(self, family: Histogram, values: tuple[str, ...]) -> None:
+        super().__init__(family, label_text(family.labelnames, values))
+        names = (*family.labelnames, "le")
+        self.buckets = [label_text(names, (*values, le)) for le in family.le]  # each bucket's labels, le among them
         self.counts = [0] * (len(family.bounds) + 1)  # per bucket, the last one +Inf
         self.sum = 0.0
 
@@ -136,13 +148,11 @@ class _HistogramChild(_Child):
     def render(self) -> str:
         text = self.text
         if text is None:
-            family: Histogram = self.family  # type: ignore[assignment]
-            name, inner = family.name, self.labels[1:-1]
-            sep = "," if inner else ""
+            name = self.family.name
             lines, total = [], 0
-            for le, count in zip(family.le, self.counts):
+            for labels, count in zip(self.buckets, self.counts):
                 total += count
-                lines.append(f'{name}_bucket{{{inner}{sep}le="{le}"}} {fmt(total)}\n')
+                lines.append(f"{name}_bucket{labels} {fmt(total)}\n")
             lines.append(f"{name}_count{self.labels} {fmt(total)}\n{name}_sum{self.labels} {fmt(self.sum)}\n")
             text = self.text = "".join(lines)
         return text
@@ -156,8 +166,8 @@ class Histogram(_Family):
         self.bounds = tuple(float(b) for b in buckets)
         self.le = tuple(fmt(b) for b in self.bounds) + ("+Inf",)
 
-    def _child(self, labels: str) -> _HistogramChild:
-        return _HistogramChild(self, labels)
+    def _child(self, values: tuple[str, ...]) -> _HistogramChild:
+        return _HistogramChild(self, values)
 
     def labels(self, *values: str) -> _HistogramChild:
         return super().labels(*values)  # type: ignore[return-value]

@@ -1,4 +1,5 @@
-"""What swapproxy learns of each model by running it: how long it takes to start, how much memory it uses.
+"""What swapproxy learns of each model by running it: how long it takes to start and to stop, how much
+memory it uses.
 
 Kept per model *and command*: a model whose command (after macros) or
 environment changes starts from nothing again. The scheduler reads the
@@ -30,8 +31,22 @@ KEEP_STARTS = 20
 
 
 def command_key(spec: ModelConfig) -> str:
-    """A short digest of what makes a model's process what it is: its command and environment."""
-    text = json.dumps([spec.id, list(spec.cmd), sorted(spec.env.items())])
+    """A short digest of what makes a model's process what it is: its command and environment.
+
+    Its port is left out (an argument that is the port, or ends ``=port``, counts as ``${PORT}``):
+    a model that got another port because one was added before it in the config is still the
+    same model, with the same start time, memory and saved slots.
+    """
+    port = str(spec.port) if spec.port else None
+
+    def general(arg: str) -> str:
+        if port is None:
+            return arg
+        if arg == port:
+            return "${PORT}"
+        return arg[: -len(port)] + "${PORT}" if arg.endswith("=" + port) else arg
+
+    text = json.dumps([spec.id, [general(a) for a in spec.cmd], sorted(spec.env.items())])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -72,6 +87,20 @@ class Learned:
         """The median of the recent start times (None before the first start)."""
         starts = self.starts(spec)
         return statistics.median(starts) if starts else None
+
+    # -- stop times ---------------------------------------------------------------------------
+    def record_stop(self, spec: ModelConfig, seconds: float) -> None:
+        """One graceful stop of ``spec`` (saving its slots, then its exit) took ``seconds``."""
+        stops = self._entry(spec).setdefault("stops", [])
+        stops.append(round(seconds, 4))
+        del stops[:-KEEP_STARTS]
+        self._save()
+
+    def expected_stop(self, spec: ModelConfig) -> float | None:
+        """The median of the recent graceful stop times (None before the first)."""
+        entry = self._data.get(command_key(spec))
+        stops = entry.get("stops", []) if isinstance(entry, dict) else []
+        return statistics.median(stops) if stops else None
 
     # -- memory ---------------------------------------------------------------------------------
     def record_memory(self, spec: ModelConfig, used: Mapping[str, int]) -> None:

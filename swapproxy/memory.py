@@ -114,6 +114,14 @@ class MemoryModel:
             return None
         return footprint(facts, opts, gpu=self._has_gpu())
 
+    def windowed_cache(self, spec: ModelConfig) -> bool:
+        """Whether llama-server keeps only a sliding window of this model's cache (an SWA model
+        run without ``--swa-full``): a saved slot then comes back, but cannot be reused."""
+        opts = parse_options(spec.cmd)
+        facts = self._facts.get(self._file_key(opts))
+        return (isinstance(facts, dict) and not opts.swa_full and int(facts.get("n_swa") or 0) > 0
+                and any(facts.get("windowed") or ()))
+
     def why_unknown(self, spec: ModelConfig) -> str | None:
         """Why a model has no estimate (for ``swapproxy check`` and the UI), or None when it has one."""
         opts = parse_options(spec.cmd)

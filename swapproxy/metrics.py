@@ -32,17 +32,18 @@ from typing import Any
 import psutil
 
 from .config import Config
-from .exposition import CONTENT_TYPE, Counter, Histogram, gauge, label_text
+from .exposition import CONTENT_TYPE, Counter, Histogram, counter, gauge, label_text
 from .fleet import FleetView
 from .memory import MemoryModel
 from .peers import PeerMonitor
 from .processes import ProcessLike
 from .scheduler import Scheduler
+from .slotcache import SlotCache
 from .states import ProcessState
 from .status import ModelStatus, all_statuses
-from .tokens import TokenTap, usage_from_tail
+from .tokens import TokenTap, timings_from_tail, usage_from_tail
 
-__all__ = ["Metrics", "TokenTap", "usage_from_tail", "tree_rss", "CONTENT_TYPE", "RSS_TTL"]
+__all__ = ["Metrics", "TokenTap", "usage_from_tail", "timings_from_tail", "tree_rss", "CONTENT_TYPE", "RSS_TTL"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class Metrics:
         self.scheduler: Scheduler | None = None
         self.memory: MemoryModel | None = None
         self.peers: PeerMonitor | None = None
+        self.slot_cache: SlotCache | None = None
         self.requests = Counter("swapproxy_requests", "HTTP requests answered", ["model", "route", "status"])
         self.duration = Histogram("swapproxy_request_duration_seconds", "Request duration, to the last byte",
                                   ["model", "route"], _LATENCY_BUCKETS)
@@ -161,11 +163,12 @@ class Metrics:
         self.fleet = FleetView()
 
     def bind(self, scheduler: Scheduler | None, memory: MemoryModel | None = None,
-             peers: PeerMonitor | None = None) -> None:
-        """Read live levels from ``scheduler``, ``memory`` and ``peers`` (None once they are gone)."""
+             peers: PeerMonitor | None = None, slot_cache: SlotCache | None = None) -> None:
+        """Read live levels from ``scheduler``, ``memory``, ``peers`` and ``slot_cache`` (None once they are gone)."""
         self.scheduler = scheduler
         self.memory = memory
         self.peers = peers
+        self.slot_cache = slot_cache
 
     def model_label(self, model: str | None) -> str:
         """``model`` if it is a configured id, or a peer's model as ``peer/model`` (after reloads
@@ -237,6 +240,8 @@ class Metrics:
             parts.append(self._levels(scheduler, statuses))
             if self.memory is not None:
                 parts.append(self._memory(scheduler, self.memory))
+            if self.slot_cache is not None:
+                parts.append(self._slot_cache(self.slot_cache))
             parts.append(self.fleet.text(scheduler, statuses, self.memory, self.peers))
         return "".join(parts).encode()
 
@@ -270,3 +275,12 @@ class Metrics:
         return (gauge("swapproxy_model_memory_bytes", "Each model's memory footprint per device "
                       "(source: declared, learned, estimated)", footprints)
                 + gauge("swapproxy_device_memory_budget_bytes", "Memory models may use per device", budgets))
+
+    @staticmethod
+    def _slot_cache(cache: SlotCache) -> str:
+        actions = [(label_text(("model", "action", "result"), key), count) for key, count in sorted(cache.counts.items())]
+        sizes = [(label_text(("model",), (model,)), used) for model, used in cache.usage().items()]
+        return (counter("swapproxy_slot_cache", "Slot cache actions by result: save (ok, failed, timeout), restore "
+                        "(ok, failed, discarded: the command changed, dropped: over the budget), reuse (hit, miss: the "
+                        "first answer after a restore had cached tokens or not)", actions)
+                + gauge("swapproxy_slot_cache_bytes", "Bytes of saved slot files per model", sizes))

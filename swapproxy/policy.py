@@ -20,7 +20,8 @@ The rules decide what may run together — llama-swap's groups or its matrix:
 Memory only adds stops on top, never lets models co-run that the rules keep
 apart: when the target does not fit beside what the rules leave running, the
 cheapest of those go too — idle before busy, then the lowest evict cost, then
-the least recently used; persistent models last. A footprint that is not
+the quickest to stop (by whole seconds: a large slot cache to save makes a stop
+longer), then the least recently used; persistent models last. A footprint that is not
 known counts as the whole of every device that has a budget.
 """
 
@@ -45,6 +46,7 @@ class Occupant:
     busy: bool = False  # requests in flight on it
     last_used: float = 0.0  # when its last request ended (any clock: only the order counts)
     stopping: bool = False  # already on its way out
+    stop_cost: float = 0.0  # seconds a graceful stop takes (saving its slots, its exit), as learned
 
 
 @dataclass(frozen=True)
@@ -117,9 +119,11 @@ def plan(config: Config, target: str, occupants: Sequence[Occupant], resources: 
     def overfull(models: Sequence[Occupant]) -> bool:
         return any(use(models, d) + size > resources.budgets[d] for d, size in need.items())
 
-    # the cheapest to stop first: idle before busy, lower evict cost, least recently used; persistent last
+    # the cheapest to stop first: idle before busy, lower evict cost, quicker to stop (in whole
+    # seconds: only a stop seconds longer, such as a large slot cache to save, outweighs recency),
+    # least recently used; persistent last
     candidates = sorted(staying, key=lambda o: (config.group_of(o.id).persistent, o.busy,
-                                                _cost(config, o.id), o.last_used))
+                                                _cost(config, o.id), int(o.stop_cost), o.last_used))
     while candidates and overfull(staying):
         victim = candidates.pop(0)
         staying.remove(victim)

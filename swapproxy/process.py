@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol
 
 import aiohttp
@@ -71,6 +71,8 @@ class ManagedProcess:
         on_line: LineListener | None = None,
         secrets: Collection[str] = (),
         redactor: Redactor | None = None,
+        extra_argv: Callable[[ModelConfig], list[str]] | None = None,
+        after_ready: Callable[[ManagedProcess], Awaitable[None]] | None = None,
     ) -> None:
         self.spec = spec
         self.log = log if log is not None else LogBuffer(spec.id)
@@ -82,6 +84,11 @@ class ManagedProcess:
         self._secrets = frozenset(secrets)
         # what is shown (the spawning line, its output in the logs) with the config's secrets hidden
         self._redactor = redactor if redactor is not None else Redactor(self._secrets)
+        # what swapproxy adds to the command (--slot-save-path), and what runs once it answers
+        # /health but before it counts as ready (restoring saved slots): both for the slot cache
+        self._extra_argv = extra_argv
+        self._after_ready = after_ready
+        self.stage: str | None = None  # STARTING: where the start stands (spawned, restoring slots)
         self.state = ProcessState.STOPPED
         self.state_since = time.time()  # wall time of the last state change
         self.last_error: ModelStartFailed | None = None
@@ -153,12 +160,18 @@ class ManagedProcess:
             self.change_state(ProcessState.STARTING)
             self.last_error = None
             await self._spawn()
+            self.stage = "loading"
             await self._wait_ready()
+            if self._after_ready is not None:
+                self.stage = "restoring slots"
+                await self._after_ready(self)
+            self.stage = None
             loop = asyncio.get_running_loop()
             self.ready_at = loop.time()
             self.started_wall = time.time()
             self.change_state(ProcessState.READY, f"ready in {self.ready_at - (self.spawned_at or self.ready_at):.3f}s")
         except ModelStartFailed as err:
+            self.stage = None
             self.last_error = err
             await self._kill_now()
             self.change_state(ProcessState.FAILED, err.reason)
@@ -178,7 +191,7 @@ class ManagedProcess:
         # swapproxy's own API keys (e.g. the source of a ${env.KEY} in apiKeys).
         env = {k: v for k, v in os.environ.items() if v not in self._secrets}
         env.update(self.spec.env)
-        argv = list(self.spec.cmd)
+        argv = [*self.spec.cmd, *(self._extra_argv(self.spec) if self._extra_argv is not None else ())]
         logger.info("%s: spawning %s", self.name, self._redactor.argv(argv))
         try:
             proc = await asyncio.create_subprocess_exec(

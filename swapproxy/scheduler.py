@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from .background import Background
 from .config import Config
@@ -96,6 +96,8 @@ class Scheduler(Stops, Replacements):
         self.preloaded = asyncio.Event()  # set once hooks.on_startup.preload has run
         self.last_swap: StopEvent | None = None
         self.swap_listeners: list[Callable[[StopEvent], None]] = []
+        self.before_stop: Callable[[ProcessLike], Awaitable[None]] | None = None  # e.g. the slot cache's save
+        self._saving: dict[ProcessLike, asyncio.Future[None]] = {}
 
     # -- queries ----------------------------------------------------------------------------
     def is_current(self, proc: ProcessLike) -> bool:
@@ -117,7 +119,8 @@ class Scheduler(Stops, Replacements):
     def _plan(self, model_id: str) -> Plan:
         occupants = [
             Occupant(mid, busy=slot.inflight > 0, last_used=slot.last_used,
-                     stopping=slot.process.state is ProcessState.STOPPING)
+                     stopping=slot.process.state is ProcessState.STOPPING,
+                     stop_cost=self.learned.expected_stop(slot.process.spec) or 0.0)
             for mid, slot in self.slots.items() if mid != model_id and (slot.active or mid in self._swaps)
         ]
         return plan(self.config, model_id, occupants, self._resources())
@@ -361,7 +364,7 @@ class Scheduler(Stops, Replacements):
         names = tuple(v.process.name for v in swap.victims)
         if names:
             logger.info("swap to %s: stopping %s", model_id, ", ".join(names))
-        stops = [v.process.stop(f"swap to {model_id}") for v in swap.victims]
+        stops = [self._stop_gracefully(v, f"swap to {model_id}") for v in swap.victims]
         if replacing:
             stops.append(swap.slot.process.stop(f"config of {model_id} changed"))
         done = await asyncio.gather(*stops)

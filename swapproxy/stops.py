@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from .background import Background
 from .errors import ModelNotFound
+from .learned import Learned
+from .processes import ProcessLike
 from .slots import ModelSlot, StopCause, StopEvent
 from .states import ProcessState
 
@@ -28,12 +30,33 @@ class Stops:
 
     slots: dict[str, ModelSlot]
     background: Background
+    learned: Learned
+    #: Runs before a graceful stop of a ready model (the slot cache's save); bounded by itself.
+    before_stop: Callable[[ProcessLike], Awaitable[None]] | None
+    _saving: dict[ProcessLike, asyncio.Future[None]]
     swap_listeners: list[Callable[[StopEvent], None]]
     last_swap: StopEvent | None
     _closing: bool
 
     def _pump(self) -> None:  # the scheduler's: decide what may start now
         raise NotImplementedError
+
+    async def _stop_gracefully(self, slot: ModelSlot, reason: str) -> None:
+        """Stop a drained model: its slots saved first (``before_stop``, bounded), its stop time learned.
+
+        Two stops of one process at once (a swap and an unload) share the one save.
+        """
+        proc = slot.process
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        if self.before_stop is not None and proc.state is ProcessState.READY:
+            saving = self._saving.get(proc)
+            if saving is None:
+                saving = self._saving[proc] = asyncio.ensure_future(self.before_stop(proc))
+                saving.add_done_callback(lambda _: self._saving.pop(proc, None))
+            await asyncio.shield(saving)
+        await proc.stop(reason)
+        self.learned.record_stop(proc.spec, loop.time() - began)
 
     def slot(self, model_id: str) -> ModelSlot:
         try:
@@ -71,7 +94,8 @@ class Stops:
             for slot in victims if drain else ():
                 await slot.idle.wait()
             logger.info("%s: stopping %s", reason, ", ".join(s.process.name for s in victims))
-            await asyncio.gather(*(slot.process.stop(reason) for slot in victims))
+            await asyncio.gather(*(self._stop_gracefully(slot, reason) if drain else slot.process.stop(reason)
+                                   for slot in victims))
         finally:
             self._unmark(victims)
         self._announce(StopEvent(cause, reason, tuple(s.process.name for s in victims)))

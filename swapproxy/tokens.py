@@ -1,5 +1,8 @@
 """Token counts from the end of a response: the ``usage`` or ``timings`` upstreams put there.
 
+(:func:`timings_from_tail` hands over llama-server's whole ``timings``, whose ``cache_n``
+tells the slot cache whether a restored slot was reused.)
+
 :class:`TokenTap` keeps only the last few KiB of the bytes relayed (amortised O(1) per chunk,
 no parsing on the hot path); :func:`usage_from_tail` parses that tail once, after the last
 byte went to the client (:mod:`swapproxy.metrics` counts what it finds).
@@ -13,7 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["TokenTap", "usage_from_tail"]
+__all__ = ["TokenTap", "usage_from_tail", "timings_from_tail"]
 
 
 class TokenTap:
@@ -162,3 +165,14 @@ def usage_from_tail(tail: bytes | bytearray, *, sse: bool, complete: bool) -> tu
         return usage
     _, timings = _counts(_find_object(text, "timings"))
     return timings
+
+
+def timings_from_tail(tail: bytes | bytearray, *, sse: bool) -> dict[str, Any] | None:
+    """llama-server's ``timings`` object at the end of a response (None if it has none)."""
+    if sse:
+        for obj in _sse_objects(tail):
+            if isinstance(obj, dict) and isinstance(obj.get("timings"), dict):
+                return obj["timings"]
+        return None
+    found = _find_object(bytes(tail).decode("utf-8", errors="replace"), "timings")
+    return found["timings"] if found is not None and isinstance(found["timings"], dict) else None

@@ -46,6 +46,12 @@ llama-server-like: ``GET /health`` (and ``/v1/health``), ``/props``, ``/slots``,
 ``[/v1]/chat/completions/input_tokens``, ``[/v1]/responses/input_tokens`` and
 ``/v1/messages/count_tokens`` (``{"input_tokens": N}``), ``/tokenize``, ``/detokenize``,
 ``/apply-template``, ``/props``, ``/lora-adapters``, ``/slots/{id}?action=save|restore|erase``.
+With ``--slot-save-path DIR`` the slot actions work as llama-server's: slot 0 keeps the last
+completion's prompt words and answer, the next completion's ``timings.cache_n`` counts the
+prompt's prefix it held, ``save`` writes it to ``DIR/<filename>``, ``restore`` reads it back,
+``erase`` empties it (``--slot-save-fail``, ``--slot-save-hang``, ``--slot-restore-fail`` and
+``--slot-restore-delay S`` and ``--slot-file-bytes N`` for the failure, stage and disk
+budget paths); without it they only echo.
 Backends llama-swap routes to, as llama-swap forwards them: ``GET /v1/audio/voices``,
 ``POST /v1/audio/voices``, ``POST /sdapi/v1/txt2img``, ``/sdapi/v1/img2img``,
 ``GET /sdapi/v1/loras``, ``POST /v1/tasks/run`` (``/audioapi/v1/tasks/run`` upstream of llama-swap).
@@ -158,6 +164,12 @@ class Config:
     big_line_count: int = 1
     aliases: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    slot_save_path: str | None = None
+    slot_save_fail: bool = False
+    slot_save_hang: bool = False
+    slot_restore_fail: bool = False
+    slot_file_bytes: int = 0
+    slot_restore_delay: float = 0.0
 
 
 #: What --version and --list-devices print (llama-server's shapes: it prints them on stderr).
@@ -209,6 +221,14 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--tags", default="", help="comma-separated tags listed in /models (as llama-server's)")
     p.add_argument("--big-line-count", type=int, default=1, metavar="K",
                    help="print K such lines (each ends with its number)")
+    p.add_argument("--slot-save-path", default=None, help="as llama-server's: where slot save/restore files go")
+    p.add_argument("--slot-save-fail", action="store_true", help="a slot save answers 500")
+    p.add_argument("--slot-save-hang", action="store_true", help="a slot save never answers")
+    p.add_argument("--slot-restore-fail", action="store_true", help="a slot restore answers 500")
+    p.add_argument("--slot-restore-delay", type=float, default=0.0, metavar="S",
+                   help="a slot restore waits S seconds, or until a POST /debug/release credit")
+    p.add_argument("--slot-file-bytes", type=int, default=0, metavar="N",
+                   help="pad each saved slot file with N bytes (for disk budget tests)")
     a = p.parse_args(argv)
     if a.port < 0 or a.port > 65535:
         p.error("--port must be in 0..65535")
@@ -235,6 +255,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
         aliases=tuple(x.strip() for x in a.alias.split(",") if x.strip()),
         tags=tuple(x.strip() for x in a.tags.split(",") if x.strip()),
         big_line_count=max(1, a.big_line_count),
+        slot_save_path=a.slot_save_path,
+        slot_save_fail=a.slot_save_fail,
+        slot_save_hang=a.slot_save_hang,
+        slot_restore_fail=a.slot_restore_fail,
+        slot_file_bytes=max(0, a.slot_file_bytes),
+        slot_restore_delay=max(0.0, a.slot_restore_delay),
     )
 
 
@@ -314,6 +340,10 @@ class Plan:
     n_tokens: int
     finish_reason: str  # "stop" or "length"
     prompt_tokens: int
+    cache_n: int = 0  # of the prompt's tokens, how many the slot's cache already held
+
+    def timings(self, predicted_ms: float) -> JSONDict:
+        return timings(self.prompt_tokens - self.cache_n, self.n_tokens, predicted_ms, self.cache_n)
 
     @property
     def text(self) -> str:
@@ -327,11 +357,12 @@ class Plan:
         }
 
 
-def timings(prompt_n: int, predicted_n: int, predicted_ms: float) -> JSONDict:
+def timings(prompt_n: int, predicted_n: int, predicted_ms: float, cache_n: int = 0) -> JSONDict:
     """A llama-server-style ``timings`` object (prompt time is made up)."""
     prompt_ms = 0.5 * prompt_n
     predicted_ms = max(predicted_ms, 0.001)
     return {
+        "cache_n": cache_n,
         "prompt_n": prompt_n,
         "prompt_ms": prompt_ms,
         "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
@@ -408,6 +439,20 @@ class FakeLlamaServer:
         self.gate = Gate()
         self.ready_at = math.inf  # monotonic time at which loading ends
         self.started = int(time.time())
+        self.cache_words: list[str] = []  # slot 0's cache: the last prompt's words and the tokens made
+
+    def reuse(self, plan: Plan, prompt: str) -> Plan:
+        """As llama-server's slot does: the prompt's prefix the cache holds is not processed again
+        (at least one token always is); the cache then holds this prompt and its answer."""
+        words = prompt.split()
+        common = 0
+        for cached, word in zip(self.cache_words, words):
+            if cached != word:
+                break
+            common += 1
+        plan.cache_n = max(0, min(common, plan.prompt_tokens - 1))
+        self.cache_words = words + [token_text(i).strip() for i in range(plan.n_tokens)]
+        return plan
 
     # -- app -------------------------------------------------------------- #
 
@@ -455,7 +500,8 @@ class FakeLlamaServer:
             "/apply-template": self.extra("apply_template"),
             "/props": self.extra("set_props"),
             "/lora-adapters": self.extra("lora_adapters"),
-            "/slots/{id_slot}": self.extra("slot_action"),
+            "/slots/{id_slot}": (self.slot_action if self.cfg.slot_save_path is not None
+                                 else self.extra("slot_action")),
             "/v1/audio/voices": self.extra("voices"),
             "/sdapi/v1/txt2img": self.extra("image"),
             "/sdapi/v1/img2img": self.extra("image"),
@@ -688,7 +734,7 @@ class FakeLlamaServer:
         messages = body.get("messages")
         if not isinstance(messages, list):
             raise BadRequest("'messages' is required and must be a list")
-        plan = self.plan(body, message_text(messages))
+        plan = self.reuse(self.plan(body, message_text(messages)), message_text(messages))
         tool_name = self.first_tool_name(body)
         cid, created = new_id("chatcmpl"), int(time.time())
 
@@ -719,7 +765,7 @@ class FakeLlamaServer:
                             delta = {"role": "assistant", **delta}
                         yield True, sse(chunk(delta, None))
                 elapsed = 1000 * (time.monotonic() - started)
-                yield False, sse(chunk({}, finish, timings=timings(plan.prompt_tokens, plan.n_tokens, elapsed)))
+                yield False, sse(chunk({}, finish, timings=plan.timings(elapsed)))
                 if self.include_usage(body):
                     usage_chunk = chunk({}, None, usage=plan.usage())
                     usage_chunk["choices"] = []
@@ -745,7 +791,7 @@ class FakeLlamaServer:
             "system_fingerprint": "fake",
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": plan.usage(),
-            "timings": timings(plan.prompt_tokens, plan.n_tokens, 1000 * (time.monotonic() - started)),
+            "timings": plan.timings(1000 * (time.monotonic() - started)),
         })
 
     @staticmethod
@@ -775,7 +821,7 @@ class FakeLlamaServer:
         body = await self.json_body(request)
         if "prompt" not in body:
             raise BadRequest("'prompt' is required")
-        plan = self.plan(body, prompt_text(body["prompt"]))
+        plan = self.reuse(self.plan(body, prompt_text(body["prompt"])), prompt_text(body["prompt"]))
         cid, created = new_id("cmpl"), int(time.time())
 
         def completion(text: str, finish: str | None, **extra: Any) -> JSONDict:
@@ -797,7 +843,7 @@ class FakeLlamaServer:
                     yield True, sse(completion(token_text(i), None))
                 elapsed = 1000 * (time.monotonic() - started)
                 yield False, sse(completion("", plan.finish_reason,
-                                            timings=timings(plan.prompt_tokens, plan.n_tokens, elapsed)))
+                                            timings=plan.timings(elapsed)))
                 if self.include_usage(body):
                     usage_chunk = completion("", None, usage=plan.usage())
                     usage_chunk["choices"] = []
@@ -811,7 +857,7 @@ class FakeLlamaServer:
         elapsed = 1000 * (time.monotonic() - started)
         return web.json_response(completion(
             plan.text, plan.finish_reason,
-            usage=plan.usage(), timings=timings(plan.prompt_tokens, plan.n_tokens, elapsed),
+            usage=plan.usage(), timings=plan.timings(elapsed),
         ))
 
     # -- native /completion ----------------------------------------------- #
@@ -819,7 +865,7 @@ class FakeLlamaServer:
     async def native_completion(self, request: web.Request) -> web.StreamResponse:
         body = await self.json_body(request)
         prompt = prompt_text(body.get("prompt", ""))
-        plan = self.plan(body, prompt)
+        plan = self.reuse(self.plan(body, prompt), prompt)
         stop_type = "limit" if plan.finish_reason == "length" else "eos"
 
         def final(content: str, elapsed_ms: float) -> JSONDict:
@@ -839,7 +885,7 @@ class FakeLlamaServer:
                 "stop_type": stop_type,
                 "stopping_word": "",
                 "tokens_cached": 0,
-                "timings": timings(plan.prompt_tokens, plan.n_tokens, elapsed_ms),
+                "timings": plan.timings(elapsed_ms),
             }
 
         if body.get("stream") is True:
@@ -975,6 +1021,49 @@ class FakeLlamaServer:
             return web.json_response({**answer, "served_path": request.raw_path, "served_by": self.cfg.model_name})
 
         return handler
+
+    async def slot_action(self, request: web.Request) -> web.Response:
+        """With --slot-save-path, as llama-server: save, restore or erase slot 0's cache (a file)."""
+        body = await self.json_body(request) if request.can_read_body else {}
+        action = request.query.get("action")
+        if request.match_info["id_slot"] != "0":
+            raise BadRequest("Invalid slot ID")
+        if action == "erase":
+            n_erased, self.cache_words = len(self.cache_words), []
+            return web.json_response({"id_slot": 0, "n_erased": n_erased})
+        if action not in ("save", "restore"):
+            raise BadRequest("Invalid action")
+        filename = body.get("filename")
+        if not isinstance(filename, str) or not filename or "/" in filename or filename.startswith("."):
+            raise BadRequest("Invalid filename")
+        path = os.path.join(str(self.cfg.slot_save_path), filename)
+        log(f"slot {action}: {filename}")
+        if action == "save":
+            if self.cfg.slot_save_hang:
+                await asyncio.Event().wait()  # forever (until the client leaves)
+            if self.cfg.slot_save_fail:
+                return error_response(500, "failed to save slot (--slot-save-fail)", "server_error")
+            data = json.dumps({"model": self.cfg.model_name, "words": self.cache_words}).encode()
+            data += b"\n" + b"\0" * self.cfg.slot_file_bytes
+            with open(path, "wb") as f:
+                f.write(data)
+            return web.json_response({"id_slot": 0, "filename": filename, "n_saved": len(self.cache_words),
+                                      "n_written": len(data), "timings": {"save_ms": 0.1}})
+        if self.cfg.slot_restore_delay > 0:
+            try:
+                await asyncio.wait_for(self.gate.wait(), self.cfg.slot_restore_delay)
+            except asyncio.TimeoutError:
+                pass
+        if self.cfg.slot_restore_fail:
+            return error_response(500, "failed to restore slot (--slot-restore-fail)", "server_error")
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            raise BadRequest("failed to restore slot state from file") from None
+        self.cache_words = list(json.loads(data.split(b"\n", 1)[0])["words"])
+        return web.json_response({"id_slot": 0, "filename": filename, "n_restored": len(self.cache_words),
+                                  "n_read": len(data), "timings": {"restore_ms": 0.1}})
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(protocols=("echo.v1", "echo.v2"))

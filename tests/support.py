@@ -327,6 +327,30 @@ async def release_all(proxy: Proxy, model: str, resp: aiohttp.ClientResponse) ->
     return rest
 
 
+# -- GGUF files ----------------------------------------------------------------------------------------
+def write_gguf(path: Path, arch: str = "llama", layers: int = 2, sliding_window: int = 0) -> Path:
+    """A tiny but real GGUF file (llama.cpp's own writer): 64-wide, 4 heads (2 for K/V), 100 tokens."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(layers)
+    writer.add_embedding_length(64)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_context_length(2048)
+    if sliding_window:
+        writer.add_sliding_window(sliding_window)
+    writer.add_token_list([f"t{i}".encode() for i in range(100)])
+    writer.add_tensor("w", np.zeros((64, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 # -- the fake llama-server on its own --------------------------------------------------------------
 #: Upper bound for anything a FakeServer test waits on; they normally take milliseconds.
 FAKE_TIMEOUT = 5.0

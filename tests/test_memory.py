@@ -8,11 +8,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fake_process import FakeHub, spec
-from support import fake, make_config, wait_until
+from support import fake, make_config, wait_until, write_gguf
 from swapproxy.config import Config, GroupConfig
 from swapproxy.estimate import footprint, parse_options
 from swapproxy.learned import Learned
@@ -82,6 +81,11 @@ def test_memory_adds_only_the_stops_needed_cheapest_first() -> None:
     # an idle model goes before a busy one, whatever their age
     got = plan(cfg, "d", [Occupant("a", last_used=2.0), Occupant("b", busy=True, last_used=1.0)], resources)
     assert got.evict == ("a",)
+    # a stop seconds longer (a slot cache to save) outweighs recency; a fraction of a second does not
+    got = plan(cfg, "d", [Occupant("a", last_used=2.0), Occupant("b", last_used=1.0, stop_cost=4.0)], resources)
+    assert got.evict == ("a",)
+    got = plan(cfg, "d", [Occupant("a", last_used=2.0), Occupant("b", last_used=1.0, stop_cost=0.4)], resources)
+    assert got.evict == ("b",)
 
 
 def test_memory_never_lets_models_run_together_that_the_rules_keep_apart() -> None:
@@ -173,23 +177,7 @@ def test_what_a_model_really_used_is_learned_and_kept(tmp_path: Path) -> None:
 
 
 def test_a_real_gguf_file_is_read_in_a_helper_process(tmp_path: Path) -> None:
-    gguf = pytest.importorskip("gguf")
-    import numpy as np
-
-    path = tmp_path / "tiny.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(2)
-    writer.add_embedding_length(64)
-    writer.add_feed_forward_length(128)
-    writer.add_head_count(4)
-    writer.add_head_count_kv(2)
-    writer.add_context_length(2048)
-    writer.add_token_list([f"t{i}".encode() for i in range(100)])
-    writer.add_tensor("w", np.zeros((64, 64), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = write_gguf(tmp_path / "tiny.gguf")
     config = make_config({"tiny": {"cmd": f"llama-server -m {path} -c 1024 -np 1 --port ${{PORT}}"}},
                          stateDir=str(tmp_path), memory={"devices": {"host": "1GiB"}})
     memory = MemoryModel(lambda: config, Learned(tmp_path))

@@ -92,7 +92,9 @@ async def test_counters_move_with_requests_swaps_and_tokens(proxy_factory) -> No
     # tokens: prompt "one two three" = 3 words in the fake; completions 4 (a) and 6 (b)
     assert v(after, "swapproxy_tokens_total", model="a", kind="prompt") == 3
     assert v(after, "swapproxy_tokens_total", model="a", kind="completion") == 4
-    assert v(after, "swapproxy_tokens_total", model="b", kind="prompt") == 3 + 3 + 2 + 4
+    # b's second stream counts from llama.cpp's timings, which leave out the prompt tokens its
+    # slot's cache already held (the same "one two three": 2 of 3; one is always processed)
+    assert v(after, "swapproxy_tokens_total", model="b", kind="prompt") == 3 + 1 + 2 + 4
     assert v(after, "swapproxy_tokens_total", model="b", kind="completion") == 6 + 6 + 6
 
 

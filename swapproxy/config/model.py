@@ -162,6 +162,8 @@ class ModelConfig:
     group: str = DEFAULT_GROUP
     upstream_api_key: str | None = None  # swapproxy: sent upstream as Bearer / x-api-key
     memory: Mapping[str, int] | None = None  # swapproxy: declared footprint per device, bytes
+    slot_cache: bool = False  # swapproxy: save slots before a graceful stop, restore after the next start
+    slot_save_timeout: float = 10.0  # seconds those saves may take
     tags: tuple[str, ...] = ()  # listed in /models, as llama-server's --tags
     ignore_websockets: bool = False  # compat.ignoreWebsockets: a WebSocket never starts it, nor counts
 
@@ -250,6 +252,7 @@ class Config:
     matrix: Matrix | None = field(default=None, compare=False)  # compiled, when router is "matrix"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    slot_cache_budget: int = 8 << 30  # bytes of saved slot files, all models together
     cors_origins: tuple[str, ...] = ("localhost",)  # swapproxy: "localhost", "*" or exact origins (browser.py)
     instances: InstancesConfig = field(default_factory=InstancesConfig)
     allowed_hosts: tuple[str, ...] = ()  # swapproxy: Host names accepted besides the built-in ones (browser.py)

@@ -23,7 +23,7 @@ from .problems import _Report
 from .resolve_browser import _allowed_hosts, _cors_origins
 from .resolve_groups import _resolve_groups
 from .resolve_instances import _resolve_instances
-from .resolve_memory import _resolve_memory
+from .resolve_memory import _resolve_memory, _resolve_slot_cache
 from .resolve_models import _resolve_model
 from .resolve_peers import _resolve_peers
 from .resolve_routing import _resolve_router, _resolve_scheduler
@@ -104,6 +104,7 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
             preload.append(target)
     scheduler = _resolve_scheduler(report, raw, {**{m: m for m in ids}, **owner})
     memory = _resolve_memory(report, raw)
+    slot_budget = _resolve_slot_cache(report, raw, raw_models)
     default_model = find(raw.defaultModel) if raw.defaultModel is not None else None
     if raw.defaultModel is not None and default_model is None:
         report.problem(("defaultModel",), f"'{raw.defaultModel}' is not a model id or alias")
@@ -128,7 +129,7 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
         upstream_ignore_paths=ignore_paths,
         breaker_failures=raw.circuitBreaker.failures, breaker_window=raw.circuitBreaker.window,
         state_dir=_state_dir(environ, raw.stateDir), router=router, matrix=matrix, scheduler=scheduler,
-        memory=memory, cors_origins=cors_origins, allowed_hosts=allowed_hosts, instances=instances,
+        memory=memory, slot_cache_budget=slot_budget, cors_origins=cors_origins, allowed_hosts=allowed_hosts, instances=instances,
         notices=tuple(str(n) for n in notices))
 
 

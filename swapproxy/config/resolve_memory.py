@@ -1,4 +1,5 @@
-"""Resolution of ``memory`` (budgets per device) and of each model's declared ``memory`` footprint.
+"""Resolution of ``memory`` (budgets per device), each model's declared ``memory`` footprint, and the
+disk budget of ``slotCache`` (sizes all).
 
 Devices are ``gpu0``, ``gpu1``, ... and ``host`` (system RAM). A model's
 footprint written as one size is on its *main* device — decided at run time
@@ -14,9 +15,9 @@ from collections.abc import Mapping
 from ..sizes import parse_size
 from .model import MemoryConfig, _FrozenDict
 from .problems import _KeyPath, _Report
-from .schema import RawConfig, Size
+from .schema import RawConfig, RawModel, Size
 
-__all__ = ["_resolve_memory", "_resolve_footprint", "MAIN_DEVICE", "DEVICE_NAME"]
+__all__ = ["_resolve_memory", "_resolve_footprint", "_resolve_slot_cache", "MAIN_DEVICE", "DEVICE_NAME"]
 
 #: The key of a footprint written as one size: the model's main device, known at run time.
 MAIN_DEVICE = "main"
@@ -58,3 +59,13 @@ def _resolve_footprint(report: _Report, value: Size | Mapping[str, Size] | None,
         return _FrozenDict(_per_device(report, value, base))
     size = _size(report, value, base)
     return None if size is None else _FrozenDict({MAIN_DEVICE: size})
+
+
+def _resolve_slot_cache(report: _Report, raw: RawConfig, models: Mapping[str, RawModel]) -> int:
+    """The disk budget of saved slots; a model that asks for ``slotCache`` needs a ``stateDir`` to keep them."""
+    if raw.stateDir == "":
+        for mid, model in models.items():
+            if model.slotCache:
+                report.problem(("models", mid, "slotCache"), "slotCache keeps its files in stateDir, which is "
+                                                             "turned off (stateDir: '')")
+    return _size(report, raw.slotCache.budget, ("slotCache", "budget")) or 0

@@ -127,6 +127,9 @@ def _resolve_model(report: _Report, raw: RawConfig, mid: str, m: RawModel,
         port=scope.port, group=group,
         upstream_api_key=scope.text(m.apiKey, (*base, "apiKey")) or None,
         memory=_resolve_footprint(report, m.memory, (*base, "memory")),
+        slot_cache=bool(m.slotCache),
+        slot_save_timeout=(m.slotCache.saveTimeout if not isinstance(m.slotCache, bool) and m.slotCache.saveTimeout
+                           else raw.slotCache.saveTimeout),
         tags=_tags(scope, m.tags, (*base, "tags")),
         ignore_websockets=m.compat.ignoreWebsockets or comfyui)
     return model, next_port, alias_paths

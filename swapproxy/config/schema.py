@@ -18,10 +18,9 @@ from .model import LogLevel, LogToStdout, Strategy
 
 __all__ = ["LogLevel", "LogToStdout", "Modality", "Raw", "RawAlias", "RawBreaker", "RawCapabilities", "RawCompat",
            "RawConfig", "RawFifo", "RawFilters", "RawGroup", "RawHooks", "RawInstances", "RawMatrix", "RawMemory",
-           "RawModel", "RawOnStartup", "RawPeer", "RawPeerTimeouts", "RawProfile", "RawRouter", "RawRouterSettings",
-           "RawRouting", "RawScheduler",
-           "RawSchedulerSettings", "RawSelector", "RawSelectorSettings", "RawTimeouts", "RawUpstream", "Size",
-           "json_schema"]
+           "RawModel", "RawModelSlotCache", "RawOnStartup", "RawPeer", "RawPeerTimeouts", "RawProfile", "RawRouter",
+           "RawRouterSettings", "RawRouting", "RawScheduler", "RawSchedulerSettings", "RawSelector",
+           "RawSelectorSettings", "RawSlotCache", "RawTimeouts", "RawUpstream", "Size", "json_schema"]
 
 Modality = Literal["text", "audio", "image", "video"]
 
@@ -177,6 +176,19 @@ class RawAlias(Raw, title="alias"):
     unlisted: bool | None = None
 
 
+class RawModelSlotCache(Raw, title="model slotCache"):
+    saveTimeout: float | None = Field(default=None, gt=0, description="seconds the saves before a stop may "
+                                      "take (default: slotCache.saveTimeout)")
+
+
+class RawSlotCache(Raw, title="slotCache"):
+    """swapproxy: where saved slots go, and how much disk they may take."""
+
+    budget: Size = Field(default="8GiB", description="disk the saved slot files of all models may take; "
+                         "the oldest go first")
+    saveTimeout: float = Field(default=10.0, gt=0, description="seconds the saves before a stop may take")
+
+
 class RawModel(Raw, title="model"):
     """One model: the command that serves it and how to reach it."""
 
@@ -203,6 +215,9 @@ class RawModel(Raw, title="model"):
     memory: Size | dict[str, Size] | None = Field(default=None, description="swapproxy: the model's memory "
                                                   "footprint: a size (on its device) or a size per device")
     compat: RawCompat = RawCompat()
+    slotCache: bool | RawModelSlotCache = Field(default=False, description="swapproxy: save llama-server's "
+                                                "slots (KV caches) before a graceful stop, restore them after "
+                                                "the next start of the same command")
     tags: list[str] | str = Field(default_factory=list, description="listed in /models (as llama-server's "
                                   "--tags); a list, or one comma-separated string")
 
@@ -290,6 +305,7 @@ class RawConfig(Raw, title="swapproxy config (llama-swap config.yaml format)"):
     matrix: dict[str, Any] | None = Field(default=None, description="older spelling of "
                                           "routing.router.settings.matrix (with routing.router.use: matrix)")
     memory: RawMemory = RawMemory()
+    slotCache: RawSlotCache = RawSlotCache()
     upstream: RawUpstream = RawUpstream()
     profiles: dict[str, RawProfile] = Field(default_factory=dict)
     selectors: dict[str, RawSelector] = Field(default_factory=dict)

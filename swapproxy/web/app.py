@@ -129,7 +129,8 @@ class _Resources:
             # the keys of the config in force when it is made: they stay out of its environment
             config = rt.config
             return ManagedProcess(spec, trackers=self.trackers, session=rt.session, on_line=on_line,
-                                  secrets=config.all_keys, redactor=Redactor.for_config(config))
+                                  secrets=config.all_keys, redactor=Redactor.for_config(config),
+                                  extra_argv=rt.slot_cache.argv, after_ready=rt.slot_cache.restore)
 
         learned = Learned(rt.initial_config.state_dir)
         memory = MemoryModel(lambda: rt.config, learned, gpu_provider())
@@ -148,14 +149,17 @@ class _Resources:
 
         scheduler.hub.add_listener(on_state)
         scheduler.swap_listeners.append(on_stop)
+        scheduler.before_stop = rt.slot_cache.save  # a model with slotCache saves its slots first
+        rt.slot_cache.forget_removed()
         config = rt.initial_config
         reloader = Reloader(config.source_file, scheduler, rt.reload, config_dir=config.config_dir)
         reloader.listeners.append(lambda new, report: _on_applied(rt, report))
+        reloader.listeners.append(lambda new, report: rt.slot_cache.forget_removed())
         rt._scheduler = scheduler
         rt._reloader = reloader
         rt._store = ConfigStore(reloader)
         rt._memory = memory
-        rt.metrics.bind(scheduler, memory, rt.peers)
+        rt.metrics.bind(scheduler, memory, rt.peers, rt.slot_cache)
         rt.background.spawn(memory.refresh())  # GGUF estimates: off the event loop, in a helper process
         rt.background.spawn(memory.watch(lambda: [
             (slot.process.spec, slot.process.pid) for slot in scheduler.slots.values()

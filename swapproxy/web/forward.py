@@ -21,7 +21,7 @@ from aiohttp import web
 from ..config import ModelConfig
 from ..errors import Conflict, RequestCancelled
 from ..inflight import InflightRequest
-from ..tokens import TokenTap
+from ..tokens import TokenTap, timings_from_tail
 from ..scheduler import Lease, Scheduler
 from ..status import model_status
 from .proxy import forward
@@ -120,5 +120,10 @@ async def observed_forward(request: web.Request, spec: ModelConfig, **kwargs: An
     resp = await forward(request, rt.session, spec, on_chunk=tap,
                          on_cut=lambda reason: metrics.count_cut(spec.id, reason), **kwargs)
     started = request.get(START_KEY, tap.first_at or 0.0)
-    metrics.observe_response(spec.id, route_label(request), tap, started, resp.content_type == "text/event-stream")
+    sse = resp.content_type == "text/event-stream"
+    metrics.observe_response(spec.id, route_label(request), tap, started, sse)
+    if rt.slot_cache.awaits(spec.id):  # the first answer after a restore: did llama-server reuse it?
+        timings = timings_from_tail(tap.tail, sse=sse)
+        cache_n = timings.get("cache_n") if timings is not None else None
+        rt.slot_cache.observe(spec.id, cache_n if isinstance(cache_n, int) else None)
     return resp

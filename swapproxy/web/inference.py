@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, NotFound, SlotFilesManaged
 from ..routing import Route, model_from_json, multipart_boundary, parse_json_body, rewrite_body
 from ..states import ProcessState
 from .forward import leased_forward
@@ -164,6 +164,13 @@ async def _forward_by_query(request: web.Request, requested: str | None, **kwarg
             path_qs = str(request.rel_url.update_query(model=sent))
         if found.peer is not None:
             return await peer_forward(request, found, release, path_qs=path_qs, **kwargs)
+        try:  # a client's slot save or restore, where swapproxy keeps the model's slot files: 403
+            rt.slot_cache.guard(rt.config.models[found.model_id], request.method, request.raw_path.split("?")[0],
+                                request.raw_path.partition("?")[2])
+        except SlotFilesManaged:
+            if release is not None:
+                release()
+            raise
         return await leased_forward(request, found.model_id, rt.config.models[found.model_id], path_qs=path_qs,
                                     release=release, **kwargs)
 

@@ -68,7 +68,8 @@ async def liveness(request: web.Request) -> web.Response:
 
 
 @api(tag="models", query=[("details", "1: add state, pid, port, uptime, RSS, memory footprint, in-flight, TTL "
-                                     "left per model, each device's budget, and each peer's health")])
+                                     "left per model, each device's budget, the saved slots of models with "
+                                     "slotCache, and each peer's health")])
 async def running(request: web.Request) -> web.Response:
     """The models that are running or starting."""
     scheduler = runtime(request).scheduler
@@ -84,6 +85,11 @@ async def running(request: web.Request) -> web.Response:
         devices = memory.devices_json(specs)
         if devices:
             body["devices"] = devices
+        slot_cache = runtime(request).slot_cache  # every model with slotCache, running or not
+        saved = {mid: info for mid, spec in scheduler.config.models.items()
+                 if (info := slot_cache.model_json(spec)) is not None}
+        if saved:
+            body["slot_cache"] = {"budget_bytes": scheduler.config.slot_cache_budget, "models": saved}
         if scheduler.config.peers:
             body["peers"] = runtime(request).peers.as_json(scheduler.config)
     return web.json_response(body)

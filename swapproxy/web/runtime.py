@@ -29,6 +29,7 @@ from ..metrics import Metrics
 from ..peers import PeerMonitor
 from ..reload import Reloader, ReloadState
 from ..scheduler import Scheduler
+from ..slotcache import SlotCache
 from ..selectors import SelectorState
 
 __all__ = ["Runtime", "Tier", "Kind", "RouteTag", "RUNTIME", "MODEL_KEY", "START_KEY", "RESPONDING_KEY",
@@ -109,11 +110,15 @@ class Runtime:
     peers: PeerMonitor = field(default_factory=PeerMonitor)  # each peer's health, probed in the background
     active_profile: str | None = None  # at most one; none at start (never persisted, as in llama-swap)
     created: dict[str, float] = field(default_factory=dict)  # model id -> when added after start (llamactl's)
+    slot_cache: SlotCache = field(init=False)  # saved llama-server slots of the models with slotCache
     _scheduler: Scheduler | None = None
     _reloader: Reloader | None = None
     _store: ConfigStore | None = None
     _session: aiohttp.ClientSession | None = None
     _memory: MemoryModel | None = None
+
+    def __post_init__(self) -> None:
+        self.slot_cache = SlotCache(lambda: self.config, lambda: self.session)
 
     @property
     def scheduler(self) -> Scheduler:

@@ -98,6 +98,7 @@ async def passthrough(request: web.Request, target: str | PeerRoute, rest: str, 
         return await _to_peer(request, target, path_qs)
     model_id = target
     spec = rt.config.models[model_id]
+    rt.slot_cache.guard(spec, request.method, "/" + rest, query or "")
     if is_websocket_upgrade(request):
         if spec.ignore_websockets:
             return await unleased_websocket(request, spec, path_qs)

@@ -12,7 +12,8 @@ in the reverse one, so a failure half-way tears down exactly what started:
    model's process — its teardown stops them all; beside it the
    :class:`~swapproxy.reload.Reloader` that applies config reloads and edits, and the
    :class:`~swapproxy.configstore.ConfigStore` through which the API and the UI edit the files;
-7. the preload of ``hooks.on_startup.preload``.
+7. the preload of ``hooks.on_startup.preload``;
+8. the peers' health probes (:class:`~swapproxy.peers.PeerMonitor`; idle without peers).
 
 Observability is wired in (6): every process state change is counted in the
 metrics and published on the event bus as the model's
@@ -38,6 +39,7 @@ from ..logs import BufferHandler
 from ..memory import MemoryModel
 from ..metrics import Metrics
 from ..nvml import GpuProvider, gpu_provider
+from ..peers import PeerHealth
 from ..process import ManagedProcess, ProcessTracker
 from ..processes import ProcessHub, ProcessLike
 from ..redact import Redactor
@@ -169,7 +171,7 @@ class _Resources:
         rt._memory = memory
         rt._telemetry = telemetry
         rt._upstream_props = props
-        rt.metrics.bind(scheduler, memory, rt.slot_cache, telemetry)
+        rt.metrics.bind(scheduler, memory, rt.peers, rt.slot_cache, telemetry)
         rt.background.spawn(memory.refresh())  # GGUF estimates: off the event loop, in a helper process
         rt.background.spawn(telemetry.run(lambda: [
             (slot.process.spec, slot.process.pid) for slot in scheduler.slots.values()
@@ -179,6 +181,19 @@ class _Resources:
         finally:
             await scheduler.shutdown()
             rt.metrics.bind(None)
+
+    async def peer_probes(self, app: web.Application) -> AsyncIterator[None]:
+        rt = self.rt
+
+        def on_change(peer: str, health: PeerHealth) -> None:
+            rt.events.publish({"type": "peer", "peer": peer, "up": health.up, "error": health.error})
+
+        rt.peers.listeners.append(on_change)
+        task = rt.background.spawn(rt.peers.run(lambda: rt.config, rt.session))
+        try:
+            yield
+        finally:
+            task.cancel()
 
     async def preload(self, app: web.Application) -> AsyncIterator[None]:
         models = self.rt.initial_config.preload
@@ -219,7 +234,7 @@ def make_app(config: Config, *, gpus: GpuProvider | None = None) -> web.Applicat
     rt.inflight.listener = lambda op, entry: publish_request(rt, op, entry)
     resources = _Resources(rt, gpus)
     app.cleanup_ctx.extend([resources.session, resources.leftovers, resources.guardian, resources.pid_record,
-                            resources.log_handler, resources.scheduler, resources.preload])
+                            resources.log_handler, resources.scheduler, resources.preload, resources.peer_probes])
     app.on_shutdown.append(_on_shutdown)
     app.on_response_prepare.append(add_cors_headers)
     # Specific routes first: the /upstream/ passthrough and the inference catch-all come last.

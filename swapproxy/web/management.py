@@ -75,7 +75,7 @@ async def liveness(request: web.Request) -> web.Response:
 
 @api(tag="models", query=[("details", "1: add state, pid, port, uptime, RSS, memory footprint, in-flight, TTL "
                                      "left per model, GPU memory it holds (NVML), each device's budget and each GPU's "
-                                     "sample, and the saved slots of models with slotCache")])
+                                     "sample, the saved slots of models with slotCache, and each peer's health")])
 async def running(request: web.Request) -> web.Response:
     """The models that are running or starting."""
     scheduler = runtime(request).scheduler
@@ -100,6 +100,8 @@ async def running(request: web.Request) -> web.Response:
                  if (info := slot_cache.model_json(spec)) is not None}
         if saved:
             body["slot_cache"] = {"budget_bytes": scheduler.config.slot_cache_budget, "models": saved}
+        if scheduler.config.peers:
+            body["peers"] = runtime(request).peers.as_json(scheduler.config)
     return web.json_response(body)
 
 

@@ -26,6 +26,7 @@ from ..inflight import InflightRequests
 from ..logs import LogBuffer
 from ..memory import MemoryModel
 from ..metrics import Metrics
+from ..peers import PeerMonitor
 from ..reload import Reloader, ReloadState
 from ..scheduler import Scheduler
 from ..slotcache import SlotCache
@@ -108,6 +109,7 @@ class Runtime:
     tags: dict[web.AbstractRoute, RouteTag] = field(default_factory=dict)  # by route: its tier and kind
     inflight: InflightRequests = field(default_factory=InflightRequests)  # every proxied request, to list or cut
     selectors: SelectorState = field(default_factory=SelectorState)  # spillover turns and reservations
+    peers: PeerMonitor = field(default_factory=PeerMonitor)  # each peer's health, probed in the background
     active_profile: str | None = None  # at most one; none at start (never persisted, as in llama-swap)
     created: dict[str, float] = field(default_factory=dict)  # model id -> when added after start (llamactl's)
     slot_cache: SlotCache = field(init=False)  # saved llama-server slots of the models with slotCache

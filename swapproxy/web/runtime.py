@@ -31,6 +31,7 @@ from ..reload import Reloader, ReloadState
 from ..scheduler import Scheduler
 from ..slotcache import SlotCache
 from ..telemetry import Telemetry
+from ..upstream_metrics import UpstreamMetrics
 from ..selectors import SelectorState
 from .upstream_props import UpstreamProps
 
@@ -113,6 +114,7 @@ class Runtime:
     active_profile: str | None = None  # at most one; none at start (never persisted, as in llama-swap)
     created: dict[str, float] = field(default_factory=dict)  # model id -> when added after start (llamactl's)
     slot_cache: SlotCache = field(init=False)  # saved llama-server slots of the models with slotCache
+    upstream_metrics: UpstreamMetrics = field(init=False)  # the running upstreams' own /metrics
     _scheduler: Scheduler | None = None
     _reloader: Reloader | None = None
     _store: ConfigStore | None = None
@@ -123,6 +125,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.slot_cache = SlotCache(lambda: self.config, lambda: self.session)
+        self.upstream_metrics = UpstreamMetrics(lambda: self.session, self.background.spawn)
 
     @property
     def scheduler(self) -> Scheduler:

@@ -8,6 +8,9 @@ One request, in the order it meets the files::
               web/inference.py   an OpenAI or native route; routing.py finds the model it names
               web/naming.py      ... through the active profile's pins, a selector (selectors.py
                                  picks a target from the models' states) and aliases
+              web/peer.py        ... or a peer's model: forwarded to the peer (no lease, no swap;
+                                 peers.py probes the peers, so one that is down is a 503 at
+                                 once), a selector failing over to its next target
               web/forward.py     lease the model, forward, record metrics, release; the request
                                  is listed in flight (inflight.py) where an operator may cut it
               scheduler.py       acquire(): make the model ready (below), count the request in flight
@@ -34,15 +37,17 @@ One change to the config made at runtime (llamactl's API, the UI's form or edito
     reload.py          Reloader.apply → Scheduler.apply_config: unchanged models keep running
 
 Around them: config/ reads llama-swap's format into frozen types; states.py is
-the process state table; errors.py the error tree and its envelope; redact.py
-hides secrets in shown command lines, URLs and log lines; reload.py
-and config_diff.py apply a changed config as a diff; web/runtime.py holds what
-the running app shares; web/management.py, web/controls.py, web/streams.py,
-web/catalogue.py and web/upstream.py (with web/websocket.py) the management,
-profile, event, model-list (with describe.py) and /upstream routes;
-web/loading.py what a streamed chat sees while its model loads (sendLoadingState);
-llamabin.py the configured llama-server binary (/api/v1/server/...); server.py,
-listen.py and cli.py start it all.
+the process state table; metrics.py (with exposition.py and tokens.py) counts
+and writes /metrics, fleet.py the part an endpoint picker routes a fleet of
+hosts by; errors.py the error tree and its envelope; redact.py hides secrets in
+shown command lines, URLs and log lines; reload.py and config_diff.py apply a
+changed config as a diff; web/runtime.py holds what the running app shares;
+web/management.py, web/controls.py, web/streams.py, web/catalogue.py and
+web/upstream.py (with web/websocket.py) the management, profile, event,
+model-list (with describe.py) and /upstream routes; web/loading.py what a
+streamed chat sees while its model loads (sendLoadingState); llamabin.py the
+configured llama-server binary (/api/v1/server/...); server.py, listen.py and
+cli.py start it all.
 """
 
 __all__ = ["__version__"]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .metrics import TokenTap
+from .tokens import TokenTap
 from .redact import REDACTED, Redactor, is_secret_name
 
 __all__ = ["CaptureTap", "Captures", "Material", "body_cap", "capture_json", "PARTS_BY_PATH"]

@@ -27,6 +27,7 @@ def _sizes(sizes: dict[str, int] | None) -> str:
 def describe(path: str, config: Config, gpus: GpuProvider | None = None, *, read_gguf: bool = True) -> list[str]:
     """The lines of the summary (the GGUF files the models name are read, in a helper process)."""
     lines = [f"{path}: OK, {len(config.models)} model(s), "
+             + (f"{len(config.peers)} peer(s), " if config.peers else "")
              + (f"matrix of {len(config.matrix.order)} set(s)" if config.matrix is not None
                 else f"{len(config.groups)} group(s)")
              + f", scheduler {config.scheduler.use}"]
@@ -53,6 +54,9 @@ def describe(path: str, config: Config, gpus: GpuProvider | None = None, *, read
     for profile in config.profiles.values():
         pins = ", ".join(f"{k} -> {v or '(disabled)'}" for k, v in profile.pins.items())
         lines.append(f"  profile {profile.name}: {pins}")
+    for peer in config.peers.values():
+        key = "; key set" if peer.api_key else ""
+        lines.append(f"  peer {peer.id}: {shown.url(peer.proxy)} ({', '.join(peer.models)}{key})")
     memory = MemoryModel(lambda: config, Learned(config.state_dir), gpus)
     if read_gguf:
         memory.read_gguf_files()

@@ -27,12 +27,15 @@ The tree::
     ├── TooManyRequests                 429 rate_limit_exceeded  (+ Retry-After)
     ├── NotSupported                    501 not_implemented
     ├── UpstreamUnreachable             502 upstream_unreachable
+    │   └── UpstreamConnectFailed       502 upstream_unreachable (no connection: nothing was sent;
+    │                                   504 upstream_timeout when the connect timed out)
     ├── ModelStartFailed                503 model_start_failed   (+ last log lines)
     │   └── HealthCheckTimeout          503 health_check_timeout
     ├── ShuttingDown                    503 shutting_down
     ├── NotRunning                      503 instance_not_running (llamactl's proxy to a stopped instance)
     ├── Unavailable                     503 unavailable          (performance samples off, no hardware snapshot)
     ├── NoTargetAvailable               503 no_target_available  (a selector's targets are all stopping)
+    ├── PeerUnavailable                 503 peer_unavailable     (+ Retry-After; the peer is down)
     ├── RequestCancelled                503 request_cancelled    (POST /api/inflight/{id}/cancel)
     └── UpstreamTimeout                 504 upstream_timeout
 
@@ -76,6 +79,8 @@ __all__ = [
     "TooManyRequests",
     "NotSupported",
     "UpstreamUnreachable",
+    "UpstreamConnectFailed",
+    "PeerUnavailable",
     "ModelStartFailed",
     "HealthCheckTimeout",
     "ShuttingDown",
@@ -208,12 +213,16 @@ class HostNotAllowed(SwapProxyError, status=421, type="invalid_request_error", c
     """The Host header names a host this server does not answer for (allowedHosts)."""
 
 
-class TooManyRequests(SwapProxyError, status=429, type="rate_limit_error", code="rate_limit_exceeded"):
-    """The model's concurrencyLimit is reached; the client may retry after ``retry_after`` s."""
+class _RetryLater(SwapProxyError):
+    """An error the client may retry after ``retry_after`` seconds (its Retry-After header)."""
 
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TooManyRequests(_RetryLater, status=429, type="rate_limit_error", code="rate_limit_exceeded"):
+    """The model's concurrencyLimit is reached; the client may retry after ``retry_after`` s."""
 
 
 class NotSupported(SwapProxyError, status=501, type="invalid_request_error", code="not_implemented"):
@@ -222,6 +231,16 @@ class NotSupported(SwapProxyError, status=501, type="invalid_request_error", cod
 
 class UpstreamUnreachable(SwapProxyError, status=502, type="upstream_error", code="upstream_unreachable"):
     """The upstream could not be reached, or broke off before its response began."""
+
+
+class UpstreamConnectFailed(UpstreamUnreachable):
+    """No connection to the upstream could be made (refused, unreachable, or not in time): nothing was
+    sent, so another server may take the request. A connect that timed out answers 504."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        if timed_out:
+            self.status, self.code = UpstreamTimeout.status, UpstreamTimeout.code
 
 
 class ModelStartFailed(SwapProxyError, status=503, type="upstream_error", code="model_start_failed"):
@@ -281,6 +300,10 @@ class NoTargetAvailable(SwapProxyError, status=503, type="server_error", code="n
     """A selector has no target that can take the request now."""
 
     retry_after = 1
+
+
+class PeerUnavailable(_RetryLater, status=503, type="upstream_error", code="peer_unavailable"):
+    """The peer that serves the model is down (its probe, or the last request, could not reach it)."""
 
 
 class RequestCancelled(SwapProxyError, status=503, type="server_error", code="request_cancelled"):

@@ -23,20 +23,18 @@ import enum
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from .captures import Captures, body_cap, capture_json
 from .config.model import HistoryConfig
 from .events import EventBus
+from .exposition import counter, gauge
 from .historydb import ActivityQuery, HistoryDB
-from .metrics import TailCounts, TokenTap
 from .redact import Redactor
+from .tokens import TailCounts, TokenTap
 
 __all__ = ["History", "HistoryState", "Note", "PENDING_FIELDS", "FLUSH_DELAY", "MAX_PENDING", "error_message"]
 
@@ -308,26 +306,16 @@ class History:
         """What the captures hold now (the thread's figure, read as it stands)."""
         return self._captures.size
 
-    def collector(self) -> Collector:
+    def exposition(self) -> str:
         """Its figures for /metrics: rows written, records dropped, the captures' bytes."""
-        return _Counters(self)
+        return (counter("swapproxy_history_recorded", "Requests written to the request history", [("", self.written)])
+                + counter("swapproxy_history_dropped", "Requests not recorded: the history's queue was full",
+                          [("", self.dropped)])
+                + gauge("swapproxy_history_capture_bytes", "Memory the request captures hold (at most captureBuffer)",
+                        [("", self.capture_bytes)]))
 
     def _live(self) -> HistoryDB:
         if self._db is None:
             raise RuntimeError("the request history is closed")
         return self._db
 
-
-
-class _Counters(Collector):
-    def __init__(self, history: History) -> None:
-        self._history = history
-
-    def collect(self) -> Iterable[Metric]:
-        history = self._history
-        return [CounterMetricFamily("swapproxy_history_recorded", "Requests written to the request history",
-                                    value=history.written),
-                CounterMetricFamily("swapproxy_history_dropped", "Requests not recorded: the history's queue was "
-                                    "full", value=history.dropped),
-                GaugeMetricFamily("swapproxy_history_capture_bytes", "Memory the request captures hold (at most "
-                                  "captureBuffer)", value=history.capture_bytes)]

@@ -54,6 +54,11 @@ class MemoryModel:
         self._read_for: int | None = None  # id() of the config whose GGUF files have been read
         self._reading: asyncio.Task[None] | None = None
 
+    def gpu_devices(self) -> list[GpuDevice]:
+        """A fresh NVML sample of every GPU (blocking: call it off the event loop)."""
+        self._devices = self.gpus.devices()
+        return self._devices
+
     # -- budgets --------------------------------------------------------------------------------
     def budgets(self) -> dict[str, int]:
         """Bytes each device may hold for models (after ``memory.reserve``)."""
@@ -164,7 +169,7 @@ class MemoryModel:
         out: dict[str, dict[str, int | None]] = {
             device: {"budget": budget, "planned": planned.get(device, 0), "used": None, "total": None}
             for device, budget in sorted(budgets.items())}
-        for gpu in self.gpus.devices():
+        for gpu in self._devices:  # the last sample (see swapproxy.telemetry)
             entry = out.setdefault(gpu.device, {"budget": budgets.get(gpu.device), "planned": 0})
             entry["used"], entry["total"] = gpu.used, gpu.total
         return out
@@ -239,14 +244,6 @@ class MemoryModel:
             if self._config().memory.learn:
                 self.learned.record_memory(spec, used)
         return out
-
-    async def watch(self, running: Callable[[], list[tuple[ModelConfig, int]]], interval: float = 5.0) -> None:
-        """Every ``interval`` s, :meth:`measure` the models that run (off the event loop); until cancelled."""
-        while True:
-            await asyncio.sleep(interval)
-            now = running()
-            if now:
-                await asyncio.to_thread(self.measure, now)
 
     def _save_facts(self) -> None:
         write_json(self._facts_path(), self._facts)

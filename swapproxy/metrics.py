@@ -1,52 +1,58 @@
-"""Prometheus metrics: one registry per app, counters fed by handlers, gauges read at scrape time.
+"""Prometheus metrics: counters fed by handlers, levels read at scrape time, all cheap to scrape.
 
-Each application owns a :class:`Metrics` with its own
-``prometheus_client.CollectorRegistry`` (never the global default), so tests
-can run many apps in one process. What changes with every request or state
-change is counted as it happens; what is a *level* (state, in-flight, queue,
-RSS) is read from the scheduler's :class:`~swapproxy.status.ModelStatus`
-when ``/metrics`` is scraped, so it can never drift from the truth.
+Each application owns a :class:`Metrics` (never a process-wide registry), so tests can run
+many apps in one process. What changes with every request or state change is counted as it
+happens, in :mod:`swapproxy.exposition`'s counters and histograms, which keep their text
+between scrapes; what is a *level* (state, in-flight, queue, memory) is read from the
+scheduler's :class:`~swapproxy.status.ModelStatus` when ``/metrics`` is scraped, so it can
+never drift from the truth. The fleet's view of this host (for an endpoint picker: load,
+which models are loaded, how many more fit) and the peers' health are in :mod:`swapproxy.fleet`.
 
-Label sets are bounded: ``model`` only ever holds a configured model id (or
-``""`` when a request named none); ``route`` is the matched route's canonical
-path from the router (a fixed set), never the raw URL.
+A scrape stays under 2 ms of CPU with ten models, since an endpoint picker scrapes every
+50 ms: the process-table walk behind ``swapproxy_upstream_rss_bytes`` (~5 ms) is redone in a
+worker thread every :data:`RSS_TTL` seconds, on the scrape itself only when a model's process
+changed (a start or a stop), and unchanged counters are not rewritten.
 
-Token counts come from the ``usage`` / ``timings`` objects upstreams put at the
-end of a response. :class:`TokenTap` keeps only the last few KiB of the bytes
-relayed (amortised O(1) per chunk, no parsing on the hot path); the tail is
-parsed once, after the last byte went to the client.
+Label sets are bounded: ``model`` only ever holds a configured model id, a peer's model as
+``peer/model``, or ``""`` when a request named none; ``route`` is the matched route's
+canonical path from the router (a fixed set), never the raw URL.
+
+Token counts come from the ``usage`` / ``timings`` objects upstreams put at the end of a
+response (:mod:`swapproxy.tokens`).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
-import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psutil
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from .config import Config
+from .exposition import CONTENT_TYPE, Counter, Histogram, counter, gauge, label_text
+from .fleet import FleetView
 from .memory import MemoryModel
-from .slotcache import SlotCache
+from .peers import PeerMonitor
 from .processes import ProcessLike
 from .scheduler import Scheduler
+from .slotcache import SlotCache
+from .telemetry import Telemetry
 from .states import ProcessState
-from .status import all_statuses
+from .status import ModelStatus, all_statuses
+from .tokens import TailCounts, TokenTap, usage_from_tail
 
-__all__ = ["Metrics", "TailCounts", "TokenTap", "tail_counts", "usage_from_tail", "tree_rss", "CONTENT_TYPE"]
+__all__ = ["Metrics", "TailCounts", "TokenTap", "usage_from_tail", "tree_rss", "CONTENT_TYPE", "RSS_TTL"]
 
 logger = logging.getLogger(__name__)
 
-#: The Prometheus text exposition format's content type.
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300)
+#: Seconds a reading of the models' resident memory serves scrapes (while their processes stay the same).
+RSS_TTL = 2.0
+_STATES = tuple(ProcessState)
 
 
 def tree_rss(pids: Iterable[int | None]) -> dict[int, int]:
@@ -85,296 +91,102 @@ def tree_rss(pids: Iterable[int | None]) -> dict[int, int]:
     return sizes
 
 
-# -- token counting -----------------------------------------------------------------------
-class TokenTap:
-    """``on_chunk`` callback for :func:`swapproxy.web.proxy.forward`: keeps the response's tail.
-
-    Also notes when the first body byte went out (time to first byte).
-    """
-
-    __slots__ = ("limit", "tail", "total", "first_at")
-
-    def __init__(self, limit: int = 8192) -> None:
-        self.limit = limit
-        self.tail = bytearray()
-        self.total = 0
-        self.first_at: float | None = None
-
-    def __call__(self, chunk: bytes) -> None:
-        if self.first_at is None:
-            self.first_at = time.perf_counter()
-        self.total += len(chunk)
-        tail = self.tail
-        tail += chunk
-        if len(tail) > 2 * self.limit:  # trim rarely: amortised O(1) per byte
-            del tail[: -self.limit]
-
-    @property
-    def complete(self) -> bool:
-        """True when the tail holds the whole body."""
-        return self.total == len(self.tail)
-
-
-class TailCounts:
-    """What the end of a response says of its tokens, parsed once for the metrics, the slot
-    cache and the request history.
-
-    ``tokens``: (prompt, completion), from ``usage`` if the answer has one, else from
-    llama-server's ``timings`` (which leave out cached prompt tokens); ``usage`` and
-    ``timings`` are the objects themselves (newest first in a stream), for whoever wants
-    more of them (the history reads cached tokens and speeds off the event loop).
-    """
-
-    __slots__ = ("tokens", "usage", "timings")
+class _RssCache:
+    """:func:`tree_rss` of the models' processes for the scrapes: walked again at once when the
+    processes changed (a start or a stop), else at most every RSS_TTL seconds, in a worker thread,
+    the scrapes meanwhile reading the last figures (so a scrape never waits on a walk it can skip)."""
 
     def __init__(self) -> None:
-        self.tokens: tuple[int, int] | None = None
-        self.usage: dict[str, Any] | None = None
-        self.timings: dict[str, Any] | None = None
+        self._pids: frozenset[int] = frozenset()
+        self._sizes: dict[int, int] = {}
+        self._at = float("-inf")
+        self._walking: asyncio.Future[dict[int, int]] | None = None
+        self.walks = 0  # process-table walks done (tests check that scrapes reuse them)
 
-    def take(self, obj: Any) -> bool:
-        """Note ``obj``'s usage and timings unless newer ones were found; True once both are known."""
-        if isinstance(obj, list) and obj and isinstance(obj[-1], dict):
-            obj = obj[-1]  # /infill answers a list: its last item carries the timings
-        if not isinstance(obj, dict):
-            return False
-        if self.usage is None:
-            usage = obj.get("usage")
-            if not isinstance(usage, dict) and isinstance(obj.get("response"), dict):
-                usage = obj["response"].get("usage")  # Responses API: response.completed event
-            if isinstance(usage, dict):
-                prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-                completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-                if isinstance(prompt, int) and isinstance(completion, int):
-                    self.usage = usage
-                    self.tokens = (prompt, completion)
-        if self.timings is None:
-            timings = obj.get("timings")
-            if isinstance(timings, dict):
-                prompt, predicted = timings.get("prompt_n"), timings.get("predicted_n")
-                if isinstance(prompt, int) and isinstance(predicted, int):
-                    self.timings = timings
-                    if self.tokens is None:
-                        self.tokens = (prompt, predicted)
-        return self.usage is not None and self.timings is not None
+    def sizes(self, pids: Iterable[int | None]) -> dict[int, int]:
+        wanted = frozenset(pid for pid in pids if pid is not None)
+        now = time.monotonic()
+        if wanted != self._pids:
+            self._store(wanted, tree_rss(wanted))
+        elif now - self._at > RSS_TTL and self._walking is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a test, a script): walk here
+                self._store(wanted, tree_rss(wanted))
+            else:
+                self._at = now  # one walk at a time
+                self._walking = loop.run_in_executor(None, tree_rss, wanted)
+                self._walking.add_done_callback(lambda done: self._walked(wanted, done))
+        return self._sizes
 
-    @property
-    def cache_n(self) -> int | None:
-        """llama-server's count of prompt tokens its slot's cache held (None: not reported)."""
-        value = self.timings.get("cache_n") if self.timings is not None else None
-        return value if isinstance(value, int) else None
+    def _store(self, pids: frozenset[int], sizes: dict[int, int]) -> None:
+        self._pids, self._sizes, self._at = pids, sizes, time.monotonic()
+        self.walks += 1
 
-
-_EVENT_SPLIT = re.compile(rb"\r?\n\r?\n")
-_DECODER = json.JSONDecoder()
-
-
-def _may_count(data: bytes | bytearray) -> bool:
-    """Whether JSON text can hold a ``usage`` or ``timings`` key (a \\u escape could spell one)."""
-    return b"usage" in data or b"timings" in data or b"\\u" in data
-
-
-def _events_newest_first(text: bytes) -> Iterator[bytes]:
-    """``text`` split into SSE events (blank-line separated), the last one first.
-
-    Without a \\r in the text this walks back from the end and stops when the caller
-    does, instead of splitting all of it (the regex took ~170 µs on a 10 KiB tail). In a
-    run of three or more newlines the odd one may land on the other side of a split than
-    in a left-to-right split; either way it only adds an empty line to an event.
-    """
-    if b"\r" in text:
-        yield from reversed(_EVENT_SPLIT.split(text))
-        return
-    end = len(text)
-    while (i := text.rfind(b"\n\n", 0, end)) >= 0:
-        yield text[i + 2 : end]
-        end = i
-    yield text[:end]
-
-
-def _sse_objects(tail: bytes | bytearray, max_events: int = 8) -> Iterator[Any]:
-    """The JSON payloads of the last ``max_events`` complete-looking SSE events, newest first.
-
-    Only events whose text could hold token counts are decoded (and yielded): a stream's
-    end is mostly plain token deltas. This runs once per stream, but when many streams end
-    together each one's cost holds back the others' last events.
-    """
-    seen = 0
-    for raw in _events_newest_first(bytes(tail)):
-        if seen >= max_events:
-            return
-        data = b"\n".join(line[5:].strip() for line in raw.splitlines() if line.startswith(b"data:"))
-        if not data or data == b"[DONE]":
-            continue
-        seen += 1
-        if not _may_count(data):
-            continue
-        try:
-            yield json.loads(data)
-        except ValueError:
-            continue  # the first event of the tail is usually cut
-
-
-def _find_object(tail: str, key: str) -> Any:
-    """Decode the JSON value after the last ``"key":`` in a cut JSON text (None if none)."""
-    at = tail.rfind(f'"{key}"')
-    if at < 0:
-        return None
-    colon = tail.find(":", at)
-    if colon < 0:
-        return None
-    start = colon + 1
-    while start < len(tail) and tail[start] in " \t\r\n":
-        start += 1
-    try:
-        value, _ = _DECODER.raw_decode(tail, start)
-    except ValueError:
-        return None
-    return {key: value}
-
-
-def tail_counts(tail: bytes | bytearray, *, sse: bool, complete: bool) -> TailCounts:
-    """The token counts (and usage and timings objects) at the end of a response."""
-    found = TailCounts()
-    if sse:
-        for obj in _sse_objects(tail):
-            if found.take(obj):
-                break
-        return found
-    if complete:
-        if not _may_count(tail):
-            return found  # nothing to count: spare decoding the whole body
-        try:
-            found.take(json.loads(tail))
-        except ValueError:
-            pass
-        return found
-    text = bytes(tail).decode("utf-8", errors="replace")
-    found.take(_find_object(text, "usage"))
-    found.take(_find_object(text, "timings"))
-    return found
-
-
-def usage_from_tail(tail: bytes | bytearray, *, sse: bool, complete: bool) -> tuple[int, int] | None:
-    """(prompt tokens, completion tokens) from the end of a response, or None.
-
-    ``usage`` wins over llama.cpp's ``timings`` (which leaves out cached prompt tokens).
-    """
-    return tail_counts(tail, sse=sse, complete=complete).tokens
-
-
-# -- the registry -------------------------------------------------------------------------------
-class _LiveCollector(Collector):
-    """Levels read from the scheduler at scrape time."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterable[Metric]:
-        scheduler = self._metrics.scheduler
-        if scheduler is None:
-            return []
-        state = GaugeMetricFamily("swapproxy_model_state", "1 for the state each model is in, 0 for the others",
-                                  labels=["model", "state"])
-        inflight = GaugeMetricFamily("swapproxy_inflight_requests", "Requests in flight per model", labels=["model"])
-        waiting = GaugeMetricFamily("swapproxy_waiting_requests", "Requests queued for a model to become ready",
-                                    labels=["model"])
-        rss = GaugeMetricFamily("swapproxy_upstream_rss_bytes", "Resident memory of the model's process tree",
-                                labels=["model"])
-        statuses = all_statuses(scheduler)
-        sizes = tree_rss(status.pid for status in statuses)
-        for status in statuses:
-            mid = status.model
-            for value in ProcessState:
-                state.add_metric([mid, value.value], 1.0 if value is status.state else 0.0)
-            inflight.add_metric([mid], status.inflight)
-            waiting.add_metric([mid], status.waiting)
-            if status.pid is not None and status.pid in sizes:
-                rss.add_metric([mid], sizes[status.pid])
-        depth = GaugeMetricFamily("swapproxy_queue_depth", "Requests waiting for a model, all models")
-        depth.add_metric([], scheduler.queue_depth())
-        return [state, inflight, waiting, depth, rss, *self._memory(scheduler), *self._slot_cache()]
-
-    def _slot_cache(self) -> list[Metric]:
-        cache = self._metrics.slot_cache
-        if cache is None:
-            return []
-        actions = CounterMetricFamily("swapproxy_slot_cache", "Slot cache actions by result: save (ok, failed, "
-                                      "timeout), restore (ok, failed, discarded: the command changed, dropped: over the budget), reuse (hit, miss: the first "
-                                      "answer after a restore had cached tokens or not)",
-                                      labels=["model", "action", "result"])
-        for (model, action, result), count in sorted(cache.counts.items()):
-            actions.add_metric([model, action, result], count)
-        size = GaugeMetricFamily("swapproxy_slot_cache_bytes", "Bytes of saved slot files per model", labels=["model"])
-        for model, used in cache.usage().items():
-            size.add_metric([model], used)
-        return [actions, size]
-
-    def _memory(self, scheduler: Scheduler) -> list[Metric]:
-        memory = self._metrics.memory
-        if memory is None:
-            return []
-        footprint = GaugeMetricFamily("swapproxy_model_memory_bytes", "Each model's memory footprint per device "
-                                      "(source: declared, learned, estimated)", labels=["model", "device", "source"])
-        for mid, slot in scheduler.slots.items():
-            sizes, source = memory.footprint(slot.process.spec)
-            for device, size in (sizes or {}).items():
-                footprint.add_metric([mid, device, source], size)
-        budget = GaugeMetricFamily("swapproxy_device_memory_budget_bytes", "Memory models may use per device",
-                                   labels=["device"])
-        for device, size in memory.budgets().items():
-            budget.add_metric([device], size)
-        return [footprint, budget]
+    def _walked(self, pids: frozenset[int], done: asyncio.Future[dict[int, int]]) -> None:
+        self._walking = None
+        if not done.cancelled() and done.exception() is None and pids == self._pids:
+            self._store(pids, done.result())
 
 
 class Metrics:
-    """The app's metrics: a private registry, request/swap/token counters, live gauges."""
+    """The app's metrics: request/swap/token counters, live gauges, the fleet's view of this host."""
 
     def __init__(self, config: Config) -> None:
         self.models = frozenset(config.models)
         self.scheduler: Scheduler | None = None
         self.memory: MemoryModel | None = None
+        self.peers: PeerMonitor | None = None
         self.slot_cache: SlotCache | None = None
-        self.registry = CollectorRegistry()
-        reg = self.registry
-        self.requests = Counter("swapproxy_requests", "HTTP requests answered", ["model", "route", "status"],
-                                registry=reg)
+        self.telemetry: Telemetry | None = None
+        self.requests = Counter("swapproxy_requests", "HTTP requests answered", ["model", "route", "status"])
         self.duration = Histogram("swapproxy_request_duration_seconds", "Request duration, to the last byte",
-                                  ["model", "route"], buckets=_LATENCY_BUCKETS, registry=reg)
+                                  ["model", "route"], _LATENCY_BUCKETS)
         self.ttfb = Histogram("swapproxy_time_to_first_byte_seconds",
                               "From request arrival to the first upstream body byte sent (includes any swap)",
-                              ["model", "route"], buckets=_LATENCY_BUCKETS, registry=reg)
-        self.swaps = Counter("swapproxy_swaps", "Times a model was started (swapped in)", ["model"], registry=reg)
+                              ["model", "route"], _LATENCY_BUCKETS)
+        self.swaps = Counter("swapproxy_swaps", "Times a model was started (swapped in)", ["model"])
         self.start_seconds = Histogram("swapproxy_model_start_seconds", "Model start time, spawn to ready",
-                                       ["model"], buckets=_START_BUCKETS, registry=reg)
-        self.start_failures = Counter("swapproxy_model_start_failures", "Model starts that failed", ["model"],
-                                      registry=reg)
-        self.tokens = Counter("swapproxy_tokens", "Tokens reported by upstream usage/timings",
-                              ["model", "kind"], registry=reg)
+                                       ["model"], _START_BUCKETS)
+        self.start_failures = Counter("swapproxy_model_start_failures", "Model starts that failed", ["model"])
+        self.tokens = Counter("swapproxy_tokens", "Tokens reported by upstream usage/timings", ["model", "kind"])
         self.cuts = Counter("swapproxy_responses_cut", "Response bodies broken off mid-way, by cause: "
                             "upstream (it broke off: crash, forced unload), idle (timeouts.responseIdle), "
-                            "client (writing to it failed)", ["model", "reason"], registry=reg)
-        reg.register(_LiveCollector(self))
-        # The per-request feeds keep their labelled children: ``labels()`` (label checks, a
-        # lock, a lookup) costs more than the inc/observe it precedes. The label sets are
-        # bounded (see the module docstring), and so are these.
+                            "client (writing to it failed)", ["model", "reason"])
+        self._fed = (self.requests, self.duration, self.ttfb, self.swaps, self.start_seconds, self.start_failures,
+                     self.tokens, self.cuts)
+        # The per-request feeds keep their labelled children: a lookup by label values costs more
+        # than the inc/observe it precedes. The label sets are bounded (see the module docstring),
+        # and so are these.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._ttfb_children: dict[tuple[str, str], Any] = {}
         self._token_children: dict[tuple[str, str], Any] = {}
+        self.rss = _RssCache()
+        self.fleet = FleetView()
+        self.sources: list[Callable[[], str]] = []  # more families, in exposition text (the request history's)
 
     def bind(self, scheduler: Scheduler | None, memory: MemoryModel | None = None,
-             slot_cache: SlotCache | None = None) -> None:
-        """Read live levels from ``scheduler``, ``memory`` and ``slot_cache`` (None once they are gone)."""
+             peers: PeerMonitor | None = None, slot_cache: SlotCache | None = None,
+             telemetry: Telemetry | None = None) -> None:
+        """Read live levels from ``scheduler``, ``memory``, ``peers``, ``slot_cache`` and ``telemetry``
+        (None once they are gone)."""
         self.scheduler = scheduler
         self.memory = memory
+        self.peers = peers
         self.slot_cache = slot_cache
+        self.telemetry = telemetry
 
     def model_label(self, model: str | None) -> str:
-        """``model`` if it is a configured id (after reloads too), else ""."""
+        """``model`` if it is a configured id, or a peer's model as ``peer/model`` (after reloads
+        too), else ""."""
         if model is None:
             return ""
-        known = self.scheduler.slots if self.scheduler is not None else self.models
-        return model if model in known else ""
+        if self.scheduler is None:
+            return model if model in self.models else ""
+        if model in self.scheduler.slots:
+            return model
+        route = self.scheduler.config.peer_route(model)
+        return model if route is not None and route.fqn == model else ""
 
     # -- feeds ------------------------------------------------------------------------
     def on_state_change(self, proc: ProcessLike, old: ProcessState, new: ProcessState) -> None:
@@ -423,5 +235,83 @@ class Metrics:
             child = self._token_children[(label, kind)] = self.tokens.labels(label, kind)
         return child
 
+    # -- the scrape ---------------------------------------------------------------------
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        parts = [family.render() for family in self._fed]
+        scheduler = self.scheduler
+        if scheduler is not None:
+            statuses = all_statuses(scheduler)
+            parts.append(self._levels(scheduler, statuses))
+            if self.memory is not None:
+                parts.append(self._memory(scheduler, self.memory))
+            if self.slot_cache is not None:
+                parts.append(self._slot_cache(self.slot_cache))
+            if self.telemetry is not None and self.telemetry.gpus:  # no GPU: no GPU series at all
+                parts.append(self._gpus(self.telemetry))
+            parts.append(self.fleet.text(scheduler, statuses, self.memory, self.peers))
+        parts.extend(source() for source in self.sources)
+        return "".join(parts).encode()
+
+    def _levels(self, scheduler: Scheduler, statuses: list[ModelStatus]) -> str:
+        sizes = self.rss.sizes(status.pid for status in statuses)
+        state, inflight, waiting, rss = [], [], [], []
+        for status in statuses:
+            mid = status.model
+            for value in _STATES:
+                state.append((label_text(("model", "state"), (mid, value.value)), 1.0 if value is status.state else 0.0))
+            one = label_text(("model",), (mid,))
+            inflight.append((one, status.inflight))
+            waiting.append((one, status.waiting))
+            if status.pid is not None and status.pid in sizes:
+                rss.append((one, sizes[status.pid]))
+        return "".join((
+            gauge("swapproxy_model_state", "1 for the state each model is in, 0 for the others", state),
+            gauge("swapproxy_inflight_requests", "Requests in flight per model", inflight),
+            gauge("swapproxy_waiting_requests", "Requests queued for a model to become ready", waiting),
+            gauge("swapproxy_queue_depth", "Requests waiting for a model, all models", [("", scheduler.queue_depth())]),
+            gauge("swapproxy_upstream_rss_bytes", "Resident memory of the model's process tree", rss)))
+
+    @staticmethod
+    def _memory(scheduler: Scheduler, memory: MemoryModel) -> str:
+        footprints = []
+        for mid, slot in scheduler.slots.items():
+            sizes, source = memory.footprint(slot.process.spec)
+            footprints.extend((label_text(("model", "device", "source"), (mid, device, source)), size)
+                              for device, size in (sizes or {}).items())
+        budgets = [(label_text(("device",), (device,)), size) for device, size in memory.budgets().items()]
+        return (gauge("swapproxy_model_memory_bytes", "Each model's memory footprint per device "
+                      "(source: declared, learned, estimated)", footprints)
+                + gauge("swapproxy_device_memory_budget_bytes", "Memory models may use per device", budgets))
+
+    @staticmethod
+    def _gpus(telemetry: Telemetry) -> str:
+        total, used, util, temp, power = [], [], [], [], []
+        for gpu in telemetry.gpus:
+            key = label_text(("gpu", "name"), (gpu.device, gpu.name))
+            total.append((key, gpu.total))
+            used.append((key, gpu.used))
+            for samples, value, scale in ((util, gpu.utilization, 0.01), (temp, gpu.temperature, 1.0),
+                                          (power, gpu.power, 1.0)):
+                if value is not None:
+                    samples.append((key, value * scale))
+        per_model = [(label_text(("model", "gpu"), (model, device)), size)
+                     for model, devices in sorted(telemetry.usage.items())
+                     for device, size in sorted(devices.items()) if device != "host"]
+        return "".join((
+            gauge("swapproxy_gpu_memory_total_bytes", "GPU memory, total", total),
+            gauge("swapproxy_gpu_memory_used_bytes", "GPU memory in use (all processes)", used),
+            gauge("swapproxy_gpu_utilization_ratio", "Share of the last sample period a kernel ran on the GPU (0..1)",
+                  util),
+            gauge("swapproxy_gpu_temperature_celsius", "GPU temperature", temp),
+            gauge("swapproxy_gpu_power_watts", "GPU power draw", power),
+            gauge("swapproxy_model_gpu_memory_bytes", "GPU memory the model's processes hold (NVML, per process), "
+                  "at the last sample", per_model)))
+
+    @staticmethod
+    def _slot_cache(cache: SlotCache) -> str:
+        actions = [(label_text(("model", "action", "result"), key), count) for key, count in sorted(cache.counts.items())]
+        sizes = [(label_text(("model",), (model,)), used) for model, used in cache.usage().items()]
+        return (counter("swapproxy_slot_cache", "Slot cache actions by result: save (ok, failed, timeout), restore "
+                        "(ok, failed, discarded: the command changed, dropped: over the budget), reuse (hit, miss: the "
+                        "first answer after a restore had cached tokens or not)", actions)
+                + gauge("swapproxy_slot_cache_bytes", "Bytes of saved slot files per model", sizes))

@@ -27,9 +27,19 @@ class GpuDevice:
     name: str
     total: int
     used: int
-    utilization: float | None = None
+    utilization: float | None = None  # percent of the last sample period a kernel ran
     temperature: float | None = None
     power: float | None = None
+    memory_utilization: float | None = None  # percent of the period device memory was read or written
+    power_limit: float | None = None
+    uuid: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        """What ``/running?details=1`` and the UI show of it."""
+        return {"device": self.device, "index": self.index, "name": self.name, "uuid": self.uuid,
+                "memory_total": self.total, "memory_used": self.used, "utilization_pct": self.utilization,
+                "memory_utilization_pct": self.memory_utilization, "temperature_c": self.temperature,
+                "power_w": self.power, "power_limit_w": self.power_limit}
 
     @property
     def device(self) -> str:
@@ -80,9 +90,13 @@ class NvmlProvider:
             util = self._optional(nvml.nvmlDeviceGetUtilizationRates, handle)
             temp = self._optional(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU)
             power = self._optional(nvml.nvmlDeviceGetPowerUsage, handle)  # milliwatts
-            out.append(GpuDevice(index, name.decode() if isinstance(name, bytes) else str(name), int(memory.total),
-                                 int(memory.used), None if util is None else float(util.gpu),
-                                 None if temp is None else float(temp), None if power is None else power / 1000))
+            limit = self._optional(nvml.nvmlDeviceGetEnforcedPowerLimit, handle)  # milliwatts
+            uuid = self._optional(nvml.nvmlDeviceGetUUID, handle)
+            out.append(GpuDevice(index, _text(name), int(memory.total), int(memory.used),
+                                 None if util is None else float(util.gpu),
+                                 None if temp is None else float(temp), None if power is None else power / 1000,
+                                 None if util is None else float(util.memory),
+                                 None if limit is None else limit / 1000, None if uuid is None else _text(uuid)))
         return out
 
     def process_memory(self, pids: Iterable[int]) -> dict[int, dict[str, int]]:
@@ -97,6 +111,11 @@ class NvmlProvider:
                     device = out.setdefault(proc.pid, {})
                     device[f"gpu{index}"] = device.get(f"gpu{index}", 0) + used
         return out
+
+
+def _text(value: Any) -> str:
+    """NVML strings: bytes from older bindings, str from newer ones."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def gpu_provider() -> GpuProvider:

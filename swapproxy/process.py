@@ -28,6 +28,7 @@ from .config import ModelConfig
 from .errors import HealthCheckTimeout, ModelStartFailed, ShuttingDown
 from .health import is_ready_hint, probe_intervals
 from .logs import LogBuffer
+from .progress import STAGES, later, stage_of
 from .redact import Redactor
 from .spawn import check_port_free, child_setup, killpg, run_cmd_stop
 from .states import ProcessState, check_transition
@@ -88,7 +89,7 @@ class ManagedProcess:
         # /health but before it counts as ready (restoring saved slots): both for the slot cache
         self._extra_argv = extra_argv
         self._after_ready = after_ready
-        self.stage: str | None = None  # STARTING: where the start stands (spawned, restoring slots)
+        self.stage: str | None = None  # STARTING: where the start stands (swapproxy.progress.STAGES)
         self.state = ProcessState.STOPPED
         self.state_since = time.time()  # wall time of the last state change
         self.last_error: ModelStartFailed | None = None
@@ -157,10 +158,10 @@ class ManagedProcess:
 
     async def _start(self) -> None:
         try:
+            self.stage = STAGES[0]
             self.change_state(ProcessState.STARTING)
             self.last_error = None
             await self._spawn()
-            self.stage = "loading"
             await self._wait_ready()
             if self._after_ready is not None:
                 self.stage = "restoring slots"
@@ -239,8 +240,12 @@ class ManagedProcess:
         self.log.append(line)
         if self._on_line is not None:
             self._on_line(self.name, line)
-        if self.state is ProcessState.STARTING and is_ready_hint(line):
-            self._wake.set()
+        if self.state is ProcessState.STARTING:
+            seen = stage_of(line)
+            if seen is not None and self.stage != "restoring slots":
+                self.stage = later(self.stage, seen)
+            if is_ready_hint(line):
+                self._wake.set()
 
     async def _watch_exit(self, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()

@@ -6,7 +6,7 @@ A model's command line reaches the log (the "spawning ..." line), and from there
 hidden, wherever it occurs (inside a word too):
 
 * every configured key: ``apiKeys``, ``inferenceApiKeys``, ``managementApiKeys``, each
-  model's ``apiKey`` (and a peer's, once peers exist: :meth:`Redactor.for_config`);
+  model's and each peer's ``apiKey`` (:meth:`Redactor.for_config`);
 * the value of every ``${env.X}`` whose variable name says secret (:func:`is_secret_name`:
   KEY, TOKEN, SECRET, PASSWORD, ...), collected by the config loader;
 * in a command line, the value after a key- or token-like flag (``--api-key X``,
@@ -83,9 +83,7 @@ class Redactor:
         """Every key ``config`` holds (client keys, models' and peers' ``apiKey``) and its secret ${env.X} values."""
         keys: list[str] = [*config.all_keys, *getattr(config, "env_secrets", ())]
         keys += [m.upstream_api_key for m in config.models.values() if m.upstream_api_key]
-        for peer in getattr(config, "peers", {}).values():  # a peer's apiKey, when peers are configured
-            if getattr(peer, "api_key", None):
-                keys.append(peer.api_key)
+        keys += [peer.api_key for peer in config.peers.values() if peer.api_key]
         return cls(keys)
 
     def text(self, text: str) -> str:

@@ -7,8 +7,9 @@ the name was pinned by a profile or chosen by a selector.
 
 A name goes through llama-swap's steps in its order (:func:`route`): the active
 profile's pin first, then a selector (its choice is the caller's, who knows
-the models' states), then aliases; ``setParamsByID`` is keyed by the name the
-request uses after those rewrites.
+the models' states), then aliases, and last a peer's model (``peer/model``, or
+a bare id one peer alone lists: local names win); ``setParamsByID`` is keyed by
+the name the request uses after those rewrites.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config, ModelConfig, SelectorConfig
+from .config import Config, ModelConfig, PeerRoute, SelectorConfig
 from .errors import BadRequest, ModelDisabled, ModelNotFound
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "rewrite_body",
     "multipart_boundary",
     "find_multipart_field",
+    "multipart_field_span",
     "PROTECTED_PARAMS",
 ]
 
@@ -80,12 +82,15 @@ def resolve_model(config: Config, requested: str | None) -> str:
 
 @dataclass(frozen=True)
 class Route:
-    """Where a requested name leads: the model id, and the name the request uses from now on."""
+    """Where a requested name leads: the model id, and the name the request uses from now on.
+
+    For a peer's model, ``peer`` says which, and ``model_id`` is its ``peer/model``."""
 
     model_id: str
     name: str | None  # after the profile's pin and the selector's choice; None: the default model
     renamed: bool = False  # a pin or a selector changed the name: the body's model says so upstream
     selector: str | None = None  # the selector the name went through
+    peer: PeerRoute | None = None  # a peer serves it: no scheduling, no swap
 
 
 def route(config: Config, requested: str | None, *, profile: str | None = None,
@@ -106,23 +111,32 @@ def route(config: Config, requested: str | None, *, profile: str | None = None,
     selector = config.selectors.get(name)
     if selector is not None:
         name = pick(selector) if pick is not None else selector.targets[0]
-    return Route(resolve_model(config, name), name, name != requested, selector.id if selector else None)
+    chosen = selector.id if selector else None
+    model_id = config.resolve(name)
+    if model_id is None:  # no local name: a peer's model, or nothing at all
+        peer = config.peer_route(name)
+        if peer is None:
+            raise ModelNotFound(name)
+        return Route(peer.fqn, name, name != requested, chosen, peer)
+    return Route(model_id, name, name != requested, chosen)
 
 
 def rewrite_body(obj: dict[str, Any], spec: ModelConfig, name: str | None = None,
-                 renamed: bool = False) -> bytes | None:
+                 renamed: bool = False, send_as: str | None = None) -> bytes | None:
     """The body to send upstream when ``spec`` asks for a rewrite, else None (send as is).
 
     ``name``: the name the request uses (``setParamsByID`` is keyed by it); ``renamed``: it
-    is not the one the client sent, so the body's ``model`` becomes ``name``.
+    is not the one the client sent, so the body's ``model`` becomes ``name``; ``send_as``: the
+    body's ``model`` becomes that instead (a peer's model, as the peer knows it).
     """
     filters = spec.filters
     by_id = filters.set_params_by_id.get(name) if name is not None and filters.set_params_by_id else None
-    if not (spec.use_model_name or filters.strip_params or filters.set_params or by_id or renamed):
+    model = send_as if send_as is not None else name if renamed else None
+    if not (spec.use_model_name or filters.strip_params or filters.set_params or by_id or model):
         return None
     out = dict(obj)
-    if renamed and name is not None:
-        out["model"] = name
+    if model is not None:
+        out["model"] = model
     for key in filters.strip_params:
         if key not in PROTECTED_PARAMS:
             out.pop(key, None)
@@ -145,8 +159,8 @@ def multipart_boundary(content_type: str) -> bytes | None:
     return match.group(1).encode("latin-1") if match else None
 
 
-def find_multipart_field(buf: bytes | mmap.mmap, boundary: bytes) -> str | None:
-    """The value of the text form field ``model`` in raw multipart bytes.
+def multipart_field_span(buf: bytes | mmap.mmap, boundary: bytes) -> tuple[int, int] | None:
+    """Where the value of the text form field ``model`` lies in raw multipart bytes (start, end).
 
     ``buf`` may be an mmap of a spooled upload: only part headers are matched,
     so a file part's content is never decoded or copied.
@@ -158,10 +172,16 @@ def find_multipart_field(buf: bytes | mmap.mmap, boundary: bytes) -> str | None:
         if _MODEL_FIELD.search(headers) is None or b"filename=" in headers.lower():
             continue
         end = buf.find(b"\r\n" + delimiter, match.end())
-        if end < 0:
-            return None
-        try:
-            return bytes(buf[match.end() : end]).decode("utf-8").strip() or None
-        except UnicodeDecodeError:
-            raise BadRequest("multipart field 'model' is not valid UTF-8", param="model") from None
+        return (match.end(), end) if end >= 0 else None
     return None
+
+
+def find_multipart_field(buf: bytes | mmap.mmap, boundary: bytes) -> str | None:
+    """The value of the text form field ``model`` in raw multipart bytes (see :func:`multipart_field_span`)."""
+    span = multipart_field_span(buf, boundary)
+    if span is None:
+        return None
+    try:
+        return bytes(buf[span[0] : span[1]]).decode("utf-8").strip() or None
+    except UnicodeDecodeError:
+        raise BadRequest("multipart field 'model' is not valid UTF-8", param="model") from None

@@ -15,6 +15,11 @@ unit-testable without a scheduler:
   or failed), else overload the least-loaded active one. Targets that are
   stopping are skipped; none left at all is a 503.
 
+A target may be a peer's model: it is *ready* when the peer has it loaded, and
+*unavailable* while the peer is down (or after it failed to connect for this
+request): ``warm`` and ``spillover`` pass over unavailable targets, so a
+request fails over to the next one; ``pin`` keeps its first.
+
 :class:`SelectorState` holds what the choice needs beyond the scheduler's view:
 the rotation counter for ties and the requests each selector has sent to each
 target and that are not finished yet (counted from the choice on, so two
@@ -24,7 +29,7 @@ requests arriving together never both see an idle target).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from .config import SelectorConfig
@@ -43,6 +48,7 @@ class TargetStatus:
 
     state: ProcessState
     load: int = 0  # requests in flight on it or waiting for it
+    available: bool = True  # False: a peer that is down, or a target this request already failed on
 
 
 def choose(selector: SelectorConfig, status: Callable[[str], TargetStatus], turn: int = 0) -> int:
@@ -53,13 +59,15 @@ def choose(selector: SelectorConfig, status: Callable[[str], TargetStatus], turn
     if selector.strategy == "warm":
         for wanted in _ACTIVE:
             for i, target in enumerate(states):
-                if target.state is wanted:
+                if target.state is wanted and target.available:
                     return i
-        return 0
-    active = [i for i, t in enumerate(states) if t.state not in _GONE and (t.state in _ACTIVE or t.load > 0)]
-    cold = [i for i, t in enumerate(states) if t.state not in _GONE and i not in active]
+        return next((i for i, target in enumerate(states) if target.available), 0)
+    usable = [t.available and t.state not in _GONE for t in states]
+    active = [i for i, t in enumerate(states) if usable[i] and (t.state in _ACTIVE or t.load > 0)]
+    cold = [i for i, t in enumerate(states) if usable[i] and i not in active]
     if not active and not cold:
-        raise NoTargetAvailable(f"selector '{selector.id}' has no target that can take a request: all are stopping")
+        raise NoTargetAvailable(f"selector '{selector.id}' has no target that can take a request: all are stopping "
+                                f"or unreachable")
     if not active:
         return cold[0]
     least = min(states[i].load for i in active)
@@ -99,14 +107,16 @@ class SelectorState:
         """Requests ``selector_id`` sent to ``model_id`` that have not finished yet."""
         return self._reserved[(selector_id, model_id)]
 
-    def pick(self, selector: SelectorConfig, status: Callable[[str], TargetStatus]) -> tuple[int, Reservation]:
+    def pick(self, selector: SelectorConfig, status: Callable[[str], TargetStatus],
+             avoid: Collection[str] = ()) -> tuple[int, Reservation]:
         """Choose a target (:func:`choose`, a target's load being at least what this selector
-        sent it) and reserve it until the returned reservation is released."""
+        sent it; those in ``avoid`` unavailable) and reserve it until the returned reservation
+        is released."""
 
         def seen(model_id: str) -> TargetStatus:
             target = status(model_id)
             mine = self.reserved(selector.id, model_id)
-            return target if target.load >= mine else TargetStatus(target.state, mine)
+            return TargetStatus(target.state, max(target.load, mine), target.available and model_id not in avoid)
 
         turn = self._turns[selector.id]
         index = choose(selector, seen, turn)

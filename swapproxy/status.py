@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from .redact import redact_url
 from .scheduler import Scheduler
+from .progress import StartProgress, start_progress
 from .states import ProcessState
 
 __all__ = ["ModelStatus", "model_status", "all_statuses", "status_line"]
@@ -46,7 +47,7 @@ class ModelStatus:
     error: str | None = None  # FAILED: why
     log_tail: tuple[str, ...] = ()  # FAILED: its last output lines
     breaker_open_s: float | None = None  # FAILED with the breaker open: seconds until it closes
-    stage: str | None = None  # STARTING: where the start stands ("loading", "restoring slots")
+    progress: StartProgress | None = None  # STARTING: its stage, and how far by past starts' times
 
     def as_json(self, rss: dict[int, int] | None = None) -> dict[str, Any]:
         """The JSON object the API and the UI use; ``rss`` (pid → bytes) adds ``rss_bytes``."""
@@ -58,8 +59,9 @@ class ModelStatus:
             "waiting": self.waiting, "ttl_s": self.ttl_s, "ttl_remaining_s": self.ttl_remaining_s,
             "exit_code": self.exit_code,
         }
-        if self.state is ProcessState.STARTING and self.stage is not None:
-            snap["stage"] = self.stage
+        if self.progress is not None:
+            snap["stage"] = self.progress.stage
+            snap["progress"] = self.progress.as_json()
         if rss is not None:
             snap["rss_bytes"] = rss.get(self.pid) if self.pid is not None else None
         if self.state is ProcessState.FAILED and self.error is not None:
@@ -91,7 +93,9 @@ def model_status(scheduler: Scheduler, model_id: str) -> ModelStatus:
         ttl_remaining_s=None if ttl_left is None else round(ttl_left, 3), exit_code=proc.exit_code,
         error=error.reason if error is not None else None, log_tail=error.log_tail if error is not None else (),
         breaker_open_s=round(breaker, 1) if error is not None and breaker > 0 else None,
-        stage=getattr(proc, "stage", None),  # (a ManagedProcess's; other kinds of process have none)
+        progress=start_progress(getattr(proc, "stage", None),  # (other kinds of process have no stage)
+                                time.time() - proc.state_since, scheduler.learned.expected_start(spec))
+        if proc.state is ProcessState.STARTING else None,
     )
 
 

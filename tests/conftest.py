@@ -23,8 +23,8 @@ async def proxy_factory() -> AsyncIterator[Callable[[Config], Any]]:
     """``proxy = await proxy_factory(config)``; everything is torn down after the test."""
     started: list[tuple[web.AppRunner, Proxy]] = []
 
-    async def factory(config: Config) -> Proxy:
-        runner, proxy = await start_proxy(config)
+    async def factory(config: Config, **app_options: Any) -> Proxy:
+        runner, proxy = await start_proxy(config, **app_options)
         started.append((runner, proxy))
         return proxy
 

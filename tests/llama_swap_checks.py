@@ -52,13 +52,12 @@ def assert_refused(file: Path, environ: Mapping[str, str], unsupported: Sequence
 def supported_part(file: Path, *, groups: Mapping[str, list[str]], no_port: str,
                    targets: Mapping[str, list[str]], drop_pins: Mapping[str, list[str]]) -> str:
     """``file`` (a llama-swap full example) as YAML again, without what swapproxy refuses and
-    its mistakes mended: peers, hooks (preloading a name that is no model), the matrix and
+    its mistakes mended: hooks (preloading a name that is no model), the matrix and
     scheduler settings go; only ``groups`` stay, each with those members; each selector of
     ``targets`` gets those targets, and the ``drop_pins`` of each profile go (they name
     models the file never defines); ``no_port`` gets a proxy."""
     data: dict[str, Any] = yaml.safe_load(file.read_text())
-    for key in ("peers", "hooks"):
-        del data[key]
+    del data["hooks"]
     settings = data["routing"]["router"]["settings"]
     del settings["matrix"], data["routing"]["scheduler"]["settings"]
     settings["groups"] = {name: {**settings["groups"][name], "members": members}

@@ -229,8 +229,9 @@ class Proxy:
             return resp.status, data
 
 
-async def start_proxy(config: Config) -> tuple[web.AppRunner, Proxy]:
-    app = make_app(config)
+async def start_proxy(config: Config, **app_options: Any) -> tuple[web.AppRunner, Proxy]:
+    """swapproxy in this process on a real socket; ``app_options`` go to make_app (e.g. ``gpus``)."""
+    app = make_app(config, **app_options)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     port = free_port_block(1)

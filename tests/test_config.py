@@ -279,19 +279,17 @@ def test_llama_swap_unified_style_loads_with_notices() -> None:
         ["models.draw", guessed_port_notice("http://127.0.0.1:8801")]]
 
 
-# every key of the full-style fixture that swapproxy does not implement yet, with its line:
-# the matrix router and scheduler priorities (the scheduler issue), peers (the scale-out issue)
-FULL_STYLE_UNSUPPORTED = [
-    (217, "peers"),
-]
+# every key of the full-style fixture that swapproxy does not implement yet: none, since peers
+# (the scale-out issue) landed after the matrix router and scheduler priorities
+FULL_STYLE_UNSUPPORTED: list[tuple[int, str]] = []
 # the mistakes it makes on purpose, as llama-swap's full example does: names that are not
-# models (a selector's, or none at all; a peer's model is not one of them), and a model with
-# neither proxy nor port
+# models (a selector's, or none at all; a peer's model, such as cloud/some-model, is one now),
+# and a model with neither proxy nor port
 FULL_STYLE_MISTAKES = [
-    (54, "profiles.writing.pins.review-model", "'ghost-model' is not a model id, alias or selector"),
-    (62, "selectors.any-thinker.targets[1]", "'ghost-model' is not a model id or alias"),
-    (76, "selectors.pool.targets[1]", "'phantom-a' is not a model id or alias"),
-    (77, "selectors.pool.targets[2]", "'phantom-b' is not a model id or alias"),
+    (54, "profiles.writing.pins.review-model", "'ghost-model' is not a model id, alias, selector or peer model"),
+    (62, "selectors.any-thinker.targets[1]", "'ghost-model' is not a model id, alias or peer model"),
+    (76, "selectors.pool.targets[1]", "'phantom-a' is not a model id, alias or peer model"),
+    (77, "selectors.pool.targets[2]", "'phantom-b' is not a model id, alias or peer model"),
     (151, "models.hidden-helper", "proxy is required when cmd does not use ${PORT}"),
     (168, "hooks.on_startup.preload[0]", "'pool' is not a model id or alias (it is a selector"),
     (179, "routing.router.settings.groups.solo.members[0]", "'pool' is not a model id"),
@@ -305,7 +303,7 @@ FULL_STYLE_MISTAKES = [
 ]
 
 
-def test_llama_swap_full_style_reports_each_unsupported_key_once() -> None:
+def test_llama_swap_full_style_reports_only_its_own_mistakes() -> None:
     assert_refused(FIXTURES / "llamaswap_full_style.yaml", FULL_STYLE_ENV,
                    FULL_STYLE_UNSUPPORTED, FULL_STYLE_MISTAKES)
 
@@ -314,8 +312,7 @@ def test_llama_swap_full_style_rest_resolves() -> None:
     """Everything in the full-style fixture that swapproxy does support resolves."""
     text = supported_part(FIXTURES / "llamaswap_full_style.yaml",
                           groups={"pair": ["boxed-llama"]}, no_port="hidden-helper",
-                          targets={"any-thinker": ["thinker-70b"], "review-model": ["thinker-70b"],
-                                   "pool": ["boxed-llama"]},
+                          targets={"any-thinker": ["thinker-70b"], "pool": ["boxed-llama"]},
                           drop_pins={"writing": ["review-model"]})
     config = parse_config(text, environ=FULL_STYLE_ENV)
 
@@ -348,6 +345,18 @@ def test_llama_swap_full_style_rest_resolves() -> None:
     assert (warm.id, warm.strategy, warm.targets, warm.name, warm.metadata) == (
         "any-thinker", "warm", ("thinker-70b",), "Any thinker", {"purpose": "reasoning"})
     assert (pin.id, pin.strategy, spill.strategy, spill.spillover) == ("review-model", "pin", "spillover", 2)
+    assert pin.target_ids == ("thinker-70b", "cloud/some-model")  # a peer's model, by its full name
+    lab, cloud = config.peers.values()
+    assert (lab.id, lab.proxy, lab.models, lab.api_key) == (
+        "lab-box", "http://10.0.0.42:8080", ("small-model", "embeddings/e5"), None)
+    assert (lab.connect_timeout, lab.response_header_timeout) == (30.0, 60.0)  # llama-swap's peer defaults
+    assert (cloud.proxy, cloud.api_key, cloud.models) == ("https://api.example.com/v1", "peer-key",
+                                                          ("some-model", "other-model"))
+    assert (cloud.connect_timeout, cloud.response_header_timeout) == (10.0, 30.0)
+    assert cloud.filters.strip_params == ("top_k",)
+    assert cloud.filters.set_params == {"provider": {"data_collection": "deny", "zdr": True}}
+    assert config.peer_route("cloud/some-model") == config.peer_route("some-model")
+    assert config.peer_route("embeddings/e5") is not None and config.resolve("small-model") is None
     assert config.profiles["writing"].pins == {"draft-model": "thinker-70b", "illustrate": ""}
     assert model.use_model_name == "vendor/thinker-70B" and model.name == "Thinker 70B"
     assert model.description == "A large reasoning model"
@@ -372,7 +381,9 @@ def test_llama_swap_full_style_rest_resolves() -> None:
     assert keys == ["logTimeFormat", "ui",
                     "models.thinker-70b.timeouts.keepalive",
                     "models.thinker-70b.timeouts.tlsHandshake",
-                    "models.thinker-70b.timeouts.idleConn"]
+                    "models.thinker-70b.timeouts.idleConn",
+                    "peers.cloud.timeouts.keepalive", "peers.cloud.timeouts.tlsHandshake",
+                    "peers.cloud.timeouts.idleConn"]
 
 
 # --------------------------------------------------------------------------- problems
@@ -540,7 +551,7 @@ def test_preload_default_model_api_keys_and_env_entries() -> None:
         (7, "models.a.env[1]", "an env entry must look like NAME=value (got '=x')")]
 
 
-def test_unsupported_keys_in_a_small_config() -> None:
+def test_peers_are_accepted_in_a_small_config() -> None:
     found = problems("""\
         peers: {}
         routing:
@@ -552,7 +563,6 @@ def test_unsupported_keys_in_a_small_config() -> None:
             compat: {ignoreWebsockets: true}
         """)
     assert [(p.line, p.key_path, p.message) for p in found] == [
-        (1, "peers", "'peers' is not supported by swapproxy yet"),
         (3, "routing.router.use", "routing.router.use is 'matrix' but routing.router.settings.matrix is not set")]
 
 

@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import make_config, sse
 
 from swapproxy import server
-from swapproxy.metrics import _EVENT_SPLIT, Metrics, TokenTap, _events_newest_first, tail_counts, usage_from_tail
+from swapproxy.metrics import Metrics
+from swapproxy.tokens import _EVENT_SPLIT, TokenTap, _events_newest_first, tail_counts, usage_from_tail
 
 
 def data_lines(pieces: Any) -> list[bytes]:

@@ -8,12 +8,13 @@ saying so; they are never skipped.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import openai
 import pytest
 
-from support import Proxy, make_config, pid_gone, wait_until
+from support import Proxy, free_port_block, make_config, pid_gone, wait_http_ok, wait_until
 
 pytestmark = pytest.mark.llama
 
@@ -25,7 +26,7 @@ def e2e_config(llama: tuple[Path, Path], **extra_models: dict[str, object]):
     server, model = llama
     base = f"{server} --host 127.0.0.1 --port ${{PORT}} -m {model} -t 2"
     models: dict[str, dict[str, object]] = {
-        "chat-a": {"cmd": f"{base} -c 1024", "aliases": ["gpt-4o-mini"]},
+        "chat-a": {"cmd": f"{base} -c 1024 --metrics", "aliases": ["gpt-4o-mini"]},
         "chat-b": {"cmd": f"{base} -c 768 --temp 1.0"},
         "embed": {"cmd": f"{base} -c 512 --embeddings --pooling mean"},
         **extra_models,
@@ -68,6 +69,11 @@ async def test_openai_sdk_chat_stream_completions_embeddings(proxy_factory, llam
         assert [len(d.embedding) for d in emb.data] == [N_EMBD, N_EMBD]
         # persistent embeddings group: the chat model kept running beside it
         assert proxy.swapper.running() == ["chat-a", "embed"]
+        # llama-server's own metrics (chat-a runs with --metrics) in swapproxy's, labelled
+        async with proxy.http.get(proxy.url + "/metrics") as resp:
+            text = await resp.text()
+        assert 'llamacpp:prompt_tokens_total{model="chat-a"}' in text
+        assert 'llamacpp:tokens_predicted_total{model="embed"}' not in text  # embed runs without --metrics
     finally:
         await client.close()
 
@@ -261,3 +267,30 @@ async def test_a_cold_context_error_is_llama_servers_own_in_every_loading_state_
     facts = listed["off"]
     assert (facts["params_string"], facts["quantization"]["name"]) == ("270M", "Q4_K_M")
     assert facts["meta"]["n_ctx_train"] == 32768 and facts["meta"]["n_params"] == 268098176
+
+
+async def test_a_real_llama_server_and_a_swapproxy_as_peers(proxy_factory, llama) -> None:
+    """A swapproxy whose peers are a bare llama-server and another swapproxy (which runs a real model)."""
+    server, model = llama
+    port = free_port_block(1)
+    bare = subprocess.Popen([str(server), "--host", "127.0.0.1", "--port", str(port), "-m", str(model), "-t", "2",
+                             "-c", "512", "--alias", "gemma"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        other = await proxy_factory(e2e_config(llama))
+        front = await proxy_factory(make_config({"local": {"cmd": "sleep 60", "proxy": "http://127.0.0.1:9",
+                                                           "checkEndpoint": "none"}}, peers={
+            "bare": {"proxy": f"http://127.0.0.1:{port}", "models": ["gemma"]},
+            "other": {"proxy": other.url, "models": ["chat-a", "embed"]}}))
+        await wait_http_ok(f"http://127.0.0.1:{port}/health", 60, "the bare llama-server")
+        client = sdk(front)
+        for name in ("bare/gemma", "gemma", "chat-a", "other/chat-a"):
+            chat = await client.chat.completions.create(model=name, messages=USER, max_tokens=8)
+            assert chat.choices[0].message.content is not None, name
+        vectors = await client.embeddings.create(model="other/embed", input="hello")
+        assert len(vectors.data[0].embedding) == N_EMBD
+        # the probes read what is loaded where: the other swapproxy's statuses, the bare server's list
+        await wait_until(lambda: front.runtime.peers.health("other").loaded >= {"chat-a", "embed"}, 10)
+        assert front.runtime.peers.health("bare").up and "gemma" in front.runtime.peers.health("bare").loaded
+    finally:
+        bare.terminate()
+        bare.wait(timeout=20)

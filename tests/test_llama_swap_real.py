@@ -47,19 +47,17 @@ def test_llama_swap_unified_example_loads_with_notices(compat: Path) -> None:
         ["models.image", guessed_port_notice("http://127.0.0.1:9999")]]
 
 
-# every key of the full example that swapproxy does not implement yet, with its line: the
-# matrix router and scheduler priorities (the scheduler issue), peers (the scale-out issue)
-FULL_EXAMPLE_UNSUPPORTED = [
-    (682, "peers"),
-]
-# genuine mistakes in the example itself: names that are not models (the example says its
-# group members are illustrative; a peer's model, z-ai/glm-4.7, is not one of them), and a
-# model with a fixed port but no proxy
+# every key of the full example that swapproxy does not implement yet: none, since peers (the
+# scale-out issue) landed after the matrix router and scheduler priorities
+FULL_EXAMPLE_UNSUPPORTED: list[tuple[int, str]] = []
+# genuine mistakes in the example itself, as llama-swap reports them too: names that are not
+# models (the example says its group members are illustrative; a peer's model, such as
+# z-ai/glm-4.7 in the llm-plan selector, is one now), and a model with a fixed port but no proxy
 FULL_EXAMPLE_MISTAKES = [
-    (192, "profiles.coding.pins.llm-plan", "'qwen-unlisted' is not a model id, alias or selector"),
-    (208, "selectors.coding-model.targets[1]", "'qwen-unlisted' is not a model id or alias"),
-    (227, "selectors.llama.targets[1]", "'modelA' is not a model id or alias"),
-    (228, "selectors.llama.targets[2]", "'modelB' is not a model id or alias"),
+    (192, "profiles.coding.pins.llm-plan", "'qwen-unlisted' is not a model id, alias, selector or peer model"),
+    (208, "selectors.coding-model.targets[1]", "'qwen-unlisted' is not a model id, alias or peer model"),
+    (227, "selectors.llama.targets[1]", "'modelA' is not a model id, alias or peer model"),
+    (228, "selectors.llama.targets[2]", "'modelB' is not a model id, alias or peer model"),
     (458, "models.unlisted-model", "proxy is required when cmd does not use ${PORT}"),
     (502, "hooks.on_startup.preload[0]", "'llama' is not a model id or alias (it is a selector"),
     (556, "routing.router.settings.groups.group1.members[0]", "'llama' is not a model id"),
@@ -77,7 +75,7 @@ FULL_EXAMPLE_MISTAKES = [
 ]
 
 
-def test_llama_swap_full_example_reports_each_unsupported_key_once(compat: Path) -> None:
+def test_llama_swap_full_example_reports_only_its_own_mistakes(compat: Path) -> None:
     assert_refused(compat / "llama-swap-full-example.yaml", FULL_EXAMPLE_ENV,
                    FULL_EXAMPLE_UNSUPPORTED, FULL_EXAMPLE_MISTAKES)
 
@@ -86,8 +84,7 @@ def test_llama_swap_full_example_rest_resolves(compat: Path) -> None:
     """Everything in the full example that swapproxy does support resolves as documented."""
     text = supported_part(compat / "llama-swap-full-example.yaml",
                           groups={"group2": ["docker-llama"]}, no_port="unlisted-model",
-                          targets={"coding-model": ["gpt-oss-120b"], "llm-plan": ["gpt-oss-120b"],
-                                   "llama": ["docker-llama"]},
+                          targets={"coding-model": ["gpt-oss-120b"], "llama": ["docker-llama"]},
                           drop_pins={"coding": ["llm-plan"]})
     config = parse_config(text, environ=FULL_EXAMPLE_ENV)
 
@@ -115,8 +112,18 @@ def test_llama_swap_full_example_rest_resolves(compat: Path) -> None:
     assert [p.pattern for p in config.upstream_ignore_paths] == [r".*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$",
                                                                  r"^\/ws$|^\/api\/jobs$"]
     assert [(s.id, s.strategy, s.targets) for s in config.selectors.values()] == [
-        ("coding-model", "warm", ("gpt-oss-120b",)), ("llm-plan", "pin", ("gpt-oss-120b",)),
+        ("coding-model", "warm", ("gpt-oss-120b",)), ("llm-plan", "pin", ("gpt-oss-120b", "z-ai/glm-4.7")),
         ("llama", "spillover", ("docker-llama",))]
+    # its peers load as written; z-ai/glm-4.7 is a bare id only openrouter lists, so it routes there
+    assert config.selectors["llm-plan"].target_ids == ("gpt-oss-120b", "openrouter/z-ai/glm-4.7")
+    swap_peer, openrouter = config.peers.values()
+    assert (swap_peer.proxy, swap_peer.models, swap_peer.api_key) == (
+        "http://192.168.1.23", ("model_a", "model_b", "embeddings/model_c"), None)
+    assert (openrouter.proxy, openrouter.api_key) == ("https://openrouter.ai/api", "sk-or")
+    assert (openrouter.connect_timeout, openrouter.response_header_timeout) == (30.0, 60.0)
+    assert openrouter.filters.strip_params == ("temperature", "top_p")
+    assert openrouter.filters.set_params == {"provider": {"data_collection": "deny", "zdr": True}}
+    assert config.peer_route("embeddings/model_c") == config.peer_route("llama-swap-peer/embeddings/model_c")
     assert config.selectors["llama"].spillover == 4 and config.selectors["coding-model"].name == "Coding Model"
     assert config.profiles["coding"].pins == {"llm-code": "gpt-oss-120b", "image-gen": ""}
     assert model.use_model_name == "openai/gpt-oss-120B" and model.name == "gpt-oss 120B"
@@ -133,7 +140,9 @@ def test_llama_swap_full_example_rest_resolves(compat: Path) -> None:
     assert keys == ["logTimeFormat", "ui",
                     "models.gpt-oss-120b.timeouts.keepalive",
                     "models.gpt-oss-120b.timeouts.tlsHandshake",
-                    "models.gpt-oss-120b.timeouts.idleConn"]
+                    "models.gpt-oss-120b.timeouts.idleConn",
+                    "peers.openrouter.timeouts.keepalive", "peers.openrouter.timeouts.tlsHandshake",
+                    "peers.openrouter.timeouts.idleConn"]
 
 
 def test_llama_swap_full_example_matrix_loads_and_behaves(compat: Path) -> None:

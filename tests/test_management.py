@@ -172,7 +172,9 @@ async def test_router_mode_load_unload_and_sse_as_a_router_client(proxy_factory)
         assert await call(proxy, "POST", "/models/load", json={"model": "a"}) == (200, {"success": True})
         first = await next_matching(events, lambda e: e["model"] == "a", "a loading")
         assert first == {"model": "a", "event": "model_status", "data": {"status": "loading"}}
-        second = await next_matching(events, lambda e: e["model"] == "a", "a loaded")
+        # (between them, llama.cpp's status_change events carry the load's progress: test_progress.py)
+        second = await next_matching(events, lambda e: e["model"] == "a" and e["event"] == "model_status",
+                                     "a loaded")
         assert second["data"] == {"status": "loaded"}
         status, listing = await get_json(proxy, "/v1/models")
         assert {m["id"]: m["status"]["value"] for m in listing["data"]}["a"] == "loaded"

@@ -10,13 +10,13 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from fake_gpus import FakeGpus
 from fake_process import FakeHub, spec
 from support import fake, make_config, wait_until, write_gguf
 from swapproxy.config import Config, GroupConfig
 from swapproxy.estimate import footprint, parse_options
 from swapproxy.learned import Learned
 from swapproxy.memory import MemoryModel
-from swapproxy.nvml import GpuDevice
 from swapproxy.policy import Occupant, Resources, plan
 from swapproxy.scheduler import Scheduler
 from swapproxy.states import ProcessState
@@ -135,18 +135,6 @@ async def test_two_models_that_fit_never_stop_each_other() -> None:
 
 
 # -- the footprint model --------------------------------------------------------------------------------
-class FakeGpus:
-    def __init__(self, *totals: int) -> None:
-        self.totals = totals
-        self.used: dict[int, dict[str, int]] = {}
-
-    def devices(self) -> list[GpuDevice]:
-        return [GpuDevice(i, "Fake GPU", total, 0) for i, total in enumerate(self.totals)]
-
-    def process_memory(self, pids: Iterable[int]) -> dict[int, dict[str, int]]:
-        return {pid: self.used[pid] for pid in pids if pid in self.used}
-
-
 def model_config(tmp: Path, **memory: Any) -> Config:
     return make_config({"declared": {"cmd": "srv --port ${PORT}", "memory": "3GiB"},
                         "wrapped": {"cmd": "run-model.sh --port ${PORT}"}},

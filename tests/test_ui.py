@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from support import fake_cmd, make_config, open_gated_stream, pid_gone, wait_until
+from support import fake_cmd, free_port_block, make_config, open_gated_stream, pid_gone, wait_until
 
 # Without playwright the tests skip (the page fixture says why), unless a browser is required.
 playwright_api = pytest.importorskip("playwright.async_api") if not os.environ.get(
@@ -159,3 +159,18 @@ async def test_ui_switches_the_profile_and_cancels_a_request_in_flight(proxy_fac
         assert proxy.runtime.inflight.list() == []
     finally:
         stream.close()
+
+
+async def test_ui_shows_the_peers_and_their_health(proxy_factory, spawn, page) -> None:  # type: ignore[no-untyped-def]
+    server = await spawn("--model-name", "echo")
+    gone = free_port_block(1)  # nothing listens there
+    proxy = await proxy_factory(make_config({"chat": {"cmd": fake_cmd("--model-name", "chat")}}, peers={
+        "lab": {"proxy": server.url, "models": ["echo"]},
+        "gone": {"proxy": f"http://127.0.0.1:{gone}", "models": ["far"]}}))
+    await page.goto(proxy.url + "/ui")
+    rows = page.locator("#peers tr[data-peer]")
+    await expect(rows).to_have_count(2, timeout=STEP_MS)
+    await expect(page.locator('tr[data-peer="lab"] .state')).to_have_text("up", timeout=STEP_MS)
+    await expect(page.locator('tr[data-peer="lab"] .peer-model.loaded')).to_have_text("echo")
+    await expect(page.locator('tr[data-peer="gone"] .state')).to_have_text("down", timeout=STEP_MS)
+    await expect(page.locator('tr[data-peer="gone"]')).to_contain_text("cannot connect")

@@ -17,6 +17,10 @@ What each one measures, and how to run it (from the checkout's root; each
     python scripts/bench_readiness.py [--starts 20] [--delay 0.3]
         readiness.py: how soon after an upstream turns healthy swapproxy notices,
         against llama-swap's probing schedule.
+    python scripts/bench_peers.py [--requests 2000] [--scrapes 2000] [--json FILE]
+        peers.py: the latency a peer hop adds (client → swapproxy → its peer swapproxy → model,
+        against the peer directly), p50/p99 and ratio; the CPU of one /metrics scrape with ten
+        models running.
     python scripts/soak.py [--quick | --requests N] [--json FILE]
         soak.py: many mixed requests over three swapping models; every request must
         end 200 or an explicit 429/503, none may hang, RSS must stay flat.

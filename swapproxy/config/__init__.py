@@ -4,9 +4,9 @@ The pipeline, in the order :func:`parse_config` runs it (stages 1-4 in :mod:`.lo
 
 1. YAML is composed into nodes first, so every key path (``models.llama.ttl``) has a line
    number; then the same nodes are constructed into plain Python data.
-2. Keys that change routing but that swapproxy does not implement yet (``matrix``, ``peers``,
-   scheduler priorities) are rejected, one problem each; keys that only tune llama-swap's own
-   UI or log format are accepted with a one-line notice.
+2. Keys that change routing but that swapproxy does not implement yet are rejected, one
+   problem each (none today); keys that only tune llama-swap's own UI or log format are
+   accepted with a one-line notice.
 3. ``${env.VAR}`` is substituted in every string value.
 4. The raw schema (:mod:`.schema`: pydantic models whose field names are the camelCase keys
    users write) checks types and unknown keys; a typo gets a "did you mean" suggestion
@@ -15,7 +15,8 @@ The pipeline, in the order :func:`parse_config` runs it (stages 1-4 in :mod:`.lo
    global, then the model's own; a macro may use those defined before it), ``${MODEL_ID}``,
    ``${PORT}`` (assigned from ``startPort`` upward in config order), ``cmd`` split into argv,
    defaults applied; each ``filters.setParamsByID`` name becomes an alias. Then groups
-   (:mod:`.resolve_groups`), selectors (:mod:`.resolve_selectors`), profiles
+   (:mod:`.resolve_groups`), peers (:mod:`.resolve_peers`: their ``peer/model`` names must be
+   unambiguous and no local name), selectors (:mod:`.resolve_selectors`), profiles
    (:mod:`.resolve_profiles`), ``upstream.ignorePaths`` (:mod:`.resolve_upstream`), aliases,
    ``preload`` and ``defaultModel`` are cross-checked. The result is the frozen types of
    :mod:`.model`.
@@ -47,10 +48,10 @@ from __future__ import annotations
 
 from .loader import load_config, parse_config
 from .model import (COMFYUI_MODEL, DEFAULT_GROUP, Config, FiltersConfig, GroupConfig, LogLevel, LogToStdout,
-                    ModelConfig, ProfileConfig, SelectorConfig)
+                    ModelConfig, PeerConfig, PeerRoute, ProfileConfig, SelectorConfig)
 from .problems import ConfigError, Problem
 from .schema import json_schema
 
 __all__ = ["COMFYUI_MODEL", "DEFAULT_GROUP", "Config", "ConfigError", "FiltersConfig", "GroupConfig", "LogLevel",
-           "LogToStdout", "ModelConfig", "ProfileConfig", "Problem", "SelectorConfig", "json_schema", "load_config",
-           "parse_config"]
+           "LogToStdout", "ModelConfig", "PeerConfig", "PeerRoute", "ProfileConfig", "Problem", "SelectorConfig",
+           "json_schema", "load_config", "parse_config"]

@@ -16,8 +16,8 @@ from ..matrix import Matrix
 
 __all__ = ["COMFYUI_MODEL", "DEFAULT_GROUP", "DEFAULT_IGNORE_PATHS", "Config", "FiltersConfig", "GroupConfig",
            "HistoryConfig", "InstancesConfig", "LoadingState", "LogLevel", "LogToStdout", "MemoryConfig", "ModelConfig",
-           "OnReadOnly", "ProfileConfig", "Router", "SchedulerConfig", "SchedulerUse", "SelectorConfig", "Strategy",
-           "_FrozenDict"]
+           "OnReadOnly", "PeerConfig", "PeerRoute", "ProfileConfig", "Router", "SchedulerConfig", "SchedulerUse",
+           "SelectorConfig", "Strategy", "_FrozenDict"]
 
 #: Name of the implicit group holding every model that no configured group lists.
 DEFAULT_GROUP = "(default)"
@@ -186,6 +186,62 @@ class ModelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PeerConfig:
+    """A remote server and the models it serves (llama-swap's ``peers``). It never swaps here: a
+    request for one of its models is forwarded to ``proxy`` with its key, filters and timeouts."""
+
+    id: str
+    proxy: str  # base URL, no trailing slash; the request's path is appended
+    models: tuple[str, ...]
+    api_key: str | None = None  # replaces the client's Authorization and x-api-key
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    connect_timeout: float = 30.0
+    response_header_timeout: float = 60.0
+    response_idle_timeout: float = 0.0
+    _specs: Mapping[str, ModelConfig] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # What the forwarder reads, once per peer model: its URL, key and timeouts, named peer/model.
+        specs = {model: ModelConfig(
+            id=f"{self.id}/{model}", cmd=(), proxy=self.proxy, check_endpoint=None, filters=self.filters,
+            upstream_api_key=self.api_key, connect_timeout=self.connect_timeout,
+            response_header_timeout=self.response_header_timeout,
+            response_idle_timeout=self.response_idle_timeout) for model in self.models}
+        object.__setattr__(self, "_specs", _FrozenDict(specs))
+
+    def spec(self, model: str) -> ModelConfig:
+        """The forwarding spec for one of the peer's models (KeyError for another)."""
+        return self._specs[model]
+
+
+@dataclass(frozen=True)
+class PeerRoute:
+    """Where a peer model's name leads: the peer, and the model id as the peer knows it."""
+
+    peer: str
+    model: str
+
+    @property
+    def fqn(self) -> str:
+        """``peer/model``: the name that always reaches it."""
+        return f"{self.peer}/{self.model}"
+
+
+def peer_index(peers: Mapping[str, PeerConfig]) -> dict[str, PeerRoute]:
+    """Every name that reaches a peer model: each ``peer/model``, and each bare model id that exactly
+    one peer lists and that is no ``peer/model`` itself (llama-swap's rule; local names win elsewhere)."""
+    index = {f"{p.id}/{m}": PeerRoute(p.id, m) for p in peers.values() for m in p.models}
+    bare: dict[str, list[PeerRoute]] = {}
+    for peer in peers.values():
+        for model in peer.models:
+            bare.setdefault(model, []).append(PeerRoute(peer.id, model))
+    for model, routes in bare.items():
+        if len(routes) == 1 and model not in index:
+            index[model] = routes[0]
+    return index
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole resolved config. Built by :func:`load_config`; tests may build one by hand
     (with no ``groups`` given, every model lands in the implicit ``(default)`` group)."""
@@ -223,11 +279,13 @@ class Config:
     models: Mapping[str, ModelConfig]
     selectors: Mapping[str, SelectorConfig] = field(default_factory=_FrozenDict)
     profiles: Mapping[str, ProfileConfig] = field(default_factory=_FrozenDict)
+    peers: Mapping[str, PeerConfig] = field(default_factory=_FrozenDict)
     upstream_ignore_paths: tuple[re.Pattern[str], ...] = DEFAULT_IGNORE_PATHS
     config_dir: str | None = None  # --config-dir: its *.yaml files were merged after ``file``
     notices: tuple[str, ...] = ()
     _alias_index: Mapping[str, str] = field(init=False, repr=False, compare=False)
     _group_index: Mapping[str, GroupConfig] = field(init=False, repr=False, compare=False)
+    _peer_index: Mapping[str, PeerRoute] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # frozen dataclass: indexes are computed once here, hence object.__setattr__
@@ -235,6 +293,8 @@ class Config:
         object.__setattr__(self, "models", models)
         object.__setattr__(self, "selectors", _FrozenDict(self.selectors))
         object.__setattr__(self, "profiles", _FrozenDict(self.profiles))
+        object.__setattr__(self, "peers", _FrozenDict(self.peers))
+        object.__setattr__(self, "_peer_index", _FrozenDict(peer_index(self.peers)))
         if not self.groups and models:
             object.__setattr__(self, "groups", (GroupConfig(DEFAULT_GROUP, members=tuple(models)),))
         aliases = {a: m.id for m in models.values() for a in m.aliases}
@@ -255,6 +315,15 @@ class Config:
     def resolve(self, name: str) -> str | None:
         """Model id or alias -> model id; None when neither."""
         return name if name in self.models else self._alias_index.get(name)
+
+    def peer_route(self, name: str) -> PeerRoute | None:
+        """The peer model ``name`` reaches (``peer/model``, or a bare id one peer alone lists); None
+        otherwise. Local ids and aliases win: ask :meth:`resolve` first."""
+        return self._peer_index.get(name)
+
+    def peer_names(self) -> tuple[str, ...]:
+        """Every name that reaches a peer model (see :meth:`peer_route`)."""
+        return tuple(self._peer_index)
 
     def group_of(self, model_id: str) -> GroupConfig:
         """The group holding ``model_id``; KeyError for an unknown id."""

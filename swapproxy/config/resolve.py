@@ -5,10 +5,11 @@ The top-level settings are read here, and each section is resolved by its own mo
 :mod:`.resolve_browser` (``corsOrigins``, ``allowedHosts``), :mod:`.resolve_instances` (``instances``),
 :mod:`.resolve_history` (``store``, ``metricsMaxInMemory``, ``captureBuffer``, ``performance``),
 :mod:`.resolve_models` (each ``models.<id>``, in config order since ``${PORT}`` follows it), :mod:`.resolve_selectors`,
-:mod:`.resolve_profiles` and :mod:`.resolve_upstream`; :mod:`.resolve_routing` resolves the
+:mod:`.resolve_profiles`, :mod:`.resolve_peers` and :mod:`.resolve_upstream`; :mod:`.resolve_routing` resolves the
 router (groups or matrix) and the scheduler's settings, :mod:`.resolve_memory` the memory
 budgets. Then the names that refer to models are cross-checked: aliases (setParamsByID names
-included), group members, selector targets, profile pins, ``preload`` and ``defaultModel``.
+included), group members, selector targets and profile pins (which may name peers' models),
+``preload`` and ``defaultModel``.
 A new top-level section gets its own ``resolve_<section>.py`` and one call here.
 """
 
@@ -18,7 +19,7 @@ import os
 from collections.abc import Mapping
 
 from .macros import _expand_macros, _macro_defs
-from .model import DEFAULT_GROUP, Config, ModelConfig
+from .model import DEFAULT_GROUP, Config, ModelConfig, peer_index
 from .problems import _Report
 from .resolve_browser import _allowed_hosts, _cors_origins
 from .resolve_groups import _resolve_groups
@@ -26,6 +27,7 @@ from .resolve_history import _resolve_history
 from .resolve_instances import _resolve_instances
 from .resolve_memory import _resolve_memory, _resolve_slot_cache
 from .resolve_models import _resolve_model
+from .resolve_peers import _resolve_peers
 from .resolve_routing import _resolve_router, _resolve_scheduler
 from .resolve_profiles import _resolve_profiles
 from .resolve_selectors import _in_one_shared_group, _resolve_selectors
@@ -39,17 +41,13 @@ _UI_ONLY_KEYS = ("logRequests", "logTimeFormat", "ui")
 
 
 def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], ids: list[str],
-             environ: Mapping[str, str], port_hints: Mapping[str, int],
-             elsewhere: frozenset[str] = frozenset()) -> Config | None:
-    """The resolved Config; None when any stage so far (this one included) found a problem.
-
-    ``elsewhere``: model names a section swapproxy refuses (``peers``) would define; a
-    reference to one is not reported as a second problem."""
+             environ: Mapping[str, str], port_hints: Mapping[str, int]) -> Config | None:
+    """The resolved Config; None when any stage so far (this one included) found a problem."""
     for key in _UI_ONLY_KEYS:
         if key in raw.model_fields_set:
             report.notice((key,), _UI_ONLY)
     global_defs = _macro_defs(report, raw.macros, ("macros",))
-    _expand_macros(report, global_defs, set())  # report bad references even if unused
+    global_macros = _expand_macros(report, global_defs, set())  # bad references reported even if unused
     router, matrix = _resolve_router(report, raw, ids)
     groups, unknown_members = _resolve_groups(report, raw, ids) if router == "group" else ([], [])
     group_of = {member: g.name for g in groups for member in g.members}
@@ -74,6 +72,14 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
     def find(name: str) -> str | None:
         return name if name in ids else owner.get(name)
 
+    peers = _resolve_peers(report, raw, global_macros, {**{m: m for m in ids}, **owner})
+    peer_names = peer_index(peers)
+
+    def peer(name: str) -> str | None:
+        """A peer model's ``peer/model``, when ``name`` reaches one and is no local name."""
+        route = peer_names.get(name) if find(name) is None else None
+        return route.fqn if route is not None else None
+
     def is_selector(name: str) -> str:
         return " (it is a selector; name a model)" if name in raw.selectors else ""
 
@@ -85,8 +91,8 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
     together = ((lambda targets: None if matrix.can_contain_all(targets) else
                  "spillover targets must all appear together in one combination of one matrix set")
                 if matrix is not None else (lambda targets: _in_one_shared_group(groups, targets)))
-    selectors = _resolve_selectors(report, raw, find, together, elsewhere)
-    profiles = _resolve_profiles(report, raw, find, raw.selectors, elsewhere)
+    selectors = _resolve_selectors(report, raw, find, together, peer)
+    profiles = _resolve_profiles(report, raw, find, raw.selectors, peer)
     ignore_paths = _resolve_upstream(report, raw)
 
     preload: list[str] = []
@@ -121,7 +127,7 @@ def _resolve(report: _Report, raw: RawConfig, raw_models: dict[str, RawModel], i
         send_loading_state=raw.sendLoadingState,
         include_aliases_in_list=raw.includeAliasesInList, preload=tuple(preload),
         groups=tuple(groups), default_model=default_model,
-        max_request_body_mb=raw.maxRequestBodyMB, models=models, selectors=selectors, profiles=profiles,
+        max_request_body_mb=raw.maxRequestBodyMB, models=models, selectors=selectors, profiles=profiles, peers=peers,
         upstream_ignore_paths=ignore_paths,
         breaker_failures=raw.circuitBreaker.failures, breaker_window=raw.circuitBreaker.window,
         breaker_backoff=raw.circuitBreaker.backoff,

@@ -23,10 +23,10 @@ from .macros import _expand_macros, _macro_defs, _MacroDef, _Scope
 from .model import COMFYUI_MODEL, FiltersConfig, ModelConfig, _FrozenDict
 from .problems import _KeyPath, _Report
 from .resolve_memory import _resolve_footprint
-from .schema import RawCapabilities, RawConfig, RawFilters, RawModel
+from .schema import RawCapabilities, RawConfig, RawFilters, RawModel, RawTimeouts
 from .validate import _translate
 
-__all__ = ["_argv", "_resolve_model"]
+__all__ = ["_argv", "_check_url", "_filters", "_resolve_model", "_unused_timeouts"]
 
 _PORT_OPTION = re.compile(r"--(?:listen-)?port(?:=(\d+))?")
 
@@ -81,9 +81,7 @@ def _resolve_model(report: _Report, raw: RawConfig, mid: str, m: RawModel,
             report.problem((*base, "env", i), f"an env entry must look like NAME=value "
                                               f"(got {entry!r})")
         env[name.strip()] = value
-    for key in ("keepalive", "tlsHandshake", "idleConn", "expectContinue"):
-        if key in m.timeouts.model_fields_set:
-            report.notice((*base, "timeouts", key), "accepted; swapproxy does not use it")
+    _unused_timeouts(report, m.timeouts, (*base, "timeouts"))
     for i, alias in enumerate(m.aliases):
         if not isinstance(alias, str) and alias.model_fields_set - {"id"}:
             report.notice((*base, "aliases", i), "alias name/description/unlisted are accepted; "
@@ -137,6 +135,26 @@ def _resolve_model(report: _Report, raw: RawConfig, mid: str, m: RawModel,
     return model, next_port, alias_paths
 
 
+def _unused_timeouts(report: _Report, timeouts: RawTimeouts, base: _KeyPath) -> None:
+    """A notice for each of llama-swap's transport timeouts that swapproxy accepts and does not use."""
+    for key in ("keepalive", "tlsHandshake", "idleConn", "expectContinue"):
+        if key in timeouts.model_fields_set:
+            report.notice((*base, key), "accepted; swapproxy does not use it")
+
+
+def _check_url(report: _Report, url: str, path: _KeyPath, what: str = "proxy") -> str:
+    """``url`` without its trailing slash; a problem at ``path`` unless it is an http(s):// URL with a host."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # raises on a malformed port
+    except ValueError:
+        valid = False
+    if not valid:
+        report.problem(path, f"{what} must be an http(s):// URL (got {url!r})")
+    return url.rstrip("/")
+
+
 def _tags(scope: _Scope, tags: list[str] | str, path: _KeyPath) -> tuple[str, ...]:
     """A list, or one comma-separated string as llama-server's ``--tags`` takes it."""
     items = tags.split(",") if isinstance(tags, str) else tags
@@ -181,15 +199,7 @@ def _proxy(report: _Report, scope: _Scope, m: RawModel, cmd: tuple[str, ...], ba
     else:
         report.problem(base, "proxy is required when cmd does not use ${PORT}")
         return ""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
-        _ = parts.port  # raises on a malformed port
-    except ValueError:
-        valid = False
-    if not valid:
-        report.problem((*base, "proxy"), f"proxy must be an http(s):// URL (got {url!r})")
-    return url.rstrip("/")
+    return _check_url(report, url, (*base, "proxy"))
 
 
 def _params(report: _Report, scope: _Scope, params: Mapping[str, Any], base: _KeyPath) -> dict[str, Any]:

@@ -1,10 +1,13 @@
 """Resolution of ``selectors``: virtual model ids that pick one of their targets per request.
 
-Each target must name a model (id or alias, never another selector); a selector's own id
-must not be a model's id or alias. A ``spillover`` selector's targets must be distinct
-models able to run at the same time: :func:`_resolve_selectors` asks the router's check for
-that (``together``; the group router's is :func:`_in_one_shared_group`), so another router
-brings its own rule as one more function, not a change here.
+Each target must name a model (id or alias, never another selector) or a peer's model
+(``peer/model``, or a bare id one peer alone lists: its ``target_ids`` entry is then
+``peer/model``); a selector's own id must not be a model's id or alias. A ``spillover``
+selector's targets must be distinct, and its local ones able to run at the same time:
+:func:`_resolve_selectors` asks the router's check for that (``together``; the group router's
+is :func:`_in_one_shared_group`), so another router brings its own rule as one more function,
+not a change here. Unlike llama-swap, a ``warm`` selector may name peer models too: it prefers
+the target that has its model loaded, wherever that is.
 """
 
 from __future__ import annotations
@@ -36,11 +39,14 @@ def _in_one_shared_group(groups: Sequence[GroupConfig], targets: Sequence[str]) 
     return None
 
 
+def _no_peer(name: str) -> str | None:
+    return None
+
+
 def _resolve_selectors(report: _Report, raw: RawConfig, find: Callable[[str], str | None],
-                       together: Together, elsewhere: frozenset[str] = frozenset()) -> dict[str, SelectorConfig]:
+                       together: Together, peer: Callable[[str], str | None] = _no_peer) -> dict[str, SelectorConfig]:
     """The valid selectors; each mistake is reported at its key. ``find`` maps a model id or
-    alias to its id; ``elsewhere`` holds names a refused section (peers) would define: a
-    target naming one is not reported again."""
+    alias to its id; ``peer`` maps a peer model's name to its ``peer/model`` (None for any other)."""
     out: dict[str, SelectorConfig] = {}
     for sid, sel in raw.selectors.items():
         base = ("selectors", sid)
@@ -56,15 +62,20 @@ def _resolve_selectors(report: _Report, raw: RawConfig, find: Callable[[str], st
             report.problem((*base, "targets"), "a selector needs at least one target")
             continue
         ids: list[str] = []
+        local: list[str] = []
         for i, target in enumerate(sel.targets):
             path = (*base, "targets", i)
             model_id = find(target)
+            fqn = peer(target) if model_id is None else None
             if model_id is not None:
                 ids.append(model_id)
+                local.append(model_id)
             elif target in raw.selectors:
                 report.problem(path, f"'{target}' is a selector; a selector's targets must be models")
-            elif target not in elsewhere:
-                report.problem(path, f"'{target}' is not a model id or alias")
+            elif fqn is not None:
+                ids.append(fqn)
+            else:
+                report.problem(path, f"'{target}' is not a model id{', alias or peer model' if raw.peers else ' or alias'}")
         if len(ids) < len(sel.targets):
             continue
         if sel.strategy == "spillover":
@@ -72,7 +83,7 @@ def _resolve_selectors(report: _Report, raw: RawConfig, find: Callable[[str], st
             if repeated:
                 report.problem((*base, "targets"), f"targets name model '{repeated[0]}' more than once")
                 continue
-            why = together(ids) if len(ids) > 1 else None
+            why = together(local) if len(local) > 1 else None
             if why is not None:
                 report.problem((*base, "targets"), why)
                 continue

@@ -18,9 +18,9 @@ from .model import LoadingState, LogLevel, LogToStdout, Strategy
 
 __all__ = ["LogLevel", "LogToStdout", "Modality", "Raw", "RawAlias", "RawBreaker", "RawCapabilities", "RawCompat",
            "RawConfig", "RawFifo", "RawFilters", "RawGroup", "RawHooks", "RawInstances", "RawMatrix", "RawMemory",
-           "RawModel", "RawModelSlotCache", "RawOnStartup", "RawPerformance", "RawProfile", "RawRouter",
-           "RawRouterSettings", "RawRouting", "RawScheduler", "RawSchedulerSettings", "RawSelector", "RawSelectorSettings",
-           "RawSlotCache", "RawStore", "RawTimeouts", "RawUpstream", "Size", "json_schema"]
+           "RawModel", "RawModelSlotCache", "RawOnStartup", "RawPeer", "RawPeerTimeouts", "RawPerformance", "RawProfile",
+           "RawRouter", "RawRouterSettings", "RawRouting", "RawScheduler", "RawSchedulerSettings", "RawSelector",
+           "RawSelectorSettings", "RawSlotCache", "RawStore", "RawTimeouts", "RawUpstream", "Size", "json_schema"]
 
 Modality = Literal["text", "audio", "image", "video"]
 
@@ -138,6 +138,25 @@ class RawTimeouts(Raw, title="timeouts"):
     tlsHandshake: float | None = Field(default=None, ge=0, description="accepted, unused")
     idleConn: float | None = Field(default=None, ge=0, description="accepted, unused")
     expectContinue: float | None = Field(default=None, ge=0, description="accepted, unused")
+
+
+class RawPeerTimeouts(RawTimeouts, title="peer timeouts"):
+    """A peer's timeouts: a model's, but it waits 60 s for response headers (llama-swap's peer default)."""
+
+    responseHeader: float = Field(default=60.0, ge=0)
+
+
+class RawPeer(Raw, title="peer"):
+    """A remote OpenAI-compatible server (another swapproxy, a llama-swap, a llama-server, a hosted API)
+    and the models it serves: ``<peer>/<model>`` always routes there; a bare model id only when exactly
+    one peer lists it and no local model or alias has that name."""
+
+    proxy: str = Field(description="base URL; the request's path is appended (https://openrouter.ai/api)")
+    apiKey: str = Field(default="", description="sent as Authorization: Bearer and x-api-key, replacing the "
+                        "client's")
+    models: list[str] = Field(description="the model ids the peer serves (at least one)")
+    filters: RawFilters = RawFilters()
+    timeouts: RawPeerTimeouts = RawPeerTimeouts()
 
 
 class RawCapabilities(Raw, title="capabilities"):
@@ -267,7 +286,8 @@ class RawSelector(Raw, title="selector"):
 
     strategy: Strategy = Field(description="pin: the first target; warm: the first ready (else starting, else "
                                "the first) target; spillover: fill targets in order")
-    targets: list[str] = Field(description="model ids or aliases, never other selectors")
+    targets: list[str] = Field(description="model ids, aliases or peers' models (peer/model), never other "
+                               "selectors")
     settings: RawSelectorSettings = RawSelectorSettings()
     name: str = ""
     description: str = ""
@@ -279,8 +299,8 @@ class RawProfile(Raw, title="profile"):
     """Pins switched on together (PUT /api/profiles/active): requested name -> target."""
 
     description: str = ""
-    pins: dict[str, str | None] = Field(description="name -> model id, alias or selector; empty or ~ "
-                                        "disables the name (404)")
+    pins: dict[str, str | None] = Field(description="name -> model id, alias, selector or peer's model; empty "
+                                        "or ~ disables the name (404)")
 
     @model_validator(mode="before")
     @classmethod
@@ -317,6 +337,8 @@ class RawConfig(Raw, title="swapproxy config (llama-swap config.yaml format)"):
     upstream: RawUpstream = RawUpstream()
     profiles: dict[str, RawProfile] = Field(default_factory=dict)
     selectors: dict[str, RawSelector] = Field(default_factory=dict)
+    peers: dict[str, RawPeer] = Field(default_factory=dict, description="remote servers whose models this one "
+                                      "routes to (llama-swap's peers); swapproxy probes their health")
     models: dict[str, RawModel]
     defaultModel: str | None = Field(default=None, description="swapproxy: model if none named")
     maxRequestBodyMB: float = Field(default=256.0, gt=0, description="swapproxy: body limit")

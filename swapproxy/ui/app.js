@@ -1,5 +1,6 @@
 // swapproxy UI: what is running, what is starting, why did it fail.
-// Fed by /api/events (a snapshot, then state/log/inflight/request/profile/config events); actions use
+// Fed by /api/events (a snapshot, then state/log/inflight/request/profile/config/peer events) and,
+// every few seconds, /running?details=1 (memory figures, the peers' health); actions use
 // the llama.cpp router endpoints /models/load and /models/unload, llama-swap's
 // /api/profiles/active and /api/inflight/{id}/cancel. Plain JS, no build step.
 // URLs are relative so the page also works behind a path-prefixing reverse proxy.
@@ -287,6 +288,9 @@ function handle(ev) {
       ui.profile = ev.active || null;
       renderProfiles();
       break;
+    case "peer":  // a peer went up or down: its details (what is loaded there) come with /running
+      refreshDetails();
+      break;
     case "state": {
       const prev = ui.models.get(ev.model);
       // State events carry no memory figure (reading it walks the process table): keep the
@@ -390,6 +394,24 @@ async function refreshReload() {
   }
 }
 
+function renderPeers(peers) {
+  // Peers: remote servers whose models this one forwards to (never swapped here).
+  const ids = Object.keys(peers);
+  $("#peers-section").hidden = ids.length === 0;
+  $("#peers tbody").innerHTML = ids.map((id) => {
+    const p = peers[id];
+    const [cls, label] = p.up === null ? ["starting", "not probed yet"] : p.up ? ["ready", "up"] : ["failed", "down"];
+    const models = Object.entries(p.models).map(([m, state]) =>
+      `<span class="peer-model${state === "ready" ? " loaded" : ""}" title="${esc(state)}">${esc(m)}</span>`).join(" ");
+    const note = p.up === false && p.error ? `<div class="model-sub">${esc(p.error)}</div>` : "";
+    const latency = p.latency_ms != null ? `${p.latency_ms} ms` : "";
+    return `<tr data-peer="${esc(id)}"><td><div class="model-id">${esc(id)}</div>` +
+      `<div class="model-sub">${esc(p.proxy)}</div></td>` +
+      `<td><span class="state state-${cls}">${label}</span>${note}</td><td>${models}</td>` +
+      `<td class="num">${latency}</td></tr>`;
+  }).join("");
+}
+
 async function refreshDetails() {
   try {
     const resp = await fetch("running?details=1");
@@ -403,6 +425,7 @@ async function refreshDetails() {
       if (m && d.memory) m.memory = d.memory;
     }
     if (body.devices) ui.devices = body.devices;
+    renderPeers(body.peers || {});
     renderSummary();
     ui.order.forEach(renderRow);
   } catch (err) {
@@ -441,6 +464,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   connect();
   refreshReload();
+  refreshDetails();
   setInterval(refreshReload, 3000);
   setInterval(() => {  // uptimes, TTL countdowns and request ages tick between events
     for (const id of ui.order) {

@@ -14,7 +14,8 @@ in the reverse one, so a failure half-way tears down exactly what started:
    :class:`~swapproxy.configstore.ConfigStore` through which the API and the UI edit the files;
 7. the request history (its store opened in its thread), the performance samples and the
    hardware snapshot; a reload hands them their new settings;
-8. the preload of ``hooks.on_startup.preload``.
+8. the preload of ``hooks.on_startup.preload``;
+9. the peers' health probes (:class:`~swapproxy.peers.PeerMonitor`; idle without peers).
 
 Observability is wired in (6): every process state change is counted in the
 metrics and published on the event bus as the model's
@@ -41,7 +42,8 @@ from ..learned import Learned
 from ..logs import BufferHandler
 from ..memory import MemoryModel
 from ..metrics import Metrics
-from ..nvml import gpu_provider
+from ..nvml import GpuProvider, gpu_provider
+from ..peers import PeerHealth
 from ..process import ManagedProcess, ProcessTracker
 from ..processes import ProcessHub, ProcessLike
 from ..redact import Redactor
@@ -50,12 +52,14 @@ from ..scheduler import Scheduler, StopEvent
 from ..statefile import RunRecord, reap_leftovers
 from ..states import ProcessState
 from ..status import model_status
+from ..telemetry import Telemetry
 from . import activity, catalogue, configview, controls, inference, instances, management, streams, upstream
 from .browser import add_cors_headers
 from .forward import publish_request
 from .middleware import MIDDLEWARES, use_expect_handler
 from .proxy import make_client_session
 from .runtime import RUNTIME, Runtime
+from .starting import ProgressTicker
 from .upstream_props import UpstreamProps
 
 __all__ = ["make_app", "HISTORY_ENV"]
@@ -69,8 +73,9 @@ HISTORY_ENV = "SWAPPROXY_HISTORY"
 class _Resources:
     """The cleanup contexts of one app; what they share (trackers) is kept here until it starts."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, gpus: GpuProvider | None) -> None:
         self.rt = rt
+        self.gpus = gpus
         self.trackers: list[ProcessTracker] = []
 
     async def session(self, app: web.Application) -> AsyncIterator[None]:
@@ -139,7 +144,8 @@ class _Resources:
                                   extra_argv=rt.slot_cache.argv, after_ready=rt.slot_cache.restore)
 
         learned = Learned(rt.initial_config.state_dir)
-        memory = MemoryModel(lambda: rt.config, learned, gpu_provider())
+        memory = MemoryModel(lambda: rt.config, learned, self.gpus if self.gpus is not None else gpu_provider())
+        telemetry = Telemetry(memory)
         scheduler = Scheduler(rt.initial_config, ProcessHub(new_process), rt.background, learned=learned,
                               resources=memory.resources)
 
@@ -147,6 +153,8 @@ class _Resources:
             if not scheduler.is_current(proc):
                 return  # a process a reload retired or replaced: the model's row is another process now
             rt.metrics.on_state_change(proc, old, new)
+            if new in (ProcessState.READY, ProcessState.STOPPED):
+                telemetry.soon()  # what it holds now (or no longer)
             if rt.events.subscriber_count:
                 rt.events.publish({"type": "state", "old": old.value, **model_status(scheduler, proc.name).as_json()})
 
@@ -156,6 +164,7 @@ class _Resources:
         props = UpstreamProps(rt.session, rt.background)
         scheduler.hub.add_listener(on_state)
         scheduler.hub.add_listener(props.on_state)  # a server that is ready is asked for its /props
+        scheduler.hub.add_listener(ProgressTicker(rt).on_state)  # starting models' progress, as events
         scheduler.swap_listeners.append(on_stop)
         scheduler.before_stop = rt.slot_cache.save  # a model with slotCache saves its slots first
         rt.slot_cache.forget_removed()
@@ -167,10 +176,11 @@ class _Resources:
         rt._reloader = reloader
         rt._store = ConfigStore(reloader)
         rt._memory = memory
+        rt._telemetry = telemetry
         rt._upstream_props = props
-        rt.metrics.bind(scheduler, memory, rt.slot_cache)
+        rt.metrics.bind(scheduler, memory, rt.peers, rt.slot_cache, telemetry)
         rt.background.spawn(memory.refresh())  # GGUF estimates: off the event loop, in a helper process
-        rt.background.spawn(memory.watch(lambda: [
+        rt.background.spawn(telemetry.run(lambda: [
             (slot.process.spec, slot.process.pid) for slot in scheduler.slots.values()
             if slot.process.state is ProcessState.READY and slot.process.pid is not None]))
         try:
@@ -183,7 +193,7 @@ class _Resources:
         rt = self.rt
         gpus = rt.memory.gpus.devices  # blocking (NVML): called in threads
         await rt.history.open()
-        rt.metrics.registry.register(rt.history.collector())
+        rt.metrics.sources.append(rt.history.exposition)
         rt.performance.start(gpus)
         try:
             rt.hardware = await asyncio.to_thread(snapshot, gpus())
@@ -200,6 +210,19 @@ class _Resources:
         finally:
             rt.performance.stop()
             await rt.history.close()
+
+    async def peer_probes(self, app: web.Application) -> AsyncIterator[None]:
+        rt = self.rt
+
+        def on_change(peer: str, health: PeerHealth) -> None:
+            rt.events.publish({"type": "peer", "peer": peer, "up": health.up, "error": health.error})
+
+        rt.peers.listeners.append(on_change)
+        task = rt.background.spawn(rt.peers.run(lambda: rt.config, rt.session))
+        try:
+            yield
+        finally:
+            task.cancel()
 
     async def preload(self, app: web.Application) -> AsyncIterator[None]:
         models = self.rt.initial_config.preload
@@ -230,17 +253,19 @@ async def _on_shutdown(app: web.Application) -> None:
         rt.scheduler.close()
 
 
-def make_app(config: Config) -> web.Application:
-    """Build the application for ``config`` (its resources start with the app)."""
+def make_app(config: Config, *, gpus: GpuProvider | None = None) -> web.Application:
+    """Build the application for ``config`` (its resources start with the app); ``gpus`` replaces
+    the NVML reader (tests hand in a fake one)."""
     max_size = int(config.max_request_body_mb * 1024 * 1024)
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=max_size)
     rt = Runtime(initial_config=config, metrics=Metrics(config), max_body=max_size,
                  record_history=os.environ.get(HISTORY_ENV, "on") != "off")
     app[RUNTIME] = rt
     rt.inflight.listener = lambda op, entry: publish_request(rt, op, entry)
-    resources = _Resources(rt)
+    resources = _Resources(rt, gpus)
     app.cleanup_ctx.extend([resources.session, resources.leftovers, resources.guardian, resources.pid_record,
-                            resources.log_handler, resources.scheduler, resources.history, resources.preload])
+                            resources.log_handler, resources.scheduler, resources.history, resources.preload,
+                            resources.peer_probes])
     app.on_shutdown.append(_on_shutdown)
     app.on_response_prepare.append(add_cors_headers)
     # Specific routes first: the /upstream/ passthrough and the inference catch-all come last.

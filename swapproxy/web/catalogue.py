@@ -6,7 +6,9 @@ its parameter count, quantisation and size from its GGUF file, as Open WebUI's m
 picker reads them, and llama-server's ``meta`` (with the context size it runs with,
 once loaded). Selectors are listed too (unless
 ``unlisted``), with their strategy and targets, and, while a profile is active,
-each pin whose name is not already listed. llama-server's router downloads
+each pin whose name is not already listed; then each peer's models by their
+full name, ``peer/model`` (as llama-swap lists them; bare ids are not listed),
+with the status the peer's last probe read and ``peer``: the peer's id. llama-server's router downloads
 (``POST /models``) and deletes (``DELETE /models?model=``) models, as Open
 WebUI's llama.cpp connection asks; swapproxy runs the models its config names,
 so both answer 501 with an envelope that says so.
@@ -21,8 +23,8 @@ from aiohttp import web
 from ..config import ModelConfig, SelectorConfig
 from ..describe import describe
 from ..errors import NotSupported
-from ..scheduler import Scheduler
 from ..states import ProcessState
+from .naming import target_status
 from .openapi import api
 from .runtime import Kind, RouteTag, Runtime, Tier, register, runtime
 
@@ -63,10 +65,10 @@ def _model_entry(rt: Runtime, spec: ModelConfig, shown_id: str, created: int) ->
     return entry
 
 
-def _selector_entry(scheduler: Scheduler, selector: SelectorConfig, created: int) -> dict[str, Any]:
+def _selector_entry(rt: Runtime, selector: SelectorConfig, created: int) -> dict[str, Any]:
     """A selector's entry; its status is its first loaded target's (pin: only its first target)."""
     considered = selector.target_ids[:1] if selector.strategy == "pin" else selector.target_ids
-    states = [scheduler.slot(model_id).process.state for model_id in considered]
+    states = [target_status(rt, model_id).state for model_id in considered]
     value = "loaded" if ProcessState.READY in states else "loading" if ProcessState.STARTING in states else "unloaded"
     entry: dict[str, Any] = {"id": selector.id, "object": "model", "created": created, "owned_by": "swapproxy"}
     for key in ("name", "description"):
@@ -87,7 +89,8 @@ async def list_models(request: web.Request) -> web.Response:
 
     status.value is loaded, loading or unloaded (after a failed start also failed: true and
     exit_code); aliases and tags as configured; a selector says its strategy and targets; while
-    a profile is active, its pins that name something new are listed with "profile".
+    a profile is active, its pins that name something new are listed with "profile"; each peer's
+    models as peer/model, with "peer" and the status its peer's last probe read.
     """
     rt = runtime(request)
     scheduler = rt.scheduler
@@ -100,13 +103,20 @@ async def list_models(request: web.Request) -> web.Response:
         data.append(_model_entry(rt, spec, spec.id, created))
         if config.include_aliases_in_list:
             data.extend(_model_entry(rt, spec, alias, created) for alias in spec.aliases if alias != spec.id)
-    data.extend(_selector_entry(scheduler, s, created) for s in config.selectors.values() if not s.unlisted)
+    data.extend(_selector_entry(rt, s, created) for s in config.selectors.values() if not s.unlisted)
     profile = rt.profile
     if profile is not None:
         for name, target in config.profiles[profile].pins.items():
             if target and config.resolve(name) is None and name not in config.selectors:
                 data.append({"id": name, "object": "model", "created": created, "owned_by": "swapproxy",
                              "profile": profile, "aliases": [], "tags": [], "status": {"value": "unloaded"}})
+    for peer in config.peers.values():
+        health = rt.peers.health(peer.id)
+        for model in peer.models:
+            value = _STATUS_VALUE.get(health.state(model), "unloaded") if health.up is not False else "unloaded"
+            data.append({"id": f"{peer.id}/{model}", "object": "model", "created": created, "owned_by": "swapproxy",
+                         "name": f"{peer.id}: {model}", "peer": peer.id, "aliases": [], "tags": [],
+                         "status": {"value": value}})
     return web.json_response({"object": "list", "data": data})
 
 
@@ -118,7 +128,8 @@ async def catalogue_changes(request: web.Request) -> web.Response:
     """
     what = "download models" if request.method == "POST" else "delete models"
     raise NotSupported(f"swapproxy runs the models of its config file and does not {what}; add or remove the "
-                       f"model in the config (then reload: SIGHUP or --watch-config)")
+                       f"model in the config (its UI's Add model, the /api/v1/instances API, or the file "
+                       f"itself, then reload: SIGHUP or --watch-config)")
 
 
 def add_routes(app: web.Application, tags: dict[web.AbstractRoute, RouteTag]) -> None:

@@ -4,7 +4,7 @@
 ready first), labels the request with its model for the metrics, registers it
 among the requests in flight (where an operator may cut it) and publishes the
 model's in-flight counts; :func:`observed_forward` runs
-:func:`~swapproxy.web.proxy.forward` with a :class:`~swapproxy.metrics.TokenTap`
+:func:`~swapproxy.web.proxy.forward` with a :class:`~swapproxy.tokens.TokenTap`
 on the relayed bytes and records the response's metrics — in this one place,
 whether the response is plain, streamed, or an event stream the loading state
 opened first.
@@ -24,7 +24,7 @@ from ..config import ModelConfig
 from ..errors import Conflict, RequestCancelled
 from ..history import Note
 from ..inflight import InflightRequest
-from ..metrics import TokenTap, tail_counts
+from ..tokens import TokenTap, tail_counts
 from ..scheduler import Lease, Scheduler
 from ..status import model_status
 from .proxy import forward

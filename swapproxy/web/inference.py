@@ -1,9 +1,11 @@
 """Inference routes: OpenAI's, llama-server's native ones, and llama-swap's extra paths.
 
 Each handler finds the model a request names (:mod:`swapproxy.web.naming`:
-the active profile, selectors, aliases) and hands the request to
+the active profile, selectors, aliases, peers) and hands the request to
 :func:`~swapproxy.web.forward.leased_forward`, which leases the model (the
-scheduler makes it ready) and streams the request through. The lease is held
+scheduler makes it ready) and streams the request through; a peer's model goes
+to :func:`~swapproxy.web.peer.peer_forward` instead, and a selector whose
+peer target cannot be reached tries its next one (:func:`~swapproxy.web.peer.with_failover`). The lease is held
 until the last response byte is written, so a swap never cuts a request. The
 config is read from the runtime on every request, so a reload applies to the
 next one.
@@ -18,6 +20,8 @@ The model list is in :mod:`.catalogue`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from ..errors import BadRequest, NotFound, SlotFilesManaged
@@ -25,10 +29,11 @@ from ..routing import Route, model_from_json, multipart_boundary, parse_json_bod
 from ..states import ProcessState
 from .forward import leased_forward
 from .loading import stream_with_loading_state
-from .naming import Release, route_request
+from .naming import Release
 from .openapi import api
+from .peer import peer_body, peer_forward, with_failover
 from .proxy import request_headers
-from .runtime import Kind, RouteTag, Tier, register, runtime
+from .runtime import Kind, RouteTag, Runtime, Tier, register, runtime
 from .spool import spool_body
 
 __all__ = ["add_routes", "add_catch_all", "OPENAI_POST", "NATIVE_POST", "NATIVE_GET", "NATIVE_BODY_POST",
@@ -78,25 +83,34 @@ async def inference(request: web.Request) -> web.StreamResponse:
     path_qs = request.raw_path[PREFIXED_POST[path]:] if path in PREFIXED_POST else None
     if request.content_type.startswith("multipart/"):
         return await _multipart(request, path_qs)
-    rt = runtime(request)
     raw = await request.read()
     obj = parse_json_body(raw)
     requested = model_from_json(obj) or request.query.get("model")
-    found, release = route_request(request, requested)
+    return await with_failover(request, requested,
+                               lambda found, release: _json(request, found, release, requested, obj, raw, path_qs))
+
+
+async def _json(request: web.Request, found: Route, release: Release, requested: str | None, obj: dict[str, Any],
+                raw: bytes, path_qs: str | None) -> web.StreamResponse:
+    """A JSON body's request, routed: to the peer, or (made ready first) to the local model."""
+    rt = runtime(request)
     try:
+        if found.peer is not None:
+            body = peer_body(rt, found, obj) or raw
+            return await peer_forward(request, found, release, body=body, path_qs=path_qs)
         spec = rt.config.models[found.model_id]
         body = rewrite_body(obj, spec, found.name, found.renamed) or raw
         loading = bool(
             spec.send_loading_state
             and obj.get("stream") is True
-            and path.endswith("chat/completions")
+            and request.path.endswith("chat/completions")
             and path_qs is None
             and rt.scheduler.slot(found.model_id).process.state is not ProcessState.READY
         )
         if loading:
             rt.scheduler.admit(found.model_id)  # a refusal that needs no wait keeps its status (429, 503)
     except BaseException:
-        if release is not None:
+        if release is not None:  # a second release (peer_forward's own) does nothing
             release()
         raise
     if loading:  # the name the upstream is asked for (useModelName, a pin's or selector's choice)
@@ -109,48 +123,61 @@ async def _multipart(request: web.Request, path_qs: str | None) -> web.StreamRes
     """Multipart uploads (audio transcriptions, image edits): route by the ``model`` form field.
 
     The upload is spooled (memory up to 1 MiB, then a temp file) so the model field can be
-    found wherever it sits, and streamed on from there, unchanged.
+    found wherever it sits, and streamed on from there, unchanged (for a peer, its ``model``
+    field becomes the id the peer knows).
     """
     rt = runtime(request)
     boundary = multipart_boundary(request.headers.get("Content-Type", ""))
     if boundary is None:
         raise BadRequest("multipart request without a boundary")
     spool = await spool_body(request, rt.max_body)
-    try:
+
+    async def serve(found: Route, release: Release) -> web.StreamResponse:
         headers = request_headers(request)
+        if found.peer is not None:
+            chunks, size = spool.renamed(boundary, found.peer.model)
+            headers["Content-Length"] = str(size)
+            return await peer_forward(request, found, release, body=chunks, headers=headers, path_qs=path_qs)
         headers["Content-Length"] = str(spool.size)
-        found, release = route_request(request, spool.find_model(boundary) or request.query.get("model"))
         return await leased_forward(request, found.model_id, rt.config.models[found.model_id], body=spool.chunks(),
                                     headers=headers, path_qs=path_qs, release=release)
+
+    try:
+        return await with_failover(request, spool.find_model(boundary) or request.query.get("model"), serve)
     finally:
         spool.close()
 
 
-def _by_query(request: web.Request, requested: str | None) -> tuple[Route, Release]:
-    """``?model=`` (else the default model, else the one running model) through profiles and selectors."""
-    rt = runtime(request)
+def _by_query(rt: Runtime, requested: str | None) -> str | None:
+    """``?model=``, else the default model (None), else the one running model."""
     if requested is None and rt.config.default_model is None:
         running = rt.scheduler.running()
         if len(running) == 1:
             requested = running[0]
-    return route_request(request, requested)
+    return requested
 
 
-async def _forward_by_query(request: web.Request, requested: str | None, **kwargs: object) -> web.StreamResponse:
+async def _forward_by_query(request: web.Request, requested: str | None, **kwargs: Any) -> web.StreamResponse:
     rt = runtime(request)
-    found, release = _by_query(request, requested)
-    try:  # a client's slot save or restore, where swapproxy keeps the model's slot files: 403
-        rt.slot_cache.guard(rt.config.models[found.model_id], request.method, request.raw_path.split("?")[0],
-                            request.raw_path.partition("?")[2])
-    except SlotFilesManaged:
-        if release is not None:
-            release()
-        raise
-    path_qs = None
-    if found.renamed and "model" in request.query:  # the pinned or chosen name goes upstream
-        path_qs = str(request.rel_url.update_query(model=found.name))
-    return await leased_forward(request, found.model_id, rt.config.models[found.model_id], path_qs=path_qs,
-                                release=release, **kwargs)
+
+    async def serve(found: Route, release: Release) -> web.StreamResponse:
+        path_qs = None
+        sent = found.peer.model if found.peer is not None else found.name
+        if "model" in request.query and sent != request.query["model"]:  # the pinned, chosen or peer's name
+            path_qs = str(request.rel_url.update_query(model=sent))
+        if found.peer is not None:
+            return await peer_forward(request, found, release, path_qs=path_qs, **kwargs)
+        try:  # a client's slot save or restore, where swapproxy keeps the model's slot files: 403
+            rt.slot_cache.guard(rt.config.models[found.model_id], request.method, request.raw_path.split("?")[0],
+                                request.raw_path.partition("?")[2])
+        except SlotFilesManaged:
+            if release is not None:
+                release()
+            raise
+        return await leased_forward(request, found.model_id, rt.config.models[found.model_id], path_qs=path_qs,
+                                    release=release, **kwargs)
+
+    return await with_failover(request, _by_query(rt, requested), serve)
 
 
 @api(tag="inference", query=[("model", "the model to ask (default: defaultModel, or the one running model)")])

@@ -33,6 +33,7 @@ from aiohttp import web
 from ..config import ModelConfig
 from ..errors import SwapProxyError
 from ..scheduler import Lease
+from ..status import model_status
 from . import sse
 from .forward import note_lease, observed_forward, tracked
 from .runtime import RESPONDING_KEY, note_of, runtime
@@ -109,10 +110,12 @@ async def _loading_then_relay(request: web.Request, spec: ModelConfig, body: byt
             done, _ = await asyncio.wait({acquire}, timeout=PROGRESS_EVERY)
             if done:
                 break
-            state = scheduler.slot(spec.id).process.state.value
+            status = model_status(scheduler, spec.id)
             depth = scheduler.queue_depth()
             waiting = f", {depth} request(s) queued" if depth else ""
-            await resp.write(report(f"{spec.id}: {state}, {loop.time() - began:.0f}s elapsed{waiting}"))
+            where = status.progress.describe() if status.progress is not None else (
+                f"{status.state.value}, {loop.time() - began:.0f}s elapsed")  # (waiting for a swap)
+            await resp.write(report(f"{spec.id}: {where}{waiting}"))
         lease = acquire.result()
     except SwapProxyError as err:
         failed = report(f"failed: {err.message}") if spec.send_loading_state is True else b""

@@ -74,8 +74,8 @@ async def liveness(request: web.Request) -> web.Response:
 
 
 @api(tag="models", query=[("details", "1: add state, pid, port, uptime, RSS, memory footprint, in-flight, TTL "
-                                     "left per model, each device's budget, and the saved slots of models with "
-                                     "slotCache")])
+                                     "left per model, GPU memory it holds (NVML), each device's budget and each GPU's "
+                                     "sample, the saved slots of models with slotCache, and each peer's health")])
 async def running(request: web.Request) -> web.Response:
     """The models that are running or starting."""
     scheduler = runtime(request).scheduler
@@ -86,8 +86,12 @@ async def running(request: web.Request) -> web.Response:
         sizes = tree_rss(status.pid for status in statuses)
         memory = runtime(request).memory
         specs = [scheduler.slot(mid).process.spec for mid in ids]
-        body["details"] = {status.model: {**status.as_json(sizes), "memory": memory.model_json(spec)}
+        telemetry = runtime(request).telemetry
+        body["details"] = {status.model: {**status.as_json(sizes), "memory": memory.model_json(spec),
+                                          **_gpu_memory(telemetry.gpu_memory(status.model))}
                            for status, spec in zip(statuses, specs)}
+        if telemetry.gpus:
+            body["gpus"] = telemetry.gpus_json()
         devices = memory.devices_json(specs)
         if devices:
             body["devices"] = devices
@@ -96,7 +100,14 @@ async def running(request: web.Request) -> web.Response:
                  if (info := slot_cache.model_json(spec)) is not None}
         if saved:
             body["slot_cache"] = {"budget_bytes": scheduler.config.slot_cache_budget, "models": saved}
+        if scheduler.config.peers:
+            body["peers"] = runtime(request).peers.as_json(scheduler.config)
     return web.json_response(body)
+
+
+def _gpu_memory(held: dict[str, int]) -> dict[str, Any]:
+    """``gpu_memory`` (bytes per GPU its processes hold, from NVML) when it holds any."""
+    return {"gpu_memory": held} if held else {}
 
 
 # -- load / unload -----------------------------------------------------------------------------
@@ -185,8 +196,13 @@ async def models_unload(request: web.Request) -> web.Response:
 # -- metrics, info, docs, UI -------------------------------------------------------------------
 @api(tag="monitoring", content_type="text/plain")
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics (text exposition format)."""
-    return web.Response(body=runtime(request).metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+    """Prometheus metrics (text exposition format): swapproxy's, then each ready model's own
+    (its /metrics, e.g. llama-server's with --metrics) with a ``model`` label."""
+    rt = runtime(request)
+    running = [(slot.process.spec, slot.process.pid) for slot in rt.scheduler.slots.values()
+               if slot.process.state is ProcessState.READY and slot.process.pid is not None]
+    upstreams = await rt.upstream_metrics.text(running)
+    return web.Response(body=rt.metrics.render() + upstreams.encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
 @api(tag="monitoring")

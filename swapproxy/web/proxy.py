@@ -28,12 +28,12 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..config import ModelConfig
-from ..errors import BadRequest, SwapProxyError, UpstreamTimeout, UpstreamUnreachable
+from ..errors import BadRequest, SwapProxyError, UpstreamConnectFailed, UpstreamTimeout, UpstreamUnreachable
 from ..redact import redact_url
 from . import sse
 from .runtime import RESPONDING_KEY
 
-__all__ = ["make_client_session", "open_upstream", "relay", "forward", "drop_client", "HOP_BY_HOP", "Outgoing"]
+__all__ = ["make_client_session", "open_upstream", "relay", "forward", "drop_client", "HOP_BY_HOP", "Outgoing", "Body"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,14 +137,17 @@ async def open_upstream(
             return await sending
         async with asyncio.timeout(header_timeout):
             return await sending
+    except aiohttp.ConnectionTimeoutError:
+        raise UpstreamConnectFailed(
+            f"model '{spec.id}': could not connect to upstream {redact_url(spec.proxy)} within {connect:g}s",
+            timed_out=True) from None
     except asyncio.TimeoutError:
         raise UpstreamTimeout(
-            f"model '{spec.id}': upstream {redact_url(spec.proxy)} sent no response within {header_timeout:g}s"
-            if header_timeout
-            else f"model '{spec.id}': could not connect to upstream {redact_url(spec.proxy)} within {connect}s"
+            f"model '{spec.id}': upstream {redact_url(spec.proxy)} sent no response within {header_timeout or 0:g}s"
         ) from None
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnreachable(f"model '{spec.id}': upstream {redact_url(spec.proxy)} is unreachable: {exc.os_error}") from None
+        raise UpstreamConnectFailed(f"model '{spec.id}': upstream {redact_url(spec.proxy)} is unreachable: "
+                                    f"{exc.os_error}") from None
     except (aiohttp.ClientError, OSError) as exc:
         ours = _in_chain(exc, SwapProxyError)
         if ours is not None:  # the body we were sending refused to go on (over maxRequestBodyMB)

@@ -27,10 +27,13 @@ from ..inflight import InflightRequests
 from ..logs import LogBuffer
 from ..memory import MemoryModel
 from ..metrics import Metrics
+from ..peers import PeerMonitor
 from ..performance import PerformanceMonitor
 from ..reload import Reloader, ReloadState
 from ..scheduler import Scheduler
 from ..slotcache import SlotCache
+from ..telemetry import Telemetry
+from ..upstream_metrics import UpstreamMetrics
 from ..selectors import SelectorState
 from .upstream_props import UpstreamProps
 
@@ -109,9 +112,11 @@ class Runtime:
     tags: dict[web.AbstractRoute, RouteTag] = field(default_factory=dict)  # by route: its tier and kind
     inflight: InflightRequests = field(default_factory=InflightRequests)  # every proxied request, to list or cut
     selectors: SelectorState = field(default_factory=SelectorState)  # spillover turns and reservations
+    peers: PeerMonitor = field(default_factory=PeerMonitor)  # each peer's health, probed in the background
     active_profile: str | None = None  # at most one; none at start (never persisted, as in llama-swap)
     created: dict[str, float] = field(default_factory=dict)  # model id -> when added after start (llamactl's)
     slot_cache: SlotCache = field(init=False)  # saved llama-server slots of the models with slotCache
+    upstream_metrics: UpstreamMetrics = field(init=False)  # the running upstreams' own /metrics
     history: History = field(init=False)  # every proxied request, and its capture (/api/metrics/activity)
     performance: PerformanceMonitor = field(init=False)  # system and GPU samples (/api/performance)
     hardware: dict[str, Any] | None = None  # the machine, as found at start (/api/hardware); None: not found
@@ -121,10 +126,12 @@ class Runtime:
     _store: ConfigStore | None = None
     _session: aiohttp.ClientSession | None = None
     _memory: MemoryModel | None = None
+    _telemetry: Telemetry | None = None
     _upstream_props: UpstreamProps | None = None
 
     def __post_init__(self) -> None:
         self.slot_cache = SlotCache(lambda: self.config, lambda: self.session)
+        self.upstream_metrics = UpstreamMetrics(lambda: self.session, self.background.spawn)
         self.history = History(self.initial_config.history, self.events, enabled=self.record_history)
         self.performance = PerformanceMonitor(self.initial_config.history)
 
@@ -155,6 +162,11 @@ class Runtime:
     def upstream_props(self) -> UpstreamProps:
         """What each loaded llama-server said in its /props (context size, model name)."""
         return _started(self._upstream_props)
+
+    @property
+    def telemetry(self) -> Telemetry:
+        """The last GPU sample and what each running model really holds."""
+        return _started(self._telemetry)
 
     @property
     def config(self) -> Config:

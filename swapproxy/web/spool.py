@@ -15,7 +15,7 @@ from typing import IO
 from aiohttp import web
 
 from ..errors import PayloadTooLarge
-from ..routing import find_multipart_field
+from ..routing import find_multipart_field, multipart_field_span
 
 __all__ = ["Spool", "spool_body", "too_large"]
 
@@ -54,12 +54,34 @@ class Spool:
         with mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) as view:
             return find_multipart_field(view, boundary)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def renamed(self, boundary: bytes, model: str) -> tuple[AsyncIterator[bytes], int]:
+        """The body with its multipart ``model`` field set to ``model`` (as is when it has none), and its size."""
         if self._file is None:
-            yield bytes(self._memory)
+            span = multipart_field_span(bytes(self._memory), boundary)
+        else:
+            self._file.flush()
+            with mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                span = multipart_field_span(view, boundary)
+        if span is None:
+            return self.chunks(), self.size
+        value = model.encode()
+        return self.chunks((span[0], span[1], value)), self.size - (span[1] - span[0]) + len(value)
+
+    async def chunks(self, replace: tuple[int, int, bytes] | None = None) -> AsyncIterator[bytes]:
+        """The body, in chunks; with ``replace`` (start, end, value), bytes start..end become value."""
+        if self._file is None:
+            data = bytes(self._memory)
+            yield data if replace is None else data[:replace[0]] + replace[2] + data[replace[1]:]
             return
         self._file.seek(0)
+        offset = 0
         while chunk := self._file.read(1 << 16):
+            start, offset = offset, offset + len(chunk)
+            if replace is not None:
+                lo, hi, value = replace
+                size = len(chunk)
+                inserted = value if start <= lo < offset else b""
+                chunk = chunk[:max(0, min(lo - start, size))] + inserted + chunk[max(0, min(hi - start, size)):]
             yield chunk
 
     def close(self) -> None:

@@ -5,7 +5,7 @@
 * ``GET /api/events`` — server-sent events: a snapshot (every model, recent log
   lines), then each event of the app's :class:`~swapproxy.events.EventBus`;
 * ``GET /models/sse`` — the same state changes in llama-server router mode's
-  ``model_status`` shape.
+  ``model_status`` shape, and a starting model's progress as its ``status_change`` events.
 
 Each stream subscribes before it sends anything, so nothing published after its
 first byte is missed, and ends when the app shuts down (``Runtime.closing``) instead of
@@ -29,6 +29,7 @@ from .. import __version__
 from ..errors import BadRequest
 from ..logs import LogBuffer
 from ..metrics import tree_rss
+from ..progress import router_progress
 from ..states import ProcessState
 from ..status import all_statuses
 from . import sse
@@ -201,6 +202,9 @@ def _router_event(event: dict[str, Any]) -> dict[str, Any] | None:
     """
     if event.get("type") == "unloading":
         return {"model": event["model"], "event": "model_status", "data": {"status": "unloading"}}
+    if event.get("type") == "progress":  # as llama.cpp's router reports a child's load progress
+        return {"model": event["model"], "event": "status_change",
+                "data": {"status": "loading", "progress": router_progress(event["progress"])}}
     if event.get("type") != "state" or event["state"] not in _ROUTER_STATUS:
         return None
     data: dict[str, Any] = {"status": _ROUTER_STATUS[event["state"]]}

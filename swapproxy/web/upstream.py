@@ -5,7 +5,8 @@
   the active profile's pins apply to ``{model}`` (selectors and filters do not,
   as in llama-swap). A path matching ``upstream.ignorePaths`` never starts or
   swaps the model: 409 while it is not ready. WebSocket upgrades pass through
-  (:mod:`.websocket`);
+  (:mod:`.websocket`). ``{model}`` may be a peer's model (``peer/model``, or a
+  bare id one peer alone lists): the path goes to that peer, body unchanged;
 * ``GET /upstream/{model}/load``: start it and answer once it is ready;
 * ``DELETE /upstream/{model}``: stop it;
 * ``/comfyui/{path}``: llama-swap's passthrough to the model ``comfyui_auto``;
@@ -17,14 +18,17 @@ A load or unload path below a model name that is not exactly a model
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import unquote
 
 from aiohttp import web
 
-from ..config import COMFYUI_MODEL, Config
+from ..config import COMFYUI_MODEL, Config, PeerRoute
 from ..errors import BadRequest, ModelDisabled, ModelNotFound, NotFound
+from ..routing import Route
 from .forward import leased_forward, publish_inflight, take_lease, tracked
+from .peer import peer_forward
+from .proxy import Body
 from .openapi import api
 from .runtime import Kind, RouteTag, Tier, register, runtime
 from .spool import spool_body, too_large
@@ -44,19 +48,19 @@ def force_param(request: web.Request) -> bool:
     return value in _TRUE
 
 
-def _model_for_path(config: Config, tail: str, profile: str | None = None) -> tuple[str, str]:
-    """Split ``/upstream/<model>/<rest>``'s tail into (model id, rest), longest name first (a pin
-    of the ``profile`` among the names)."""
+def _model_for_path(config: Config, tail: str, profile: str | None = None) -> tuple[str | PeerRoute, str]:
+    """Split ``/upstream/<model>/<rest>``'s tail into (model id, or the peer's model, and rest),
+    longest name first (a pin of the ``profile`` among the names)."""
     decoded = unquote(tail)
     pins = config.profiles[profile].pins if profile in config.profiles else {}
-    names = sorted(
-        [*config.models, *(a for spec in config.models.values() for a in spec.aliases), *pins], key=len, reverse=True
-    )
+    names = sorted([*config.models, *(a for spec in config.models.values() for a in spec.aliases), *pins,
+                    *config.peer_names()], key=len, reverse=True)
     for name in names:
         if decoded == name or decoded.startswith(name + "/"):
             if name in pins and not pins[name]:
                 raise ModelDisabled(name, str(profile))
-            model_id = config.resolve(pins.get(name, name))
+            target = pins.get(name, name)
+            model_id: str | PeerRoute | None = config.resolve(target) or config.peer_route(target)
             if model_id is None:  # a pin naming a selector: selectors do not apply here (llama-swap's rule)
                 raise ModelNotFound(name)
             # Find the same boundary in the raw (still encoded) tail.
@@ -81,14 +85,18 @@ async def upstream_passthrough(request: web.Request) -> web.StreamResponse:
     return await passthrough(request, model_id, rest, raw[1] if len(raw) > 1 else None, refusal)
 
 
-async def passthrough(request: web.Request, model_id: str, rest: str, query: str | None,
+async def passthrough(request: web.Request, target: str | PeerRoute, rest: str, query: str | None,
                        refuse_start: str | None) -> web.StreamResponse:
-    """Forward the request to ``/<rest>?<query>`` on ``model_id``'s server; with ``refuse_start``
-    (why), only while it is ready (409 otherwise). A WebSocket upgrade is relayed."""
+    """Forward the request to ``/<rest>?<query>`` on the server of ``target`` (a model id, or a peer's
+    model); with ``refuse_start`` (why), only while the model is ready (409 otherwise; a peer never
+    swaps, so it is always let through). A WebSocket upgrade is relayed."""
     rt = runtime(request)
     if any(seg in ("..", ".") for seg in unquote(rest).split("/")):
         raise BadRequest("path segments '.' and '..' are not allowed in /upstream/ paths")
     path_qs = "/" + rest + (("?" + query) if query is not None else "")
+    if isinstance(target, PeerRoute):
+        return await _to_peer(request, target, path_qs)
+    model_id = target
     spec = rt.config.models[model_id]
     rt.slot_cache.guard(spec, request.method, "/" + rest, query or "")
     if is_websocket_upgrade(request):
@@ -103,11 +111,28 @@ async def passthrough(request: web.Request, model_id: str, rest: str, query: str
                 lease.release()
 
         return await tracked(request, model_id, relay)
-    limit = rt.max_body
+    return await _with_body(request, lambda body: leased_forward(request, model_id, spec, path_qs=path_qs, body=body,
+                                                                 refuse_start=refuse_start))
+
+
+async def _to_peer(request: web.Request, peer: PeerRoute, path_qs: str) -> web.StreamResponse:
+    """The passthrough to a peer: its key, its timeouts, the body as it came; 503 at once while it is down."""
+    if is_websocket_upgrade(request):
+        spec = runtime(request).config.peers[peer.peer].spec(peer.model)
+        return await tracked(request, spec.id, lambda: relay_websocket(request, spec, path_qs))
+    found = Route(peer.fqn, peer.fqn, peer=peer)
+    return await _with_body(request, lambda body: peer_forward(request, found, path_qs=path_qs, body=body))
+
+
+async def _with_body(request: web.Request, send: Callable[[Body], Awaitable[web.StreamResponse]]
+                     ) -> web.StreamResponse:
+    """``send`` the request's body on as it comes, within maxRequestBodyMB: streamed when its length is
+    known, spooled first when it is not (so the limit holds before anything goes upstream)."""
+    limit = runtime(request).max_body
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit)
     if not request.can_read_body:
-        body: bytes | AsyncIterator[bytes] | None = None
+        body: Body = None
     elif request.content_length is not None and "Content-Encoding" not in request.headers:
         body = request.content  # its length is known and within the limit: stream it as it comes
     elif request.content_length is not None:
@@ -117,11 +142,10 @@ async def passthrough(request: web.Request, model_id: str, rest: str, query: str
     else:  # chunked, length unknown: spool it so the limit holds before anything goes upstream
         spool = await spool_body(request, limit)
         try:
-            return await leased_forward(request, model_id, spec, path_qs=path_qs, body=spool.chunks(),
-                                        refuse_start=refuse_start)
+            return await send(spool.chunks())
         finally:
             spool.close()
-    return await leased_forward(request, model_id, spec, path_qs=path_qs, body=body, refuse_start=refuse_start)
+    return await send(body)
 
 
 @api(tag="inference")

@@ -74,8 +74,9 @@ async def liveness(request: web.Request) -> web.Response:
 
 
 @api(tag="models", query=[("details", "1: add state, pid, port, uptime, RSS, memory footprint, in-flight, TTL "
-                                     "left per model, GPU memory it holds (NVML), each device's budget and each GPU's "
-                                     "sample, the saved slots of models with slotCache, and each peer's health")])
+                                     "left per model, GPU memory it holds (NVML), the scheduler's queue by model, each "
+                                     "device's budget and each GPU's sample, the saved slots of models with slotCache, "
+                                     "and each peer's health")])
 async def running(request: web.Request) -> web.Response:
     """The models that are running or starting."""
     scheduler = runtime(request).scheduler
@@ -90,6 +91,8 @@ async def running(request: web.Request) -> web.Response:
         body["details"] = {status.model: {**status.as_json(sizes), "memory": memory.model_json(spec),
                                           **_gpu_memory(telemetry.gpu_memory(status.model))}
                            for status, spec in zip(statuses, specs)}
+        if queue := scheduler.queue():
+            body["queue"] = [queued.as_json() for queued in queue]
         if telemetry.gpus:
             body["gpus"] = telemetry.gpus_json()
         devices = memory.devices_json(specs)

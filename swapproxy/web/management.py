@@ -48,8 +48,13 @@ _ACTIVE = (ProcessState.STARTING, ProcessState.READY)
 UNLOAD_DRAIN_LIMIT = 30.0
 _ROUTER_UNLOAD_QUERY = [*FORCE_QUERY, ("drain", f"swapproxy: seconds to wait for the requests in flight before "
                                                f"cutting them (default {UNLOAD_DRAIN_LIMIT:g})")]
-_UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "editor.js": "text/javascript",
-             "style.css": "text/css", "swagger.html": "text/html"}
+_UI_FILES = {"index.html": "text/html", "style.css": "text/css", "swagger.html": "text/html",
+             **{f"{name}.js": "text/javascript"
+                for name in ("app", "common", "models", "activity", "logs", "playground", "charts", "editor")}}
+#: The UI's pages and files load nothing but this origin's: no inline script or style, no other
+#: site, no framing (its buttons act). swagger.html, which has inline script, is not under it.
+UI_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+          "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
 @api(tag="health")
@@ -243,7 +248,10 @@ def _ui_file(name: str) -> web.Response:
         body = resources.files("swapproxy").joinpath("ui", name).read_bytes()
     except (FileNotFoundError, KeyError):
         raise web.HTTPNotFound() from None
-    return web.Response(body=body, content_type=_UI_FILES[name], headers={"Cache-Control": "no-cache"})
+    headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    if name != "swagger.html":
+        headers["Content-Security-Policy"] = UI_CSP
+    return web.Response(body=body, content_type=_UI_FILES[name], headers=headers)
 
 
 @api(tag="docs", content_type="text/html")
@@ -260,13 +268,13 @@ async def root(request: web.Request) -> web.Response:
 
 @api(tag="ui", content_type="text/html")
 async def ui(request: web.Request) -> web.Response:
-    """The web UI: models, their state, load/unload, live logs."""
+    """The web UI: models (state, load progress, memory and GPUs, the queue), activity, logs, a playground."""
     return _ui_file("index.html")
 
 
 @api(tag="ui", content_type="text/plain")
 async def ui_asset(request: web.Request) -> web.Response:
-    """The UI's script and style sheet."""
+    """The UI's scripts (JS modules) and style sheet."""
     name = request.match_info["name"]
     if name not in _UI_FILES:
         raise web.HTTPNotFound()

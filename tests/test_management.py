@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,7 +18,9 @@ import pytest
 from support import (Proxy, fake, make_config, open_gated_stream, pid_gone, release_all, sse_events, start_proxy,
                      wait_until)
 
+import swapproxy
 from swapproxy import __version__
+from swapproxy.web.management import UI_CSP
 
 TIMEOUT = 10.0
 
@@ -434,9 +438,18 @@ async def test_root_redirects_to_ui_and_ui_files_are_served(proxy_factory) -> No
         assert resp.status == 200 and str(resp.url).endswith("/ui")
         page = await resp.text()
     assert "<script" in page and "http://" not in page.replace("http://www.w3.org", "")  # nothing remote
-    for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
-        async with proxy.http.get(proxy.url + "/ui/" + name) as resp:
-            assert resp.status == 200 and resp.content_type == kind
+    # every file of the UI is served, under its CSP; each module's imports are files it serves too
+    folder = Path(swapproxy.__file__).parent / "ui"
+    for path in sorted(folder.glob("*.js")) + [folder / "style.css"]:
+        async with proxy.http.get(proxy.url + "/ui/" + path.name) as resp:
+            assert resp.status == 200, path.name
+            assert resp.content_type == ("text/css" if path.suffix == ".css" else "text/javascript")
+            assert resp.headers["Content-Security-Policy"] == UI_CSP
+            text = await resp.text()
+        for imported in re.findall(r'^import .* from "\./([\w.]+)";$', text, re.M):
+            assert (folder / imported).is_file(), f"{path.name} imports {imported}"
+        assert "http://" not in text.replace("http://www.w3.org/2000/svg", ""), path.name
+    assert not re.search(r"<script(?![^>]*\bsrc=)|\bstyle=|\bon\w+=", page)  # nothing inline the CSP refuses
     status, body = await get_json(proxy, "/ui/secrets.txt")
     assert status == 404
     assert_envelope(body)

@@ -6,7 +6,7 @@
 // reads the history again (at most every half second, and only while it is shown).
 
 import { lineChart, timelineChart } from "./charts.js";
-import { $, esc, fmtClock, fmtMs, fmtNum, modelColor, now, on, ui } from "./common.js";
+import { $, esc, fmtClock, fmtCompact, fmtMs, fmtNum, modelColor, now, on, ui } from "./common.js";
 
 const CHART_ROWS = 500;
 const COLUMNS = [  // [sort key, header, title]
@@ -118,7 +118,8 @@ async function loadCharts() {
   lineChart($("#chart-speed"), {
     series: seriesOf(rows, (r) => (r.tokens ? r.tokens.tokens_per_second : null)),
     label: "Generation speed, tokens per second, per model over time",
-    format: (v) => `${v >= 100 ? Math.round(v) : v.toFixed(1)} t/s`,
+    format: (v) => `${v >= 100 ? Math.round(v) : v.toFixed(1)} tokens/s`,
+    tick: fmtCompact,
     empty: status === 200 ? "No generation speeds recorded yet." : "No request history.",
   });
   lineChart($("#chart-ttfb"), {
@@ -132,7 +133,7 @@ async function loadCharts() {
 // -- the timeline of swaps and loads ---------------------------------------------------------------
 function renderTimeline() {
   const t1 = now();
-  const entries = ui.timeline;
+  const entries = ui.timeline.filter((e) => Number.isFinite(e.kind === "load" ? e.start : e.at));
   const names = ui.order.filter((id) => !view.model || id === view.model);
   const lanes = names.map((name) => {
     const loads = entries.filter((e) => e.kind === "load" && e.model === name);

@@ -61,9 +61,10 @@ function legend(container, series) {
 
 /**
  * A time series per model: `series` is [{name, color, points: [[unixSeconds, value], ...]}].
- * `format(value)` labels the y axis and the tooltips; `empty` is said when there is no point.
+ * `format(value)` labels the tooltips, `tick(value)` the y axis (default: format); `empty` is
+ * said when there is no point.
  */
-export function lineChart(container, { series, label, format, empty }) {
+export function lineChart(container, { series, label, format, tick = format, empty }) {
   const points = series.flatMap((s) => s.points);
   if (!points.length) {
     container.innerHTML = `<p class="muted chart-empty">${esc(empty)}</p>`;
@@ -79,7 +80,7 @@ export function lineChart(container, { series, label, format, empty }) {
   const svg = svgRoot(container, W, H, `${label}: ${series.map((s) => `${s.name}, ${s.points.length} requests`).join("; ")}`);
   for (let v = 0; v <= yMax + step / 2; v += step) {
     node("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }, svg);
-    node("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", class: "tick" }, svg).textContent = format(v);
+    node("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", class: "tick" }, svg).textContent = tick(v);
   }
   timeAxis(svg, x, t0, t1, H - B, L, W - R);
   for (const s of series) {

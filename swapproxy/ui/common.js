@@ -75,6 +75,14 @@ export function fmtNum(n, digits = 1) {
   return Number.isInteger(n) ? n.toLocaleString("en") : n.toFixed(digits);
 }
 
+export function fmtCompact(n) {
+  // an axis label: 950, 1.5k, 500k, 2.5M
+  const abs = Math.abs(n);
+  if (abs >= 1e6) return `${+(n / 1e6).toFixed(1)}M`;
+  if (abs >= 1e3) return `${+(n / 1e3).toFixed(1)}k`;
+  return abs >= 10 || Number.isInteger(n) ? String(Math.round(n)) : n.toFixed(1);
+}
+
 export function fmtClock(seconds) {
   // wall time (Unix seconds) as HH:MM:SS, local
   return new Date(seconds * 1000).toLocaleTimeString("en-GB", { hour12: false });

@@ -40,6 +40,7 @@ SIGTERM prints ``fake-llama: shutting down`` on stdout and exits 0 (unless
 Routes
 ------
 llama-server-like: ``GET /health`` (and ``/v1/health``), ``/props``, ``/slots``, ``/lora-adapters``,
+``/metrics`` (with ``--metrics``: prompt and predicted token counters, requests processing; else 501),
 ``/v1/models``, ``/models`` (with ``aliases`` and ``tags``: ``--alias a,b`` and ``--tags x,y``);
 ``POST /v1/chat/completions``, ``/chat/completions``, ``/v1/completions``, ``/completions``,
 ``/completion``, ``/infill``, ``/v1/embeddings``, ``/embeddings``, ``/embedding``, ``/v1/rerank``,
@@ -177,6 +178,7 @@ class Config:
     slot_restore_fail: bool = False
     slot_file_bytes: int = 0
     slot_restore_delay: float = 0.0
+    metrics: bool = False
     ctx_size: int | None = None
     model_path: str | None = None
 
@@ -235,6 +237,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--slot-save-fail", action="store_true", help="a slot save answers 500")
     p.add_argument("--slot-save-hang", action="store_true", help="a slot save never answers")
     p.add_argument("--slot-restore-fail", action="store_true", help="a slot restore answers 500")
+    p.add_argument("--metrics", action="store_true", help="as llama-server's: serve GET /metrics (else 501)")
     p.add_argument("--slot-restore-delay", type=float, default=0.0, metavar="S",
                    help="a slot restore waits S seconds, or until a POST /debug/release credit")
     p.add_argument("--slot-file-bytes", type=int, default=0, metavar="N",
@@ -273,6 +276,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         slot_restore_fail=a.slot_restore_fail,
         slot_file_bytes=max(0, a.slot_file_bytes),
         slot_restore_delay=max(0.0, a.slot_restore_delay),
+        metrics=a.metrics,
         ctx_size=a.ctx_size,
         model_path=a.model,
     )
@@ -417,6 +421,8 @@ class Stats:
     completed_streams: int = 0
     last_headers: dict[str, str] = field(default_factory=dict)
     last_path: str | None = None
+    prompt_tokens: int = 0  # processed (not taken from the cache), as llama-server's /metrics counts
+    predicted_tokens: int = 0
 
 
 class Gate:
@@ -474,6 +480,8 @@ class FakeLlamaServer:
                 break
             common += 1
         plan.cache_n = max(0, min(common, plan.prompt_tokens - 1))
+        self.stats.prompt_tokens += plan.prompt_tokens - plan.cache_n
+        self.stats.predicted_tokens += plan.n_tokens
         self.cache_words = words + [token_text(i).strip() for i in range(plan.n_tokens)]
         return plan
 
@@ -489,6 +497,7 @@ class FakeLlamaServer:
         r.add_get("/v1/health", self.health)
         r.add_get("/props", self.props)
         r.add_get("/slots", self.slots)
+        r.add_get("/metrics", self.metrics)
         r.add_get("/v1/models", self.models)
         r.add_get("/models", self.models)
         r.add_get("/lora-adapters", self.extra("lora_adapters"))
@@ -739,6 +748,18 @@ class FakeLlamaServer:
             "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}",
             "build_info": "fake-llama-server",
         })
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """llama-server's Prometheus text with --metrics (a few of its families), else its 501."""
+        if not self.cfg.metrics:
+            return error_response(501, "This server does not support metrics endpoint. Start it with `--metrics`",
+                                  "not_supported_error")
+        lines = []
+        for name, kind, value in (("llamacpp:prompt_tokens_total", "counter", self.stats.prompt_tokens),
+                                  ("llamacpp:tokens_predicted_total", "counter", self.stats.predicted_tokens),
+                                  ("llamacpp:requests_processing", "gauge", self.stats.active_streams)):
+            lines += [f"# HELP {name} {name} (fake)", f"# TYPE {name} {kind}", f"{name} {value}"]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     async def slots(self, request: web.Request) -> web.Response:
         return web.json_response([self.slot()])

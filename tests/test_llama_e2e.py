@@ -26,7 +26,7 @@ def e2e_config(llama: tuple[Path, Path], **extra_models: dict[str, object]):
     server, model = llama
     base = f"{server} --host 127.0.0.1 --port ${{PORT}} -m {model} -t 2"
     models: dict[str, dict[str, object]] = {
-        "chat-a": {"cmd": f"{base} -c 1024", "aliases": ["gpt-4o-mini"]},
+        "chat-a": {"cmd": f"{base} -c 1024 --metrics", "aliases": ["gpt-4o-mini"]},
         "chat-b": {"cmd": f"{base} -c 768 --temp 1.0"},
         "embed": {"cmd": f"{base} -c 512 --embeddings --pooling mean"},
         **extra_models,
@@ -69,6 +69,11 @@ async def test_openai_sdk_chat_stream_completions_embeddings(proxy_factory, llam
         assert [len(d.embedding) for d in emb.data] == [N_EMBD, N_EMBD]
         # persistent embeddings group: the chat model kept running beside it
         assert proxy.swapper.running() == ["chat-a", "embed"]
+        # llama-server's own metrics (chat-a runs with --metrics) in swapproxy's, labelled
+        async with proxy.http.get(proxy.url + "/metrics") as resp:
+            text = await resp.text()
+        assert 'llamacpp:prompt_tokens_total{model="chat-a"}' in text
+        assert 'llamacpp:tokens_predicted_total{model="embed"}' not in text  # embed runs without --metrics
     finally:
         await client.close()
 

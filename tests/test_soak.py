@@ -44,4 +44,6 @@ async def test_short_soak_has_no_failures_or_hangs(tmp_path: Path) -> None:
     assert result["proxy_exit_code"] == 0, table
     assert result["statuses"].get("200", 0) > 150, table
     assert sum(result["model_starts"].values()) >= 4, table  # alpha, beta, gamma, and at least one swap back
-    assert result["seconds"] < 15, table  # the whole soak, as timed by the script (its own start-up aside)
+    # a hang guard, not a speed bar (~7 s on a quiet machine; scripts/soak.py measures speed): a
+    # loaded CI machine may be twice as slow, a stuck queue is far slower than that
+    assert result["seconds"] < 60, table

@@ -128,7 +128,8 @@ async def catalogue_changes(request: web.Request) -> web.Response:
     """
     what = "download models" if request.method == "POST" else "delete models"
     raise NotSupported(f"swapproxy runs the models of its config file and does not {what}; add or remove the "
-                       f"model in the config (then reload: SIGHUP or --watch-config)")
+                       f"model in the config (its UI's Add model, the /api/v1/instances API, or the file "
+                       f"itself, then reload: SIGHUP or --watch-config)")
 
 
 def add_routes(app: web.Application, tags: dict[web.AbstractRoute, RouteTag]) -> None:

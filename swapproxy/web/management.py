@@ -204,8 +204,13 @@ async def models_unload(request: web.Request) -> web.Response:
 # -- metrics, info, docs, UI -------------------------------------------------------------------
 @api(tag="monitoring", content_type="text/plain")
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics (text exposition format)."""
-    return web.Response(body=runtime(request).metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+    """Prometheus metrics (text exposition format): swapproxy's, then each ready model's own
+    (its /metrics, e.g. llama-server's with --metrics) with a ``model`` label."""
+    rt = runtime(request)
+    running = [(slot.process.spec, slot.process.pid) for slot in rt.scheduler.slots.values()
+               if slot.process.state is ProcessState.READY and slot.process.pid is not None]
+    upstreams = await rt.upstream_metrics.text(running)
+    return web.Response(body=rt.metrics.render() + upstreams.encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
 @api(tag="monitoring")

@@ -32,6 +32,7 @@ from ..scheduler import Scheduler
 from ..slotcache import SlotCache
 from ..telemetry import Telemetry
 from ..timeline import Timeline
+from ..upstream_metrics import UpstreamMetrics
 from ..selectors import SelectorState
 from .upstream_props import UpstreamProps
 
@@ -115,6 +116,7 @@ class Runtime:
     created: dict[str, float] = field(default_factory=dict)  # model id -> when added after start (llamactl's)
     timeline: Timeline = field(default_factory=Timeline)  # recent loads and stops (the UI's activity page)
     slot_cache: SlotCache = field(init=False)  # saved llama-server slots of the models with slotCache
+    upstream_metrics: UpstreamMetrics = field(init=False)  # the running upstreams' own /metrics
     _scheduler: Scheduler | None = None
     _reloader: Reloader | None = None
     _store: ConfigStore | None = None
@@ -125,6 +127,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.slot_cache = SlotCache(lambda: self.config, lambda: self.session)
+        self.upstream_metrics = UpstreamMetrics(lambda: self.session, self.background.spawn)
 
     @property
     def scheduler(self) -> Scheduler:

@@ -233,3 +233,28 @@ async def test_activity_page_draws_the_timeline_of_swaps_and_loads(proxy_factory
     assert "failed after" in await page.locator('g.lane[data-lane="broken"] rect title').text_content()
     await screenshot(page, "activity")
     assert problems == []
+
+
+async def test_playground_takes_an_inference_key_where_the_pages_key_opens_management_only(
+        proxy_factory: Any, page: Any) -> None:
+    proxy = await proxy_factory(make_config({"chat": {"cmd": fake_cmd("--model-name", "chat", "--tokens", "3")}},
+                                            managementApiKeys=["mk-ui"], inferenceApiKeys=["ik-chat"]))
+    # as a browser does once it has asked for the key at /ui: Basic credentials with every call
+    context = await page.context.browser.new_context(
+        http_credentials={"username": "me", "password": "mk-ui", "send": "always"})
+    try:
+        page = await context.new_page()
+        problems = await open_ui(page, proxy, "#/playground")  # the event stream is open: management works
+        alert = page.locator("#pg-error")
+        await expect(alert).to_contain_text("GET v1/models: 401", timeout=STEP_MS)
+        await expect(alert).to_contain_text("give an inference API key in Settings")
+        await expect(page.get_by_label("API key")).to_be_visible()  # Settings opened
+        await page.get_by_label("API key").fill("ik-chat")
+        await page.get_by_label("API key").press("Tab")  # changed: the list is read again, with the key
+        await expect(alert).to_be_hidden(timeout=STEP_MS)
+        await page.get_by_label("Message").fill("hello")
+        await page.get_by_role("button", name="Send", exact=True).click()
+        await expect(page.locator(".msg-assistant .msg-content")).to_have_text("tok0 tok1 tok2", timeout=STEP_MS)
+        assert problems == []
+    finally:
+        await context.close()

@@ -21,7 +21,7 @@ function showError(id, text) {
   const box = $(id);
   box.hidden = !text;
   box.textContent = text || "";
-  if (text && /^401 /.test(text)) {
+  if (text && /\b401 /.test(text)) {
     box.textContent += "\nThis page's credentials do not open the inference routes: give an inference API key in Settings.";
     $(".pg-settings").open = true;
   }
@@ -38,8 +38,12 @@ async function loadModels() {
   let ids = [];
   try {
     const resp = await fetch("v1/models", { headers: authHeaders() });
-    if (resp.ok) ids = ((await resp.json()).data || []).map((m) => m.id);
-    else showError("#pg-error", `GET v1/models: ${await failure(resp)}`);
+    if (resp.ok) {
+      ids = ((await resp.json()).data || []).map((m) => m.id);
+      showError("#pg-error", "");
+    } else {
+      showError("#pg-error", `GET v1/models: ${await failure(resp)}`);
+    }
   } catch (err) {
     showError("#pg-error", `GET v1/models: ${err}`);
   }
@@ -285,6 +289,7 @@ export function init() {
   $("#pg-clear").addEventListener("click", clearChat);
   $("#pg-embed-form").addEventListener("submit", embed);
   $("#pg-model").addEventListener("change", renderModelState);
+  $("#pg-key").addEventListener("change", loadModels); // a key given after a 401: the list, with it
   $("#pg-tab-chat").addEventListener("click", () => selectTab("#pg-tab-chat"));
   $("#pg-tab-embed").addEventListener("click", () => selectTab("#pg-tab-embed"));
   on("snapshot", () => { if (loaded) loadModels(); }); // models may have come or gone

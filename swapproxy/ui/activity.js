@@ -3,7 +3,7 @@
 // to first byte per model over time (from the latest 500 recorded requests), and a timeline of
 // swaps and of time spent loading (the /api/events snapshot's timeline, extended by its live
 // state and swap events). A recorded request is announced by an "activity" event: the page then
-// reads the history again (at most every half second, and only while it is shown).
+// reads the history again (at most once a second, and only while it is shown).
 
 import { lineChart, timelineChart } from "./charts.js";
 import { $, esc, fmtClock, fmtCompact, fmtMs, fmtNum, modelColor, now, on, ui } from "./common.js";
@@ -116,7 +116,7 @@ async function loadCharts() {
   const [status, data] = await getJson(`api/metrics/activity?${query({ limit: CHART_ROWS, sort: "id", order: "desc" })}`);
   const rows = status === 200 && data ? data.data : [];
   lineChart($("#chart-speed"), {
-    series: seriesOf(rows, (r) => (r.tokens ? r.tokens.tokens_per_second : null)),
+    series: seriesOf(rows, (r) => (r.tokens && r.tokens.tokens_per_second > 0 ? r.tokens.tokens_per_second : null)),
     label: "Generation speed, tokens per second, per model over time",
     format: (v) => `${v >= 100 ? Math.round(v) : v.toFixed(1)} tokens/s`,
     tick: fmtCompact,
@@ -175,7 +175,7 @@ function refreshSoon() {
     view.dirty = true;
     return;
   }
-  if (view.timer === null) view.timer = setTimeout(() => { view.timer = null; refresh(); }, 500);
+  if (view.timer === null) view.timer = setTimeout(() => { view.timer = null; refresh(); }, 1000);
 }
 
 function renderModels() {

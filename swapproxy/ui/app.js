@@ -94,8 +94,11 @@ function handle(ev) {
   if (ev.dropped) reconnect(); // we missed events: start again from a fresh snapshot
 }
 
+const TIMELINE_KEEP = 400; // loads and stops: the server's snapshot brings up to 200 of each
+
 function timelineState(ev) {
   // a load runs from "starting" to its outcome (swapproxy/timeline.py keeps the same entries)
+  if (ui.timeline.length > TIMELINE_KEEP) ui.timeline.splice(0, ui.timeline.length - TIMELINE_KEEP);
   if (ev.state === "starting") {
     ui.timeline.push({ kind: "load", model: ev.model, start: ev.state_since, end: null, outcome: null });
   } else if (ev.old === "starting") {

@@ -7,7 +7,7 @@
 // banner.
 
 import * as activity from "./activity.js";
-import { $, $$, emit, now, ui } from "./common.js";
+import { $, $$, emit, now, readInfo, ui } from "./common.js";
 import * as editor from "./editor.js";
 import * as logs from "./logs.js";
 import * as models from "./models.js";
@@ -141,9 +141,7 @@ let reloadCount = null;
 async function refreshReload() {
   // /info carries the outcome of the last config reload (SIGHUP or --watch-config).
   try {
-    const resp = await fetch("info");
-    if (!resp.ok) return;
-    const reload = (await resp.json()).reload || {};
+    const reload = (await readInfo()).reload || {};
     $("#reload-error").hidden = !reload.error;
     $("#reload-error-text").textContent = reload.error || "";
     if (reloadCount !== null && reload.count !== reloadCount && !reload.error) reconnect(); // models may have changed

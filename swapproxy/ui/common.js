@@ -21,6 +21,7 @@ export const ui = {
   timeline: [],            // loads and stops (swapproxy/timeline.py), extended by live events
   version: "",
   notes: new Map(),        // model id -> its last action's error
+  info: {},                // the last GET info
 };
 
 // -- a bus between the pages: app.js emits each /api/events event by its type -------------------
@@ -101,6 +102,14 @@ export function progressText(p, elapsed) {
 }
 
 // -- the API -----------------------------------------------------------------------------------
+export async function readInfo() {
+  // GET info (a management route): the last reload's outcome, whether the page's key opens the
+  // inference routes too; the last answer stays in ui.info
+  const resp = await fetch("info");
+  if (resp.ok) ui.info = await resp.json();
+  return ui.info;
+}
+
 export async function call(method, url, body, headers) {
   // -> [status, parsed JSON body (or {}), response]
   const init = { method, headers: { ...(headers || {}) } };

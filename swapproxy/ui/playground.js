@@ -4,9 +4,11 @@
 // v1/models. Errors are shown from the OpenAI envelope the server sends (or, inside a stream,
 // the error event that ends it). These are inference routes: the browser's credentials for the
 // UI open them when the same key opens both tiers; otherwise an inference key can be given in
-// Settings (kept in this page's memory only, sent as a Bearer token).
+// Settings (kept in this page's memory only, sent as a Bearer token). The page never calls them
+// with the browser's credentials when /info says those do not open them: a browser forgets its
+// credentials on a 401, and the whole UI (its event stream, its actions) would lose them.
 
-import { $, errorText, esc, fmtMs, on, progressText, ui } from "./common.js";
+import { $, errorText, esc, fmtMs, on, progressText, readInfo, ui } from "./common.js";
 
 const chat = { messages: [], controller: null, model: null, waitingFirst: false };
 
@@ -17,14 +19,22 @@ function authHeaders() {
   return headers;
 }
 
+const NEEDS_KEY = "This page's key opens the management routes only: give an inference API key in Settings.";
+
 function showError(id, text) {
   const box = $(id);
   box.hidden = !text;
   box.textContent = text || "";
-  if (text && /\b401 /.test(text)) {
-    box.textContent += "\nThis page's credentials do not open the inference routes: give an inference API key in Settings.";
-    $(".pg-settings").open = true;
-  }
+  if (text && /\b401 /.test(text)) box.textContent += `\n${NEEDS_KEY}`;
+  if (text && text.includes(NEEDS_KEY)) $(".pg-settings").open = true;
+}
+
+async function mayCall(errorBox) {
+  // whether an inference call may go now: with a key given here, or with the browser's own
+  // credentials where they open those routes too (asked of /info, a management route)
+  if ($("#pg-key").value.trim() || (await readInfo()).key_opens_inference !== false) return true;
+  showError(errorBox, NEEDS_KEY);
+  return false;
 }
 
 async function failure(resp) {
@@ -37,12 +47,14 @@ async function loadModels() {
   const select = $("#pg-model");
   let ids = [];
   try {
-    const resp = await fetch("v1/models", { headers: authHeaders() });
-    if (resp.ok) {
-      ids = ((await resp.json()).data || []).map((m) => m.id);
-      showError("#pg-error", "");
-    } else {
-      showError("#pg-error", `GET v1/models: ${await failure(resp)}`);
+    if (await mayCall("#pg-error")) {
+      const resp = await fetch("v1/models", { headers: authHeaders() });
+      if (resp.ok) {
+        ids = ((await resp.json()).data || []).map((m) => m.id);
+        showError("#pg-error", "");
+      } else {
+        showError("#pg-error", `GET v1/models: ${await failure(resp)}`);
+      }
     }
   } catch (err) {
     showError("#pg-error", `GET v1/models: ${err}`);
@@ -136,6 +148,7 @@ async function send(event) {
   const model = $("#pg-model").value;
   if (!text || !model) return;
   showError("#pg-error", "");
+  if (!(await mayCall("#pg-error"))) return;
   chat.messages.push({ role: "user", content: text });
   let body;
   try {
@@ -235,6 +248,7 @@ async function embed(event) {
   const input = $("#pg-embed-input").value;
   if (!model || !input.trim()) return;
   showError("#pg-embed-error", "");
+  if (!(await mayCall("#pg-embed-error"))) return;
   const result = $("#pg-embed-result");
   result.textContent = `waiting for ${model}…`;
   $("#pg-embed-run").disabled = true;

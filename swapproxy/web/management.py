@@ -34,6 +34,7 @@ from ..routing import parse_json_body, resolve_model
 from ..states import ProcessState
 from ..status import model_status
 from .forward import publish_inflight
+from .middleware import opens_inference
 from .openapi import api, build_openapi
 from .runtime import Kind, RouteTag, Runtime, Tier, register, runtime
 from .upstream import FORCE_QUERY, force_param
@@ -215,7 +216,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 @api(tag="monitoring")
 async def info(request: web.Request) -> web.Response:
-    """Version, config file, the address this request came in on, uptime."""
+    """Version, config file, the address this request came in on, uptime, the last reload, and
+    whether this request's key also opens the inference routes."""
     rt = runtime(request)
     sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
     listen = None
@@ -233,6 +235,7 @@ async def info(request: web.Request) -> web.Response:
         "uptime_s": round(time.time() - rt.started, 3),
         "models": len(config.models),
         "reload": rt.reload.as_json(),
+        "key_opens_inference": opens_inference(request),
     })
 
 

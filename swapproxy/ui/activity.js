@@ -1,5 +1,6 @@
 // swapproxy UI, activity page: the request history (GET api/metrics/activity, llama-swap's
-// route and shapes; totals from api/metrics/stats), a chart of generation speed and one of time
+// route and shapes; totals from api/metrics/stats; a row's capture from api/captures/{id}), a
+// chart of generation speed and one of time
 // to first byte per model over time (from the latest 500 recorded requests), and a timeline of
 // swaps and of time spent loading (the /api/events snapshot's timeline, extended by its live
 // state and swap events). A recorded request is announced by an "activity" event: the page then
@@ -51,7 +52,8 @@ function rowHtml(r) {
     <td class="num">${r.id}</td>
     <td class="num" title="${esc(r.timestamp)}">${fmtClock(Date.parse(r.timestamp) / 1000)}</td>
     <td class="model-id">${esc(r.model || "–")}</td>
-    <td class="path">${esc(r.method || "")} ${esc(r.req_path)}${error}</td>
+    <td class="path">${esc(r.method || "")} ${esc(r.req_path)}${r.has_capture
+      ? ` <button type="button" class="small" data-capture="${r.id}" title="what went to the model and what came back">capture</button>` : ""}${error}</td>
     <td class="num status">${r.resp_status_code}</td>
     <td class="num">${fmtNum(t.input_tokens)}${cached}</td><td class="num">${fmtNum(t.output_tokens)}</td>
     <td class="num">${fmtNum(t.prompt_per_second)}</td><td class="num gen-speed">${fmtNum(t.tokens_per_second)}</td>
@@ -85,6 +87,35 @@ async function loadTable() {
   $("#activity-next").disabled = data.page >= data.total_pages;
   $("#activity-status").textContent = `${data.total} request(s) recorded${view.model ? ` for ${view.model}` : ""}`;
   return true;
+}
+
+// -- a request's capture ---------------------------------------------------------------------------
+function bodyText(b64) {
+  // a base64 body as text (JSON indented; an event stream as it came)
+  if (b64 === null || b64 === undefined) return null;
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const text = new TextDecoder().decode(bytes);
+  try {
+    return JSON.stringify(JSON.parse(text), null, 2);
+  } catch (err) {
+    return text;
+  }
+}
+
+async function showCapture(id) {
+  const [status, c] = await getJson(`api/captures/${encodeURIComponent(id)}`);
+  $("#capture-title").textContent = `Request #${id}${c && c.req_path ? ` · ${c.req_path}` : ""}`;
+  const parts = status === 200 && c ? [
+    ["Request headers", c.req_headers && Object.entries(c.req_headers).map(([k, v]) => `${k}: ${v}`).join("\n")],
+    [`Request body${c.req_body_truncated ? " (cut)" : ""}`, bodyText(c.req_body)],
+    ["Response headers", c.resp_headers && Object.entries(c.resp_headers).map(([k, v]) => `${k}: ${v}`).join("\n")],
+    [`Response body${c.resp_body_truncated ? " (cut)" : ""}`, bodyText(c.resp_body)],
+  ] : [];
+  $("#capture-note").textContent = status === 200 ? "Secrets are shown as ***."
+    : `No capture: ${(c && c.error && (c.error.message || c.error)) || `HTTP ${status}`} (the oldest go first).`;
+  $("#capture-parts").innerHTML = parts.filter(([, text]) => text !== null && text !== undefined)
+    .map(([title, text]) => `<section aria-label="${esc(title)}"><h3>${esc(title)}</h3><pre>${esc(text)}</pre></section>`).join("");
+  $("#capture-dialog").showModal();
 }
 
 // -- totals and charts ----------------------------------------------------------------------------
@@ -204,6 +235,10 @@ export function init() {
     view.sort = key;
     view.page = 1;
     refresh();
+  });
+  $("#activity tbody").addEventListener("click", (e) => {
+    const button = e.target.closest("button[data-capture]");
+    if (button) showCapture(button.dataset.capture);
   });
   $("#activity-model").addEventListener("change", (e) => {
     view.model = e.target.value;

@@ -39,7 +39,7 @@ One change to the config made at runtime (llamactl's API, the UI's form or edito
 Around them: config/ reads llama-swap's format into frozen types; states.py is
 the process state table; metrics.py (with exposition.py and tokens.py) counts
 and writes /metrics, fleet.py the part an endpoint picker routes a fleet of
-hosts by; errors.py the error tree and its envelope; redact.py hides secrets in
+hosts by, timeline.py the recent loads and stops the UI draws; errors.py the error tree and its envelope; redact.py hides secrets in
 shown command lines, URLs and log lines; reload.py and config_diff.py apply a
 changed config as a diff; web/runtime.py holds what the running app shares;
 web/management.py, web/controls.py, web/streams.py, web/catalogue.py and

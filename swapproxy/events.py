@@ -14,7 +14,8 @@ Event shapes (``type`` says which)::
      "error": "...", "log_tail": [...]}         # the model's ModelStatus; error/log_tail on "failed"
     {"type": "log", "source": "proxy" | model id, "line": "..."}
     {"type": "inflight", "model": id, "inflight": 2, "waiting": 0, "queue_depth": 0, "ttl_remaining_s": None}
-    {"type": "swap", "reason": "swap to b", "stopped": ["a"]}
+    {"type": "swap", "kind": "stop", "at": 1.7e9, "cause": "swap", "reason": "swap to b", "stopped": ["a"],
+     "target": "b"}                             # any stop (cause: swap, ttl, unload, reload; target: swap only)
     {"type": "request", "op": "start" | "end", "request": {"id": "7", "model": id, "method": "POST",
      "path": "/v1/chat/completions", "remote": "127.0.0.1", "started": 1.7e9, "elapsed_ms": 0}}
     {"type": "profile", "active": "coding" | None}

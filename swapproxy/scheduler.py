@@ -60,7 +60,7 @@ from .slots import ACTIVE, Lease, ModelSlot, StopCause, StopEvent, Swap, Ticket
 from .states import ProcessState
 from .replacements import Replacements
 from .stops import Stops
-from .waitqueue import WaitQueue, order_models, overtakes_too_long
+from .waitqueue import QueuedModel, WaitQueue, order_models, overtakes_too_long
 
 __all__ = ["Scheduler", "ModelSlot", "Lease", "StopCause", "StopEvent"]
 
@@ -111,6 +111,12 @@ class Scheduler(Stops, Replacements):
 
     def queue_depth(self) -> int:
         return sum(slot.waiting for slot in self.slots.values())
+
+    def queue(self) -> list[QueuedModel]:
+        """The models requests wait for, in the order of their first request in the queue."""
+        now = asyncio.get_running_loop().time()
+        return [QueuedModel.of(mid, tickets, now, self._swaps.get(mid))
+                for mid, tickets in self._queue.by_model().items()]
 
     def evictions_for(self, model_id: str) -> list[str]:
         """The names of the models that must stop before ``model_id`` may run."""

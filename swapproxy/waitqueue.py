@@ -10,10 +10,12 @@ only). :func:`order_models` ranks the models that wait, and
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from .slots import Ticket
+from .slots import Swap, Ticket
 
-__all__ = ["WaitQueue", "order_models", "overtakes_too_long"]
+__all__ = ["WaitQueue", "QueuedModel", "order_models", "overtakes_too_long"]
 
 
 class WaitQueue:
@@ -61,6 +63,29 @@ class WaitQueue:
         for ticket in self._tickets:
             out.setdefault(ticket.model, []).append(ticket)
         return out
+
+
+@dataclass(frozen=True)
+class QueuedModel:
+    """A model requests wait for, as ``/running?details=1`` lists it under ``queue``."""
+
+    model: str
+    waiting: int  # its requests in the queue
+    oldest_wait_s: float  # how long the first of them has waited
+    priority: int  # the highest of theirs (fifo's settings.fifo.priority)
+    swap: Swap | None  # the swap under way to it; None: not begun (its victims still serve, or it waits its turn)
+
+    @classmethod
+    def of(cls, model: str, tickets: Sequence[Ticket], now: float, swap: Swap | None) -> QueuedModel:
+        return cls(model, len(tickets), max(now - min(t.arrived for t in tickets), 0.0),
+                   max(t.priority for t in tickets), swap)
+
+    def as_json(self) -> dict[str, Any]:
+        swap = None if self.swap is None else {
+            "phase": "stopping" if self.swap.stopping else "draining",  # draining: the models it stops still serve
+            "stops": [victim.process.name for victim in self.swap.victims], "overlap": self.swap.overlap}
+        return {"model": self.model, "waiting": self.waiting, "oldest_wait_s": round(self.oldest_wait_s, 3),
+                "priority": self.priority, "swap": swap}
 
 
 def order_models(waiting: Mapping[str, Sequence[Ticket]], now: float, cap: float, strict: bool,

@@ -433,6 +433,15 @@ def write_gguf(path: Path, *, arch: str = "llama", layers: int = 2, context: int
     return path
 
 
+# -- the UI tests --------------------------------------------------------------------------------
+async def screenshot(page: Any, name: str) -> None:
+    """With ``SWAPPROXY_UI_SCREENSHOTS=DIR``, save the whole page as ``DIR/<name>.png`` (for a person)."""
+    folder = os.environ.get("SWAPPROXY_UI_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
 # -- things outside the repository some tests need -------------------------------------------------
 #: Where scripts/install_llama.py caches the real llama-server and model (the ``llama`` marker's tests).
 CACHE = Path(os.environ.get("SWAPPROXY_CACHE", Path.home() / ".cache" / "swapproxy"))

@@ -105,3 +105,22 @@ async def test_listening_beyond_loopback_without_keys_warns(tmp_path: Path) -> N
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_info_says_whether_the_key_also_opens_the_inference_routes(proxy_factory) -> None:
+    """The UI's playground asks before calling /v1/ with the browser's credentials (a 401 there
+    would make the browser forget them, for the whole UI)."""
+    proxy = await proxy_factory(keyed_config())
+
+    async def opens(key: str, how: str = "bearer") -> bool:
+        headers = {"Authorization": f"Bearer {key}" if how == "bearer"
+                   else "Basic " + base64.b64encode(f"me:{key}".encode()).decode()}
+        async with proxy.http.get(proxy.url + "/info", headers=headers) as resp:
+            assert resp.status == 200
+            return (await resp.json())["key_opens_inference"]
+
+    assert await opens(MGMT) is False and await opens(MGMT, "basic") is False
+    assert await opens(BOTH) is True and await opens(BOTH, "basic") is True
+    open_proxy = await proxy_factory(make_config({"m": {"cmd": fake_cmd("--model-name", "m")}}))
+    async with open_proxy.http.get(open_proxy.url + "/info") as resp:
+        assert (await resp.json())["key_opens_inference"] is True  # no key configured: all is open

@@ -5,8 +5,8 @@ does it when it can): Playwright never downloads one here. Without a browser
 the test is skipped — unless ``SWAPPROXY_REQUIRE_BROWSER=1`` (set by
 scripts/test.sh once it has installed one), where a missing browser fails.
 
-``SWAPPROXY_UI_SCREENSHOT=path.png`` saves a screenshot of the page (one model
-running, one failed, a log pane open) for a person to look at.
+``SWAPPROXY_UI_SCREENSHOTS=DIR`` saves screenshots of the pages into DIR for a person to
+look at (support.screenshot; the pages' own tests, test_ui_pages.py, save one of each page).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from support import fake_cmd, free_port_block, make_config, open_gated_stream, pid_gone, wait_until
+from support import fake_cmd, free_port_block, make_config, open_gated_stream, pid_gone, screenshot, wait_until
 
 # Without playwright the tests skip (the page fixture says why), unless a browser is required.
 playwright_api = pytest.importorskip("playwright.async_api") if not os.environ.get(
@@ -57,8 +57,10 @@ async def test_ui_lists_models_loads_unloads_and_shows_logs(proxy_factory, page)
     await expect(chat.locator(".pid")).to_have_text(str(proxy.pid("chat")))
     assert proxy.swapper.running() == ["chat"]
 
-    # the model's live log pane shows its output
+    # its Logs button opens the logs page on the model's output
     await chat.locator('button[data-action="logs"]').click()
+    assert page.url.endswith("/ui#/logs/chat")
+    await expect(page.get_by_role("link", name="Logs")).to_have_attribute("aria-current", "page")
     await expect(page.locator('.tab[data-source="chat"]')).to_have_attribute("aria-selected", "true")
     await expect(page.locator("#log-view")).to_contain_text("fake-llama: model loaded", timeout=STEP_MS)
     await expect(page.locator("#log-view")).to_contain_text("starting → ready")
@@ -67,6 +69,7 @@ async def test_ui_lists_models_loads_unloads_and_shows_logs(proxy_factory, page)
     status, _ = await proxy.chat("chat")
     assert status == 200
     await expect(page.locator("#log-view")).to_contain_text("POST /v1/chat/completions 200", timeout=STEP_MS)
+    await page.get_by_role("link", name="Models").click()
     await expect(chat.locator(".inflight")).to_have_text("0")
 
     # a failed start is obvious: red state, the reason and the model's last output
@@ -79,9 +82,7 @@ async def test_ui_lists_models_loads_unloads_and_shows_logs(proxy_factory, page)
     await expect(page.locator("#summary")).to_have_text("1 running · 1 failed")
     await expect(broken.locator(".inflight")).to_have_text("0")
 
-    if os.environ.get("SWAPPROXY_UI_SCREENSHOT"):
-        await page.locator('.tab[data-source="all"]').click()
-        await page.screenshot(path=os.environ["SWAPPROXY_UI_SCREENSHOT"], full_page=True)
+    await screenshot(page, "models-running-and-failed")
 
     # unload: stopped, pid gone, process gone
     await chat.locator("button.unload").click()

@@ -53,6 +53,7 @@ from ..statefile import RunRecord, reap_leftovers
 from ..states import ProcessState
 from ..status import model_status
 from ..telemetry import Telemetry
+from ..timeline import stop_json
 from . import activity, catalogue, configview, controls, inference, instances, management, streams, upstream
 from .browser import add_cors_headers
 from .forward import publish_request
@@ -153,13 +154,15 @@ class _Resources:
             if not scheduler.is_current(proc):
                 return  # a process a reload retired or replaced: the model's row is another process now
             rt.metrics.on_state_change(proc, old, new)
+            rt.timeline.on_state(proc.name, old, new, proc.state_since)
             if new in (ProcessState.READY, ProcessState.STOPPED):
                 telemetry.soon()  # what it holds now (or no longer)
             if rt.events.subscriber_count:
                 rt.events.publish({"type": "state", "old": old.value, **model_status(scheduler, proc.name).as_json()})
 
         def on_stop(event: StopEvent) -> None:
-            rt.events.publish({"type": "swap", "reason": event.reason, "stopped": list(event.stopped)})
+            rt.timeline.on_stop(event)
+            rt.events.publish({**stop_json(event), "type": "swap"})
 
         props = UpstreamProps(rt.session, rt.background)
         scheduler.hub.add_listener(on_state)

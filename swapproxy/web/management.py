@@ -34,6 +34,7 @@ from ..routing import parse_json_body, resolve_model
 from ..states import ProcessState
 from ..status import model_status
 from .forward import publish_inflight
+from .middleware import opens_inference
 from .openapi import api, build_openapi
 from .runtime import Kind, RouteTag, Runtime, Tier, register, runtime
 from .upstream import FORCE_QUERY, force_param
@@ -48,8 +49,13 @@ _ACTIVE = (ProcessState.STARTING, ProcessState.READY)
 UNLOAD_DRAIN_LIMIT = 30.0
 _ROUTER_UNLOAD_QUERY = [*FORCE_QUERY, ("drain", f"swapproxy: seconds to wait for the requests in flight before "
                                                f"cutting them (default {UNLOAD_DRAIN_LIMIT:g})")]
-_UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "editor.js": "text/javascript",
-             "style.css": "text/css", "swagger.html": "text/html"}
+_UI_FILES = {"index.html": "text/html", "style.css": "text/css", "swagger.html": "text/html",
+             **{f"{name}.js": "text/javascript"
+                for name in ("app", "common", "models", "activity", "logs", "playground", "charts", "editor")}}
+#: The UI's pages and files load nothing but this origin's: no inline script or style, no other
+#: site, no framing (its buttons act). swagger.html, which has inline script, is not under it.
+UI_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+          "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
 @api(tag="health")
@@ -74,8 +80,9 @@ async def liveness(request: web.Request) -> web.Response:
 
 
 @api(tag="models", query=[("details", "1: add state, pid, port, uptime, RSS, memory footprint, in-flight, TTL "
-                                     "left per model, GPU memory it holds (NVML), each device's budget and each GPU's "
-                                     "sample, the saved slots of models with slotCache, and each peer's health")])
+                                     "left per model, GPU memory it holds (NVML), the scheduler's queue by model, each "
+                                     "device's budget and each GPU's sample, the saved slots of models with slotCache, "
+                                     "and each peer's health")])
 async def running(request: web.Request) -> web.Response:
     """The models that are running or starting."""
     scheduler = runtime(request).scheduler
@@ -90,6 +97,8 @@ async def running(request: web.Request) -> web.Response:
         body["details"] = {status.model: {**status.as_json(sizes), "memory": memory.model_json(spec),
                                           **_gpu_memory(telemetry.gpu_memory(status.model))}
                            for status, spec in zip(statuses, specs)}
+        if queue := scheduler.queue():
+            body["queue"] = [queued.as_json() for queued in queue]
         if telemetry.gpus:
             body["gpus"] = telemetry.gpus_json()
         devices = memory.devices_json(specs)
@@ -207,7 +216,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 @api(tag="monitoring")
 async def info(request: web.Request) -> web.Response:
-    """Version, config file, the address this request came in on, uptime."""
+    """Version, config file, the address this request came in on, uptime, the last reload, and
+    whether this request's key also opens the inference routes."""
     rt = runtime(request)
     sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
     listen = None
@@ -225,6 +235,7 @@ async def info(request: web.Request) -> web.Response:
         "uptime_s": round(time.time() - rt.started, 3),
         "models": len(config.models),
         "reload": rt.reload.as_json(),
+        "key_opens_inference": opens_inference(request),
     })
 
 
@@ -245,7 +256,10 @@ def _ui_file(name: str) -> web.Response:
         body = resources.files("swapproxy").joinpath("ui", name).read_bytes()
     except (FileNotFoundError, KeyError):
         raise web.HTTPNotFound() from None
-    return web.Response(body=body, content_type=_UI_FILES[name], headers={"Cache-Control": "no-cache"})
+    headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    if name != "swagger.html":
+        headers["Content-Security-Policy"] = UI_CSP
+    return web.Response(body=body, content_type=_UI_FILES[name], headers=headers)
 
 
 @api(tag="docs", content_type="text/html")
@@ -262,13 +276,13 @@ async def root(request: web.Request) -> web.Response:
 
 @api(tag="ui", content_type="text/html")
 async def ui(request: web.Request) -> web.Response:
-    """The web UI: models, their state, load/unload, live logs."""
+    """The web UI: models (state, load progress, memory and GPUs, the queue), activity, logs, a playground."""
     return _ui_file("index.html")
 
 
 @api(tag="ui", content_type="text/plain")
 async def ui_asset(request: web.Request) -> web.Response:
-    """The UI's script and style sheet."""
+    """The UI's scripts (JS modules) and style sheet."""
     name = request.match_info["name"]
     if name not in _UI_FILES:
         raise web.HTTPNotFound()

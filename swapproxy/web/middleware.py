@@ -32,7 +32,7 @@ from .forward import record_request
 from .runtime import MODEL_KEY, NOTE_KEY, START_KEY, Tier, route_label, route_tag, runtime
 from .spool import too_large
 
-__all__ = ["LLAMACTL_PREFIX", "MIDDLEWARES", "use_expect_handler"]
+__all__ = ["LLAMACTL_PREFIX", "MIDDLEWARES", "opens_inference", "use_expect_handler"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,16 @@ def _keys_for(request: web.Request) -> tuple[str, ...] | None:
     if tag is not None and tag.tier is Tier.MANAGEMENT:
         return (*config.api_keys, *config.management_keys)
     return (*config.api_keys, *config.inference_keys)
+
+
+def opens_inference(request: web.Request) -> bool:
+    """Whether the key this request presents (or none, when no key is configured) opens the
+    inference routes: the UI's playground asks before it calls them with the browser's
+    credentials, which a browser forgets on a 401 (the whole UI would lose them)."""
+    config = runtime(request).config
+    if not (config.api_keys or config.inference_keys or config.management_keys):
+        return True
+    return _key_ok(_presented_key(request), (*config.api_keys, *config.inference_keys))
 
 
 def _auth_refusal(request: web.Request) -> web.Response | None:

@@ -33,6 +33,7 @@ from ..reload import Reloader, ReloadState
 from ..scheduler import Scheduler
 from ..slotcache import SlotCache
 from ..telemetry import Telemetry
+from ..timeline import Timeline
 from ..upstream_metrics import UpstreamMetrics
 from ..selectors import SelectorState
 from .upstream_props import UpstreamProps
@@ -115,6 +116,7 @@ class Runtime:
     peers: PeerMonitor = field(default_factory=PeerMonitor)  # each peer's health, probed in the background
     active_profile: str | None = None  # at most one; none at start (never persisted, as in llama-swap)
     created: dict[str, float] = field(default_factory=dict)  # model id -> when added after start (llamactl's)
+    timeline: Timeline = field(default_factory=Timeline)  # recent loads and stops (the UI's activity page)
     slot_cache: SlotCache = field(init=False)  # saved llama-server slots of the models with slotCache
     upstream_metrics: UpstreamMetrics = field(init=False)  # the running upstreams' own /metrics
     history: History = field(init=False)  # every proxied request, and its capture (/api/metrics/activity)

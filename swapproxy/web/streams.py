@@ -182,6 +182,7 @@ async def api_events(request: web.Request) -> web.StreamResponse:
             "profiles": sorted(rt.config.profiles),
             "profile": rt.profile,
             "requests": [entry.as_json() for entry in rt.inflight.list()],
+            "timeline": rt.timeline.as_json(),
         }
         resp = await _open_stream(request, sse.HEADERS)
         if not await _send(request, resp, sse.event(snapshot)):

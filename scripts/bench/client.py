@@ -182,6 +182,7 @@ class HttpConn(asyncio.Protocol):
         self.scan = 0
         self.status = 0
         self.lost = False
+        self.idle_since = 0.0  # loop time it was opened or last went back to the pool
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -254,6 +255,12 @@ class HttpConn(asyncio.Protocol):
         return self.fut
 
 
+#: Seconds a pooled connection may sit idle and still be used: under swapproxy's keep-alive
+#: timeout (30 s), as a browser's or an SDK's pool does, so a request is never written into a
+#: connection the server is closing (it was lost with no byte, or hung until the timeout).
+REUSE_IDLE = 20.0
+
+
 class Pool:
     """``conns`` keep-alive connections to one host:port; a request takes whichever is idle."""
 
@@ -270,8 +277,15 @@ class Pool:
         _, conn = await loop.create_connection(HttpConn, "127.0.0.1", self.port)
         assert conn.transport is not None
         conn.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.idle_since = loop.time()
         self.all.append(conn)
         return conn
+
+    async def _replace(self, conn: HttpConn) -> HttpConn:
+        if conn.transport is not None:
+            conn.transport.close()
+        self.all.remove(conn)
+        return await self._connect()
 
     async def __aenter__(self) -> Pool:
         for _ in range(self.conns):
@@ -289,6 +303,8 @@ class Pool:
             self.waiters.append(waiter)
             await waiter
         conn = self.idle.pop()
+        if conn.lost or conn.idle_since < asyncio.get_running_loop().time() - REUSE_IDLE:
+            conn = await self._replace(conn)  # the server closed it, or may be closing it now
         ok = False
         try:
             fut = conn.send(data)
@@ -301,14 +317,12 @@ class Pool:
             ok = False
         keep: HttpConn | None = conn
         if conn.lost or conn.close_after or conn.fut is not None:
-            if conn.transport is not None:
-                conn.transport.close()
-            self.all.remove(conn)
             try:
-                keep = await self._connect()
+                keep = await self._replace(conn)
             except OSError:
                 keep = None
         if keep is not None:
+            keep.idle_since = asyncio.get_running_loop().time()
             self.idle.append(keep)
         if self.waiters:
             self.waiters.popleft().set_result(None)

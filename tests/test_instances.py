@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from support import FAKE, PY, free_port_block, pid_gone, running_cli, wait_until
 from swapproxy.config import load_config
 from swapproxy.states import ProcessState
@@ -421,16 +422,31 @@ async def test_delete_stops_the_model_after_its_requests(proxy_factory: Any, tmp
 
 
 def test_the_cli_serves_the_api_and_edits_its_file(tmp_path: Path) -> None:
-    """The real process: `swapproxy -c FILE`; a model created through the API lands in FILE."""
+    """The real process: `swapproxy -c FILE`; a model created through the API lands in FILE, and
+    each instance's ``created`` is the same after a restart (kept in stateDir)."""
     doc = {"healthCheckTimeout": 15, "stateDir": str(tmp_path / "state"), "startPort": free_port_block(4),
            "instances": {"llamaServer": FAKE_SERVER}, "models": {"a": {"cmd": fake_model("a")}}}
+
+    def instances(port: int) -> dict[str, int]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/instances", timeout=30) as reply:
+            return {entry["name"]: entry["created"] for entry in json.loads(reply.read())}
+
     with running_cli(doc, tmp_path) as cli:
         request = urllib.request.Request(f"http://127.0.0.1:{cli.port}/api/v1/instances/b?start=0", method="POST",
                                          data=json.dumps({"cmd": fake_model("b")}).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as reply:
             assert reply.status == 201 and json.loads(reply.read())["status"] == "stopped"
+        created = instances(cli.port)
     assert list(load_config(tmp_path / "swapproxy.yaml").models) == ["a", "b"]  # a JSON file: still loads
+    assert created["b"] >= created["a"] > 0
+    # the times are in stateDir: made a day older there, the next run must report those
+    times = tmp_path / "state" / "created.json"
+    assert {k: int(v) for k, v in json.loads(times.read_text()).items()} == created
+    times.write_text(json.dumps({"a": created["a"] - 86400, "b": created["b"] - 86400, "gone": 1}))
+    with running_cli(yaml.safe_load((tmp_path / "swapproxy.yaml").read_text()), tmp_path) as cli:
+        assert instances(cli.port) == {"a": created["a"] - 86400, "b": created["b"] - 86400}
+    assert "gone" not in json.loads(times.read_text())  # a model no longer in the config is forgotten
 
 
 async def test_a_running_model_whose_command_changed_is_restarted(proxy_factory: Any, tmp_path: Path) -> None:

@@ -103,6 +103,7 @@ class _Resources:
 
     async def pid_record(self, app: web.Application) -> AsyncIterator[None]:
         state_dir = self.rt.initial_config.state_dir
+        self.rt.created.load(self.rt.initial_config.models, self.rt.started)
         record = RunRecord(state_dir) if state_dir else None
         if record is not None:
             self.trackers.append(record)
@@ -239,11 +240,7 @@ class _Resources:
 
 def _on_applied(rt: Runtime, report: dict[str, list[str]]) -> None:
     """A new config is in force (a reload or an edit): note when models were added, tell the UIs."""
-    now = time.time()
-    for model_id in report.get("added", ()):
-        rt.created[model_id] = now
-    for model_id in report.get("removed", ()):
-        rt.created.pop(model_id, None)
+    rt.created.applied(report.get("added", ()), report.get("removed", ()), time.time())
     rt.events.publish({"type": "config", "report": report})
 
 

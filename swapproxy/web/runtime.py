@@ -21,6 +21,7 @@ from aiohttp import web
 from ..background import Background
 from ..config import Config
 from ..configstore import ConfigStore
+from ..created import CreatedTimes
 from ..events import EventBus
 from ..history import History, Note
 from ..inflight import InflightRequests
@@ -115,7 +116,7 @@ class Runtime:
     selectors: SelectorState = field(default_factory=SelectorState)  # spillover turns and reservations
     peers: PeerMonitor = field(default_factory=PeerMonitor)  # each peer's health, probed in the background
     active_profile: str | None = None  # at most one; none at start (never persisted, as in llama-swap)
-    created: dict[str, float] = field(default_factory=dict)  # model id -> when added after start (llamactl's)
+    created: CreatedTimes = field(init=False)  # model id -> when first seen (llamactl's), kept in stateDir
     timeline: Timeline = field(default_factory=Timeline)  # recent loads and stops (the UI's activity page)
     slot_cache: SlotCache = field(init=False)  # saved llama-server slots of the models with slotCache
     upstream_metrics: UpstreamMetrics = field(init=False)  # the running upstreams' own /metrics
@@ -133,6 +134,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.slot_cache = SlotCache(lambda: self.config, lambda: self.session)
+        self.created = CreatedTimes(self.initial_config.state_dir)
         self.upstream_metrics = UpstreamMetrics(lambda: self.session, self.background.spawn)
         self.history = History(self.initial_config.history, self.events, enabled=self.record_history)
         self.performance = PerformanceMonitor(self.initial_config.history)

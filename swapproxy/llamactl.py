@@ -17,8 +17,10 @@ A create or update body (``POST``/``PUT /api/v1/instances/{name}``) is read in t
   llama-server options do not go together.
 
 On update, options change the existing command in place: a flag already there gets its new
-value (``null`` or ``false`` removes it), a new one is added before ``--host``/``--port``, and
-everything else in the command, macros included, stays. :func:`entry_changes` returns the
+value (``null`` or ``false`` removes it), a new one is added before ``--host``/``--port`` (on a
+line of its own where that flag starts a line), and everything else in the command stays as
+written: macros, comment lines, indentation and backslash continuations; only the lines whose
+flags changed are written anew. :func:`entry_changes` returns the
 keys to set on the entry (``None``: remove) and the notices; nothing here validates the
 result beyond the body's shape: the config load that follows does, as for a file.
 """
@@ -182,6 +184,111 @@ def _set_options(argv: list[str], options: Mapping[str, Any]) -> list[str]:
     return argv
 
 
+class _Line:
+    """One line of a multi-line ``cmd``: kept as written unless an option changed its words."""
+
+    __slots__ = ("text", "words", "indent", "continued", "changed")
+
+    def __init__(self, text: str | None, words: list[str] | None, indent: str = "", continued: bool = False) -> None:
+        self.text = text  # as written (None: a line added here)
+        self.words = words  # its arguments; None: a comment or blank line, never touched
+        self.indent = indent
+        self.continued = continued  # it ends with a backslash
+        self.changed = text is None
+
+    def render(self) -> str:
+        if not self.changed:
+            assert self.text is not None
+            return self.text
+        assert self.words is not None
+        return self.indent + " ".join(_quote(t) for t in self.words) + (" \\" if self.continued else "")
+
+
+def _lines(cmd: str) -> list[_Line] | None:
+    """``cmd`` line by line; None when a line cannot be split alone (a quote open across lines)."""
+    out: list[_Line] = []
+    for text in cmd.split("\n"):
+        body = text.rstrip()
+        if not body.strip() or body.lstrip().startswith("#"):
+            out.append(_Line(text, None))
+            continue
+        continued = body.endswith("\\")
+        try:
+            words = shlex.split(body[:-1] if continued else body)
+        except ValueError:
+            return None
+        out.append(_Line(text, words, body[: len(body) - len(body.lstrip())], continued))
+    return out
+
+
+def _edit_in_place(cmd: str, options: Mapping[str, Any]) -> str | None:
+    """``cmd`` with ``options`` set where their flags are, every other line as written (comment
+    lines, indentation, continuations); None when that cannot be done line by line (a quote or a
+    flag's value across lines), and the whole command is written anew instead."""
+    lines = _lines(cmd)
+    if lines is None:
+        return None
+    for name, value in options.items():
+        spellings = _spellings(name)
+        new = _values(name, value)
+        placed = False
+        for line in lines:
+            words = line.words
+            if words is None:
+                continue
+            out: list[str] = []
+            i = 0
+            while i < len(words):
+                token = words[i]
+                if token.split("=", 1)[0] not in spellings:
+                    out.append(token)
+                    i += 1
+                    continue
+                if "=" not in token and i + 1 == len(words) and _next_takes(lines, line):
+                    return None  # its value is on the next line
+                if new is not None and not placed:
+                    out += new
+                    placed = True
+                i += 1 if "=" in token or not _takes_value(words, i) else 2
+                line.changed = True
+            line.words = out
+        if new is not None and not placed:
+            _add(lines, new)
+    kept = [line for line in lines if not (line.changed and line.text is not None and not line.words)]
+    return "\n".join(line.render() for line in kept)
+
+
+def _next_takes(lines: list[_Line], line: _Line) -> bool:
+    """Whether the line after ``line`` (comments aside) starts with a value, not a flag."""
+    after = lines[lines.index(line) + 1:]
+    nxt = next((other.words for other in after if other.words), None)
+    return nxt is not None and (not nxt[0].startswith("-") or _is_number(nxt[0]))
+
+
+def _last_words(lines: list[_Line]) -> _Line | None:
+    return next((line for line in reversed(lines) if line.words is not None), None)
+
+
+def _add(lines: list[_Line], flags: list[str]) -> None:
+    """Add ``flags`` before ``--host``/``--port``: a line of their own where that flag starts a line."""
+    for at, line in enumerate(lines):
+        words = line.words or []
+        j = next((k for k, t in enumerate(words) if t.split("=", 1)[0] in ("--host", "--port")), None)
+        if j is None:
+            continue
+        if j == 0 and any(other.words for other in lines[:at]):
+            before = next(other for other in reversed(lines[:at]) if other.words is not None)
+            lines.insert(at, _Line(None, list(flags), line.indent, before.continued))
+        else:
+            line.words = [*words[:j], *flags, *words[j:]]
+            line.changed = True
+        return
+    last = _last_words(lines)
+    if last is not None:
+        last.words = [*(last.words or []), *flags]
+        last.changed = True
+
+
 def _split(cmd: str) -> list[str]:
     text = "\n".join(line for line in cmd.splitlines() if not line.strip().startswith("#"))
     text = "\n".join(line[:-1] if line.rstrip().endswith("\\") else line for line in text.splitlines())
@@ -262,9 +369,13 @@ def entry_changes(body: Any, binary: Sequence[str], existing: Mapping[str, Any] 
         current = existing.get("cmd")
         if not isinstance(current, str):
             raise BodyError("this model has no cmd to set llama-server options in", "cmd")
-        argv = _split(current)
-        if override:
-            first = next((i for i, t in enumerate(argv) if t.startswith("-")), len(argv))
-            argv = [*base, *argv[first:]]
-        keys["cmd"] = _command(_set_options(argv, options))
+        edited = None if override else _edit_in_place(current, options)
+        if edited is not None:
+            keys["cmd"] = edited
+        else:
+            argv = _split(current)
+            if override:
+                first = next((i for i, t in enumerate(argv) if t.startswith("-")), len(argv))
+                argv = [*base, *argv[first:]]
+            keys["cmd"] = _command(_set_options(argv, options))
     return keys, notices

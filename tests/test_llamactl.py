@@ -37,6 +37,34 @@ def test_llamactl_options_change_an_existing_command_in_place() -> None:
                                         "--port ${PORT}"}
 
 
+def test_options_keep_a_multi_line_command_as_written() -> None:
+    """Comment lines, indentation and backslashes stay; only the lines whose flags changed are new."""
+    written = ("llama-server \\\n"
+               "  # --flash-attn on  (off until the driver is fixed)\n"
+               "  -m /models/x.gguf \\\n"
+               "  -c 2048 \\\n"
+               "  --jinja \\\n"
+               "  --host 127.0.0.1 \\\n"
+               "  --port ${PORT}\n")
+    keys, _ = entry_changes({"ctx_size": 8192, "jinja": False, "ngl": 99}, ("unused",), {"cmd": written})
+    assert keys["cmd"] == ("llama-server \\\n"
+                           "  # --flash-attn on  (off until the driver is fixed)\n"
+                           "  -m /models/x.gguf \\\n"
+                           "  --ctx-size 8192 \\\n"
+                           "  --gpu-layers 99 \\\n"
+                           "  --host 127.0.0.1 \\\n"
+                           "  --port ${PORT}\n")
+    cmd = parse_config("models:\n  x:\n    cmd: |\n      " + keys["cmd"].replace("\n", "\n      ")).models["x"].cmd
+    assert cmd == ("llama-server", "-m", "/models/x.gguf", "--ctx-size", "8192", "--gpu-layers", "99",
+                   "--host", "127.0.0.1", "--port", "5800")
+    # one flag per line, no backslashes (a YAML block): a new flag gets its own line, too
+    keys, _ = entry_changes({"ngl": 99}, ("unused",), {"cmd": "llama-server\n  # keep me\n  -m /m.gguf\n  --port ${PORT}"})
+    assert keys["cmd"] == "llama-server\n  # keep me\n  -m /m.gguf\n  --gpu-layers 99\n  --port ${PORT}"
+    # a quote open across lines cannot be edited line by line: the command is written anew
+    keys, _ = entry_changes({"ngl": 1}, ("unused",), {"cmd": "llama-server -m '/a\nb.gguf' --port ${PORT}"})
+    assert keys["cmd"] == "llama-server -m '/a\nb.gguf' --gpu-layers 1 --port ${PORT}"
+
+
 @pytest.mark.parametrize("body,key", [
     ([1], None), ({"cmd": "x", "model": "y"}, "cmd"), ({"backend_type": "vllm"}, "backend_type"),
     ({"ctxSize": 4096}, "ctxSize"), ({"ttl": 60}, "model"), ({"idle_timeout": "soon", "model": "m"}, "idle_timeout"),

@@ -58,20 +58,25 @@ class TailCounts:
     more of them (the history reads cached tokens and speeds off the event loop).
     """
 
-    __slots__ = ("tokens", "usage", "timings")
+    __slots__ = ("usage", "timings", "_from_usage", "_from_timings", "_summed")
 
     def __init__(self) -> None:
-        self.tokens: tuple[int, int] | None = None
         self.usage: dict[str, Any] | None = None
         self.timings: dict[str, Any] | None = None
+        self._from_usage: tuple[int, int] | None = None
+        self._from_timings: tuple[int, int] | None = None
+        self._summed: tuple[int, int] | None = None  # a list body's items, added up
+
+    @property
+    def tokens(self) -> tuple[int, int] | None:
+        """(prompt, completion): a list body's sum, else ``usage``'s, else the newest ``timings``' counts."""
+        return self._summed or self._from_usage or self._from_timings
 
     def take(self, obj: Any) -> bool:
         """Note ``obj``'s usage and timings unless newer ones were found; True once both are known."""
-        if isinstance(obj, list) and obj and isinstance(obj[-1], dict):
-            obj = obj[-1]  # /infill answers a list: its last item carries the timings
         if not isinstance(obj, dict):
             return False
-        if self.usage is None:
+        if self._from_usage is None:
             usage = obj.get("usage")
             if not isinstance(usage, dict) and isinstance(obj.get("response"), dict):
                 usage = obj["response"].get("usage")  # Responses API: response.completed event
@@ -80,16 +85,28 @@ class TailCounts:
                 completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
                 if isinstance(prompt, int) and isinstance(completion, int):
                     self.usage = usage
-                    self.tokens = (prompt, completion)
-        if self.timings is None:
-            timings = obj.get("timings")
-            if isinstance(timings, dict):
+                    self._from_usage = (prompt, completion)
+        timings = obj.get("timings")
+        if isinstance(timings, dict):
+            if self.timings is None:  # the newest, whatever it holds (the slot cache reads its cache_n)
+                self.timings = timings
+            if self._from_timings is None:
                 prompt, predicted = timings.get("prompt_n"), timings.get("predicted_n")
                 if isinstance(prompt, int) and isinstance(predicted, int):
-                    self.timings = timings
-                    if self.tokens is None:
-                        self.tokens = (prompt, predicted)
-        return self.usage is not None and self.timings is not None
+                    self._from_timings = (prompt, predicted)
+        return self._from_usage is not None and self._from_timings is not None
+
+    def take_items(self, items: list[Any]) -> None:
+        """A list body (``/completion`` with several prompts, ``/infill``): the last item's objects,
+        and the tokens of all of them added up (when every item reports its own)."""
+        counts = []
+        for item in reversed(items):
+            one = TailCounts()
+            one.take(item)
+            self.take(item)
+            counts.append(one.tokens)
+        if counts and all(c is not None for c in counts):
+            self._summed = (sum(c[0] for c in counts if c), sum(c[1] for c in counts if c))
 
     @property
     def cache_n(self) -> int | None:
@@ -178,10 +195,15 @@ def tail_counts(tail: bytes | bytearray, *, sse: bool, complete: bool) -> TailCo
         if not _may_count(tail):
             return found  # nothing to count: spare decoding the whole body
         try:
-            found.take(json.loads(tail))
+            obj = json.loads(tail)
         except ValueError:
-            pass
-        return found
+            obj = None  # not JSON as a whole: look for the objects in its text, as in a cut body
+        else:
+            if isinstance(obj, list):
+                found.take_items(obj)
+            else:
+                found.take(obj)
+            return found
     text = bytes(tail).decode("utf-8", errors="replace")
     found.take(_find_object(text, "usage"))
     found.take(_find_object(text, "timings"))

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import Proxy, fake, fake_cmd, make_config, sse, wait_until
 
 from swapproxy.metrics import TokenTap, tree_rss, usage_from_tail
+from swapproxy.tokens import tail_counts
 
 
 async def scrape(proxy: Proxy) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -161,6 +162,26 @@ def test_usage_from_a_json_body_whole_or_only_its_tail() -> None:
     assert usage_from_tail(tap.tail, sse=False, complete=False) == (30, 2)
     assert usage_from_tail(b"<html>not json</html>", sse=False, complete=True) is None
     assert usage_from_tail(b'..."timings":{"prompt_n":3,"predicted_n":8}}', sse=False, complete=False) == (3, 8)
+
+
+def test_list_bodies_add_up_and_timings_are_kept_for_their_cache_count() -> None:
+    # /completion with several prompts answers a list: every item's tokens count, the last one's timings stay
+    items = [{"content": "a", "timings": {"prompt_n": 3, "predicted_n": 4, "cache_n": 1}},
+             {"content": "b", "timings": {"prompt_n": 5, "predicted_n": 6, "cache_n": 2}}]
+    counts = tail_counts(json.dumps(items).encode(), sse=False, complete=True)
+    assert counts.tokens == (8, 10) and counts.cache_n == 2
+    assert tail_counts(json.dumps(items[:1]).encode(), sse=False, complete=True).tokens == (3, 4)  # /infill's one
+    # a timings object without token counts still tells the slot cache what it reused
+    only_cache = tail_counts(b'{"timings": {"cache_n": 7}}', sse=False, complete=True)
+    assert only_cache.tokens is None and only_cache.cache_n == 7
+    # a whole body that is not JSON is searched as a cut one is
+    odd = tail_counts(b'junk {"timings": {"prompt_n": 1, "predicted_n": 2, "cache_n": 9}} junk', sse=False,
+                      complete=True)
+    assert odd.tokens == (1, 2) and odd.cache_n == 9
+    # in a stream, the newest timings are kept even when an older event has the token counts
+    stream = sse({"timings": {"prompt_n": 4, "predicted_n": 2}}, {"timings": {"cache_n": 3}}, b"[DONE]")
+    newest = tail_counts(stream, sse=True, complete=True)
+    assert newest.tokens == (4, 2) and newest.cache_n == 3
 
 
 async def test_tree_rss_counts_descendants_in_one_pass_and_leaves_out_the_gone() -> None:

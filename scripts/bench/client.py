@@ -256,8 +256,9 @@ class HttpConn(asyncio.Protocol):
 
 
 #: Seconds a pooled connection may sit idle and still be used: under swapproxy's keep-alive
-#: timeout (30 s), as a browser's or an SDK's pool does, so a request is never written into a
-#: connection the server is closing (it was lost with no byte, or hung until the timeout).
+#: timeout (30 s), as a browser's or an SDK's pool does, so that a request is not written into a
+#: connection the server is closing (it was lost with no byte, or hung until the timeout); one
+#: lost anyway before any byte of its answer is tried once more (see Pool.request).
 REUSE_IDLE = 20.0
 
 
@@ -284,7 +285,9 @@ class Pool:
     async def _replace(self, conn: HttpConn) -> HttpConn:
         if conn.transport is not None:
             conn.transport.close()
-        self.all.remove(conn)
+        if conn in self.all:
+            self.all.remove(conn)
+        conn.lost = True
         return await self._connect()
 
     async def __aenter__(self) -> Pool:
@@ -298,35 +301,47 @@ class Pool:
                 conn.transport.close()
 
     async def request(self, data: bytes) -> bool:
+        """One request on an idle connection: True for a 200. A connection the server closed before
+        any byte of the answer (its idle close, as the request went out) gets the request once more
+        on a new one; anything else that fails counts as one failed request, never an exception."""
         while not self.idle:
             waiter = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
             await waiter
         conn = self.idle.pop()
-        if conn.lost or conn.idle_since < asyncio.get_running_loop().time() - REUSE_IDLE:
-            conn = await self._replace(conn)  # the server closed it, or may be closing it now
         ok = False
         try:
-            fut = conn.send(data)
-            handle = asyncio.get_running_loop().call_later(self.timeout, _expire, fut)
-            try:
-                ok = await fut == 200
-            finally:
-                handle.cancel()
-        except OSError:  # ConnectionResetError, TimeoutError
+            for attempt in (1, 2):
+                if (conn.lost or conn.transport is None or conn.transport.is_closing()
+                        or conn.idle_since < asyncio.get_running_loop().time() - REUSE_IDLE):
+                    conn = await self._replace(conn)  # the server closed it, or may be closing it now
+                try:
+                    ok = await self._send(conn, data)
+                    break
+                except ConnectionResetError:
+                    if attempt == 2 or conn.buf or conn.head >= 0:
+                        raise
+        except OSError:  # ConnectionResetError, TimeoutError, a refused reconnect
             ok = False
-        keep: HttpConn | None = conn
-        if conn.lost or conn.close_after or conn.fut is not None:
-            try:
-                keep = await self._replace(conn)
-            except OSError:
-                keep = None
-        if keep is not None:
-            keep.idle_since = asyncio.get_running_loop().time()
-            self.idle.append(keep)
-        if self.waiters:
-            self.waiters.popleft().set_result(None)
+        finally:
+            if conn.lost or conn.close_after or conn.fut is not None:
+                try:
+                    conn = await self._replace(conn)
+                except OSError:
+                    pass  # kept, closed: the next request on it tries to connect again
+            conn.idle_since = asyncio.get_running_loop().time()
+            self.idle.append(conn)  # the pool keeps its size, so no waiter waits for good
+            if self.waiters:
+                self.waiters.popleft().set_result(None)
         return ok
+
+    async def _send(self, conn: HttpConn, data: bytes) -> bool:
+        fut = conn.send(data)
+        handle = asyncio.get_running_loop().call_later(self.timeout, _expire, fut)
+        try:
+            return await fut == 200
+        finally:
+            handle.cancel()
 
 
 def _expire(fut: asyncio.Future[int]) -> None:

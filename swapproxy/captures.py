@@ -62,7 +62,7 @@ def body_cap(buffer_bytes: int) -> int:
 
 
 class CaptureTap(TokenTap):
-    """A :class:`~swapproxy.metrics.TokenTap` that also keeps the body's first ``cap`` bytes (the chunks as
+    """A :class:`~swapproxy.tokens.TokenTap` that also keeps the body's first ``cap`` bytes (the chunks as
     they came: nothing is copied)."""
 
     __slots__ = ("chunks", "kept", "cap")

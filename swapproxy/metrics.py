@@ -210,7 +210,7 @@ class Metrics:
 
     def observe_response(self, model: str, route: str, tap: TokenTap, started: float,
                          counts: TailCounts | None) -> None:
-        """After a relayed response: time to first byte, and its tokens (:func:`tail_counts`)."""
+        """After a relayed response: time to first byte, and its tokens (:func:`~swapproxy.tokens.tail_counts`)."""
         label = self.model_label(model)
         if tap.first_at is not None:
             ttfb = self._ttfb_children.get((label, route))

@@ -180,3 +180,18 @@ async def test_warm_prefers_the_peer_with_the_model_loaded_and_fails_over(proxy_
     status, body = await proxy.chat("pinned")  # pin keeps its first target
     assert (status, body["error"]["code"]) == (503, "peer_unavailable")
     assert not proxy.runtime.selectors._reserved  # every reservation was released
+
+    # the request history has each of them by the target that served it (or failed), and the selector
+    async def history() -> list[dict[str, Any]]:
+        async with proxy.http.get(proxy.url + "/api/metrics/activity?limit=10") as r:
+            return (await r.json())["data"]
+
+    rows: list[dict[str, Any]] = []
+
+    async def four() -> bool:
+        rows[:] = await history()
+        return len(rows) == 4
+
+    await wait_until(four, 10, "the four requests in the history")
+    assert [(r["model"], r["resp_status_code"], r["metadata"]["selector"]) for r in rows] == [
+        ("flaky/m", 503, "pinned"), ("px/m", 200, "first-up"), ("px/m", 200, "first-up"), ("py/m", 200, "any")]

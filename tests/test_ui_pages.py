@@ -232,13 +232,15 @@ async def test_activity_page_draws_the_timeline_of_swaps_and_loads(proxy_factory
     await expect(chat.locator("path.mark")).to_have_count(2)
     assert "failed after" in await page.locator('g.lane[data-lane="broken"] rect title').text_content()
 
-    # the request history: a row per request, newest first, tokens and speeds from the fake's usage
+    # the request history: a row per request, newest first, with the fake's tokens and speed and the wait
     rows = page.locator("#activity tbody tr")
     await expect(rows).to_have_count(4, timeout=STEP_MS)
     await expect(rows.first).to_contain_text("broken")
     await expect(rows.first.locator("td.status")).to_have_text("503")
     await expect(rows.nth(1).locator("td.model-id")).to_have_text("chat")
     await expect(rows.nth(1).locator("td.status")).to_have_text("200")
+    await expect(rows.nth(1).locator("td.gen-speed")).to_have_text(re.compile(r"^[\d,.]+$"))
+    await expect(rows.nth(1)).to_contain_text("swap")  # chat came back by a swap from embed
     await expect(page.locator("#activity-stats")).not_to_be_empty()
     # a row's capture: what went to the model, pretty-printed, and what came back
     await rows.nth(1).get_by_role("button", name="capture").click()

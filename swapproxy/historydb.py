@@ -159,13 +159,18 @@ def _tokens(row: Sequence[Any]) -> dict[str, Any]:
             "output_tokens": row[10], "prompt_per_second": row[14], "tokens_per_second": row[15]}
 
 
+def _tenth(ms: float | None) -> float | None:
+    """Milliseconds to a tenth (a float's last digits are noise: 1104.9999999995634)."""
+    return None if ms is None else round(ms, 1)
+
+
 def _entry(row: Sequence[Any], has_capture: bool) -> dict[str, Any]:
     """One row in llama-swap's ActivityLogEntry shape, plus swapproxy's fields."""
     entry: dict[str, Any] = {
         "id": row[0], "timestamp": rfc3339(row[1]), "model": row[2], "req_path": row[4],
         "resp_content_type": row[6], "resp_status_code": row[5], "tokens": _tokens(row),
         "duration_ms": round(row[7]), "has_capture": has_capture,
-        "method": row[3], "ttfb_ms": row[8], "waited_for": row[16], "wait_ms": row[17],
+        "method": row[3], "ttfb_ms": _tenth(row[8]), "waited_for": row[16], "wait_ms": _tenth(row[17]),
     }
     if row[18]:
         entry["error_msg"] = row[18]

@@ -8,8 +8,8 @@ message is in the request's history row).
 
 Capturing costs next to nothing per request: the request path hands over references
 (the request's headers, the body sent upstream, the response's first chunks as
-:class:`CaptureTap` saw them), and the history's thread files them, cutting a body that
-is too long (the one copy). Nothing is compressed: compressing every body would cost
+:class:`~swapproxy.tokens.TokenTap` kept them, given a ``cap``), and the history's thread
+files them, cutting a body that is too long (the one copy). Nothing is compressed: compressing every body would cost
 more CPU than the whole history may (scripts/bench_history.py). Secrets are taken out
 when a capture is read (:func:`capture_json`), as is a gzip or deflate response body
 decoded: the values of credential headers
@@ -31,7 +31,7 @@ from typing import Any
 from .tokens import TokenTap
 from .redact import REDACTED, Redactor, is_secret_name
 
-__all__ = ["CaptureTap", "Captures", "Material", "body_cap", "capture_json", "PARTS_BY_PATH"]
+__all__ = ["Captures", "Material", "body_cap", "capture_json", "PARTS_BY_PATH"]
 
 REQ_HEADERS, REQ_BODY, RESP_HEADERS, RESP_BODY = 1, 2, 4, 8
 ALL_PARTS = REQ_HEADERS | REQ_BODY | RESP_HEADERS | RESP_BODY
@@ -61,25 +61,6 @@ def body_cap(buffer_bytes: int) -> int:
     return min(MAX_BODY, buffer_bytes // 4) if buffer_bytes > 0 else 0
 
 
-class CaptureTap(TokenTap):
-    """A :class:`~swapproxy.tokens.TokenTap` that also keeps the body's first ``cap`` bytes (the chunks as
-    they came: nothing is copied)."""
-
-    __slots__ = ("chunks", "kept", "cap")
-
-    def __init__(self, cap: int) -> None:
-        super().__init__()
-        self.chunks: list[bytes] = []
-        self.kept = 0
-        self.cap = cap
-
-    def __call__(self, chunk: bytes) -> None:
-        TokenTap.__call__(self, chunk)
-        if self.kept < self.cap:
-            self.chunks.append(chunk)
-            self.kept += len(chunk)
-
-
 @dataclass(slots=True)
 class Material:
     """What the request path hands over for one capture: references, nothing copied."""
@@ -97,7 +78,7 @@ class Material:
 
 def _response_body(tap: TokenTap, cap: int) -> tuple[bytes | None, bool]:
     """(the response body kept, whether it was cut): one bytes object, the tap's chunks joined."""
-    if isinstance(tap, CaptureTap):
+    if tap.chunks is not None:
         data = b"".join(tap.chunks)
         if len(data) > cap:
             data = data[:cap]

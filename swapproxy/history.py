@@ -149,6 +149,7 @@ def _row(item: tuple[Any, ...]) -> tuple[Any, ...]:
             cached = _cached_from_usage(counts.usage)
     if status >= 400 and not error:
         error = error_message(status, reason, error_body)
+    content_type = content_type.partition(";")[0].strip().lower()  # the header as sent: its media type
     return (round(ts * 1000), model, method, path, status, content_type, duration_ms, ttfb_ms, prompt, completion,
             cached, draft, accepted, prompt_speed, gen_speed, waited_for, wait_ms, error or "",
             _metadata(priority, selector))

@@ -22,16 +22,22 @@ __all__ = ["TailCounts", "TokenTap", "tail_counts", "usage_from_tail"]
 class TokenTap:
     """``on_chunk`` callback for :func:`swapproxy.web.proxy.forward`: keeps the response's tail.
 
-    Also notes when the first body byte went out (time to first byte).
+    Also notes when the first body byte went out (time to first byte), and with ``cap`` keeps the
+    body's first ``cap`` bytes for the request history's capture (the chunks as they came:
+    nothing is copied; ``chunks`` is None without it). One class, not a subclass, as this runs
+    for every chunk of every response.
     """
 
-    __slots__ = ("limit", "tail", "total", "first_at")
+    __slots__ = ("limit", "tail", "total", "first_at", "chunks", "kept", "cap")
 
-    def __init__(self, limit: int = 8192) -> None:
+    def __init__(self, limit: int = 8192, cap: int = 0) -> None:
         self.limit = limit
         self.tail = bytearray()
         self.total = 0
         self.first_at: float | None = None
+        self.chunks: list[bytes] | None = [] if cap > 0 else None
+        self.kept = 0
+        self.cap = cap
 
     def __call__(self, chunk: bytes) -> None:
         if self.first_at is None:
@@ -41,6 +47,9 @@ class TokenTap:
         tail += chunk
         if len(tail) > 2 * self.limit:  # trim rarely: amortised O(1) per byte
             del tail[: -self.limit]
+        if self.kept < self.cap:
+            self.chunks.append(chunk)  # type: ignore[union-attr]  # cap > 0: a list
+            self.kept += len(chunk)
 
     @property
     def complete(self) -> bool:

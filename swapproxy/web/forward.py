@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..captures import CaptureTap, Material
+from ..captures import Material
 from ..config import ModelConfig
 from ..errors import Conflict, RequestCancelled
 from ..history import Note
@@ -137,7 +137,7 @@ async def observed_forward(request: web.Request, spec: ModelConfig, **kwargs: An
     rt = runtime(request)
     note = note_of(request)
     cap = rt.history.body_cap
-    tap = CaptureTap(cap) if cap and note is not None else TokenTap()
+    tap = TokenTap(cap=cap) if note is not None else TokenTap()
     metrics = rt.metrics
     resp = await forward(request, rt.session, spec, on_chunk=tap,
                          on_cut=lambda reason: metrics.count_cut(spec.id, reason), **kwargs)
@@ -158,26 +158,29 @@ async def observed_forward(request: web.Request, spec: ModelConfig, **kwargs: An
 def record_request(request: web.Request, note: Note, status: int, resp: web.StreamResponse | None,
                    seconds: float) -> None:
     """Hand the ended request's record to the history (references only: it is worked out off the loop)."""
-    rt = runtime(request)
-    history = rt.history
+    history = runtime(request).history
     tap = note.tap
     ttfb = None
     if tap is not None and tap.first_at is not None:
         ttfb = max(tap.first_at - request.get(START_KEY, tap.first_at), 0.0) * 1000
     error_body: bytes | None = None
+    reason: str | None = None  # for an error's message only
     if status >= 400:
+        reason = resp.reason if resp is not None else _NO_RESPONSE.get(status)
         if isinstance(resp, web.Response) and isinstance(resp.body, bytes):
             error_body = resp.body  # swapproxy's own envelope, or a small upstream answer
         elif tap is not None and tap.complete:
             error_body = bytes(tap.tail)
+    headers = resp.headers if resp is not None else None
     material = None
     if history.body_cap:
-        material = Material(request.path, status, request.headers, note.req_body,
-                            resp.headers if resp is not None else None, tap)
-    history.record((time.time(), note.model, request.method, request.path, status,
-                    resp.reason if resp is not None else _NO_RESPONSE.get(status),
-                    resp.content_type if resp is not None else "", seconds * 1000, ttfb, note.counts,
-                    note.waited_for, note.wait_ms, note.priority, note.selector, error_body, note.error, material))
+        material = Material(request.path, status, request.headers, note.req_body, headers, tap)
+    # the Content-Type header as sent: the history's thread takes its media type (parsing it here
+    # cost as much as the rest of this function)
+    history.record((time.time(), note.model, request.method, request.path, status, reason,
+                    headers.get("Content-Type", "") if headers is not None else "", seconds * 1000, ttfb,
+                    note.counts, note.waited_for, note.wait_ms, note.priority, note.selector, error_body, note.error,
+                    material))
 
 
 #: Why a request that ended without a response did (see the metrics middleware's statuses).

@@ -10,6 +10,10 @@ Bounds: in memory, the newest ``metricsMaxInMemory`` rows (llama-swap's rule); i
 rows older than ``store.maxAge`` go, and when the database holds more than
 ``store.maxSize`` the oldest rows go until it holds nine tenths of it.
 
+In memory, a batch's rows wait in a bounded deque and reach the sqlite table only when a query
+needs them: most rows of a busy swapproxy are pushed out by newer ones before anyone asks, and
+inserting each one cost more than all else the history does per request.
+
 The statistics (:func:`histogram`) are llama-swap's: Sturges' rule for the bin count
 (clamped to 5..20), percentiles by linear interpolation between closest ranks.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -189,6 +194,9 @@ class HistoryDB:
         row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'history'").fetchone()
         self.next_id = (row[0] if row else 0) + 1
         self._age_pass = 0.0
+        # in memory: rows (id first) not yet in the table, the newest max_in_memory at most
+        self._unsynced: deque[tuple[Any, ...]] | None = (
+            None if self.path else deque(maxlen=settings.max_in_memory))
         self.prune()
 
     @staticmethod
@@ -224,29 +232,52 @@ class HistoryDB:
 
     # -- writes --------------------------------------------------------------------------------
     def insert(self, rows: Sequence[Sequence[Any]]) -> int:
-        """Insert ``rows`` (without their id) in one transaction; returns the first id given (then +1 each)."""
+        """Insert ``rows`` (without their id) in one transaction; returns the first id given (then +1 each).
+
+        In memory they are only queued (see the module docstring)."""
         first = self.next_id
+        self.next_id = first + len(rows)
+        if self._unsynced is not None:
+            self._unsynced.extend((i, *row) for i, row in enumerate(rows, first))
+            return first
+        try:
+            self._write([(i, *row) for i, row in enumerate(rows, first)])
+        except BaseException:
+            self.next_id = first
+            raise
+        return first
+
+    def _write(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Rows with their ids, in one transaction."""
         conn = self._conn
         conn.execute("BEGIN")
         try:
             at = 0
             for size in _CHUNKS:
                 while len(rows) - at >= size:
-                    chunk = rows[at:at + size]
-                    conn.execute(_INSERTS[size], [v for i, row in enumerate(chunk, first + at) for v in (i, *row)])
+                    conn.execute(_INSERTS[size], [v for row in rows[at:at + size] for v in row])
                     at += size
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self.next_id = first + len(rows)
-        return first
+
+    def _sync(self) -> None:
+        """In memory: the queued rows into the table, and the table cut to the newest max_in_memory."""
+        if self._unsynced is None or not self._unsynced:
+            return
+        rows = list(self._unsynced)
+        self._unsynced.clear()
+        self._write(rows)
+        self._conn.execute("DELETE FROM history WHERE id < ?", (self.next_id - self.settings.max_in_memory,))
 
     def prune(self) -> int:
         """Apply the bounds (see the module docstring); returns the rows deleted."""
         conn, settings = self._conn, self.settings
         if not self.path:
-            return conn.execute("DELETE FROM history WHERE id < ?", (self.next_id - settings.max_in_memory,)).rowcount
+            if self._unsynced is not None and self._unsynced.maxlen != settings.max_in_memory:
+                self._unsynced = deque(self._unsynced, maxlen=settings.max_in_memory)
+            return 0  # the queue is bounded, and the table is cut when it is next read
         gone = 0
         now = time.monotonic()
         if settings.max_age > 0 and now - self._age_pass >= AGE_PASS_EVERY:
@@ -283,10 +314,13 @@ class HistoryDB:
         self.settings = settings
         self._age_pass = 0.0
         self.prune()
+        if not self.path:  # a smaller bound applies to what the table holds too, at once
+            self._conn.execute("DELETE FROM history WHERE id < ?", (self.next_id - settings.max_in_memory,))
 
     # -- queries --------------------------------------------------------------------------------
     def activity(self, query: ActivityQuery, captured: Any) -> dict[str, Any]:
         """One page of rows (``captured``: row id -> whether a capture is kept), llama-swap's page shape."""
+        self._sync()
         where, args = query.where()
         total = self._conn.execute("SELECT COUNT(*) FROM history" + where, args).fetchone()[0]
         rows = self._conn.execute(_SELECT + where + query.order_by() + " LIMIT ? OFFSET ?",
@@ -296,6 +330,7 @@ class HistoryDB:
 
     def stats(self, model: str | None) -> dict[str, Any]:
         """Totals and speed histograms, all rows or one model's."""
+        self._sync()
         where, args = ActivityQuery(models=(model,) if model else ()).where()
         requests, prompt, output, cached = self._conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "

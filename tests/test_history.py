@@ -279,6 +279,13 @@ def test_store_bounds_by_count_age_and_size(tmp_path: Path) -> None:
     memory.insert([row(time.time()) for _ in range(5)])
     memory.prune()
     assert [r["id"] for r in memory.activity(_query(), set())["data"]] == [5, 4, 3]
+    memory.insert([row(time.time()) for _ in range(2)])  # queued until read: the read sees the newest 3
+    memory.insert([row(time.time(), model="other")])
+    assert [r["id"] for r in memory.activity(_query(), set())["data"]] == [8, 7, 6]
+    memory.reconfigure(HistoryConfig(max_in_memory=2))  # a smaller bound cuts what is there too
+    assert [r["id"] for r in memory.activity(_query(), set())["data"]] == [8, 7]
+    memory.insert([row(time.time()) for _ in range(4)])
+    assert memory.stats(None)["total_requests"] == 2 and memory.stats("other")["total_requests"] == 0
 
     settings = HistoryConfig(store_path=str(tmp_path / "h.sqlite"), max_age=3600.0, max_bytes=0)
     aged = HistoryDB(settings)

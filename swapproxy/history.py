@@ -22,7 +22,6 @@ import asyncio
 import enum
 import json
 import logging
-import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -184,6 +183,11 @@ class History:
         self.state = HistoryState.OPEN
 
     def _open_db(self, settings: HistoryConfig) -> None:
+        if settings.store_path is None:  # in memory: made when first read (HistoryDB), nothing to fail now
+            self._db = HistoryDB(settings)
+            return
+        import sqlite3  # here, as HistoryDB imports it: an idle in-memory history never loads it
+
         try:
             self._db = HistoryDB(settings)
         except (sqlite3.Error, OSError) as exc:

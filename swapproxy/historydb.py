@@ -23,12 +23,15 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-import sqlite3
+from typing import TYPE_CHECKING
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+
+if TYPE_CHECKING:
+    import sqlite3
 
 from .config.model import HistoryConfig
 
@@ -190,17 +193,27 @@ class HistoryDB:
     def __init__(self, settings: HistoryConfig) -> None:
         self.settings = settings
         self.path = settings.store_path
-        self._conn = self._open(self.path)
-        row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'history'").fetchone()
-        self.next_id = (row[0] if row else 0) + 1
+        self._opened: sqlite3.Connection | None = None
+        self.next_id = 1
+        if self.path:  # in memory, the database is made when a query first needs it (sqlite3 with it)
+            row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'history'").fetchone()
+            self.next_id = (row[0] if row else 0) + 1
         self._age_pass = 0.0
         # in memory: rows (id first) not yet in the table, the newest max_in_memory at most
         self._unsynced: deque[tuple[Any, ...]] | None = (
             None if self.path else deque(maxlen=settings.max_in_memory))
         self.prune()
 
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._opened is None:
+            self._opened = self._open(self.path)
+        return self._opened
+
     @staticmethod
     def _open(path: str | None) -> sqlite3.Connection:
+        import sqlite3  # here: an idle swapproxy that keeps its history in memory never loads it
+
         conn = sqlite3.connect(path or ":memory:", isolation_level=None)
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
@@ -224,11 +237,14 @@ class HistoryDB:
         return conn
 
     def close(self) -> None:
+        conn, self._opened = self._opened, None
+        if conn is None:
+            return
         try:
             if self.path:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
-            self._conn.close()
+            conn.close()
 
     # -- writes --------------------------------------------------------------------------------
     def insert(self, rows: Sequence[Sequence[Any]]) -> int:
@@ -273,11 +289,12 @@ class HistoryDB:
 
     def prune(self) -> int:
         """Apply the bounds (see the module docstring); returns the rows deleted."""
-        conn, settings = self._conn, self.settings
+        settings = self.settings
         if not self.path:
             if self._unsynced is not None and self._unsynced.maxlen != settings.max_in_memory:
                 self._unsynced = deque(self._unsynced, maxlen=settings.max_in_memory)
             return 0  # the queue is bounded, and the table is cut when it is next read
+        conn = self._conn
         gone = 0
         now = time.monotonic()
         if settings.max_age > 0 and now - self._age_pass >= AGE_PASS_EVERY:
@@ -314,8 +331,8 @@ class HistoryDB:
         self.settings = settings
         self._age_pass = 0.0
         self.prune()
-        if not self.path:  # a smaller bound applies to what the table holds too, at once
-            self._conn.execute("DELETE FROM history WHERE id < ?", (self.next_id - settings.max_in_memory,))
+        if not self.path and self._opened is not None:  # a smaller bound applies to the table too, at once
+            self._opened.execute("DELETE FROM history WHERE id < ?", (self.next_id - settings.max_in_memory,))
 
     # -- queries --------------------------------------------------------------------------------
     def activity(self, query: ActivityQuery, captured: Any) -> dict[str, Any]:

@@ -6,7 +6,9 @@ import random
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from swapproxy.exposition import Counter, Histogram, gauge, label_text
+from prometheus_client.utils import floatToGoString
+
+from swapproxy.exposition import Counter, Histogram, fmt, gauge, label_text
 
 
 def parsed(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -50,3 +52,12 @@ def test_a_family_keeps_its_text_until_a_child_changes() -> None:
     assert counter.render() is not first and "x_events_total{kind=\"a\"} 2.0" in counter.render()
     counter.labels("b")  # a new child, never counted: listed at 0
     assert 'x_events_total{kind="b"} 0.0' in counter.render()
+
+
+def test_values_are_spelled_as_prometheus_client_spells_them() -> None:
+    rng = random.Random(7)
+    values = [0.0, -0.0, 1.0, -1.5, 0.005, 1e-9, 123456.0, 1234567.0, 9999999.0, 10000000.0, 12345678.9,
+              25769803776.0, 1e15, 9.99e15, 1e16, 1.7e9, float("inf"), float("-inf"), float("nan"), 3, 10 ** 12]
+    values += [rng.uniform(0, 10) ** rng.uniform(0, 20) for _ in range(2000)]
+    values += [-rng.uniform(0, 1e12) for _ in range(200)] + [rng.randrange(0, 2 ** 40) for _ in range(500)]
+    assert [fmt(v) for v in values] == [floatToGoString(v) for v in values]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from .sizes import plain_number
+
 __all__ = ["parse_duration", "format_duration"]
 
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
@@ -21,12 +23,10 @@ def parse_duration(value: int | float | str) -> float:
 
     Raises ValueError for anything else, or a negative duration.
     """
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"a duration cannot be negative: {value!r}")
-        return float(value)
+    number = plain_number(value, "duration")
+    if number is not None:
+        return float(number)
+    assert isinstance(value, str)
     text = value.strip()
     if text in ("0", "+0"):
         return 0.0

@@ -232,6 +232,18 @@ async def test_a_store_file_keeps_the_history_across_a_restart(tmp_path: Path) -
         await runner.cleanup()
 
 
+async def test_a_damaged_store_file_is_logged_and_the_history_kept_in_memory(
+        proxy_factory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = tmp_path / "history.sqlite"
+    store.write_bytes(b"not a database, but not empty either\n" * 100)
+    proxy = await proxy_factory(make_config({"a": fake("a")}, store={"path": str(store)}))
+    assert (await proxy.chat("a"))[0] == 200  # serving goes on
+    assert [r["model"] for r in await rows(proxy, 1)] == ["a"]  # recorded, in memory
+    assert any("cannot open the request history" in r.getMessage() and r.levelname == "ERROR"
+               for r in caplog.records)
+    assert store.read_bytes().startswith(b"not a database")  # the operator's file is left as it was
+
+
 async def test_a_reload_with_another_store_path_opens_that_store(proxy_factory, tmp_path: Path) -> None:
     first, second = tmp_path / "one.sqlite", tmp_path / "two.sqlite"
     config = make_config({"a": fake("a")}, store={"path": str(first)})

@@ -287,12 +287,13 @@ async def test_max_wait_bounds_the_wait_behind_a_model_that_stays_busy() -> None
     scheduler, hub = make("a", "b", max_wait=0.05)
     first = await scheduler.acquire("a")
     waiting = asyncio.ensure_future(scheduler.acquire("b"))
-    leases = [first]
-    # a keeps receiving work: each new request overlaps the last, so a is never idle by itself
-    while not scheduler.slot("a").evicting:
-        leases.append(await scheduler.acquire("a"))
-        leases.pop(0).release()
-        await asyncio.sleep(0.005)
+    await wait_until(lambda: scheduler.queue_depth() == 1)
+    # a keeps receiving work: a new request overlaps the first (served at once, b's wait being
+    # under maxWait), so a is never idle by itself; maxWait then closes it
+    assert not scheduler.slot("a").evicting
+    leases = [await asyncio.wait_for(scheduler.acquire("a"), 1)]
+    first.release()
+    await wait_until(lambda: scheduler.slot("a").evicting, 1, "maxWait to close the busy model")
     late = asyncio.ensure_future(scheduler.acquire("a"))
     await asyncio.sleep(0)
     assert not late.done()  # closed: new work for a queues now

@@ -136,8 +136,8 @@ async def observed_forward(request: web.Request, spec: ModelConfig, **kwargs: An
     its token counts parsed once for the metrics, the slot cache and the request history."""
     rt = runtime(request)
     note = note_of(request)
-    cap = rt.history.body_cap
-    tap = TokenTap(cap=cap) if note is not None else TokenTap()
+    cap = rt.history.body_cap if note is not None else 0
+    tap = TokenTap(cap=cap)
     metrics = rt.metrics
     resp = await forward(request, rt.session, spec, on_chunk=tap,
                          on_cut=lambda reason: metrics.count_cut(spec.id, reason), **kwargs)
